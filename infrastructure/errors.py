@@ -1,0 +1,93 @@
+"""Errors raised by eventkit's infrastructure.
+
+One root, :class:`EventkitError`, with a family per layer below it. Each message names what a
+person needs to act on it: the stream (originator id), versions, notification ids, schema.
+Errors that eventsourcing's ``Application`` already knows how to handle also inherit from the
+matching eventsourcing class, so ``Application.save()`` keeps its documented behaviour.
+"""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+from eventsourcing.persistence import (
+    IntegrityError as EventsourcingIntegrityError,
+)
+from eventsourcing.persistence import (
+    MapperDeserialisationError,
+)
+from eventsourcing.persistence import (
+    OperationalError as EventsourcingOperationalError,
+)
+from eventsourcing.persistence import (
+    PersistenceError as EventsourcingPersistenceError,
+)
+
+
+class EventkitError(Exception):
+    """The root of every error that eventkit raises on purpose."""
+
+
+class ConfigurationError(EventkitError):
+    """A setting is missing or has a value eventkit cannot use."""
+
+
+class PersistenceError(EventkitError, EventsourcingPersistenceError):
+    """Reading or writing the event store failed."""
+
+
+class ConcurrencyError(PersistenceError, EventsourcingIntegrityError):
+    """An append conflicted with events already recorded in the same stream.
+
+    Nothing of the conflicting transaction was written. Reload the aggregate and retry
+    the command.
+    """
+
+    def __init__(
+        self,
+        originator_id: UUID | str,
+        conflicting_version: int,
+        current_version: int | None,
+        appended_versions: tuple[int, int],
+        num_events: int,
+    ) -> None:
+        self.originator_id = originator_id
+        self.conflicting_version = conflicting_version
+        self.current_version = current_version
+        self.appended_versions = appended_versions
+        first, last = appended_versions
+        current = "has no events" if current_version is None else f"is at version {current_version}"
+        super().__init__(
+            f"concurrency conflict in stream {originator_id}: version {conflicting_version} "
+            f"is already recorded (the stream {current}); the append of versions "
+            f"{first}..{last} was rejected, and none of the {num_events} event(s) in that "
+            f"transaction were written"
+        )
+
+
+class DatabaseUnavailableError(PersistenceError, EventsourcingOperationalError):
+    """The database could not be reached, after bounded retries."""
+
+
+class AppendOutcomeUnknownError(PersistenceError, EventsourcingOperationalError):
+    """The connection was lost while an append was committing and its outcome is mixed.
+
+    Raised only when some, but not all, of the appended events are found afterwards,
+    which PostgreSQL's atomic commit makes impossible unless another writer raced in.
+    """
+
+
+class EventDecodingError(EventkitError, MapperDeserialisationError):
+    """A stored event could not be turned back into a domain event."""
+
+
+class EventEncodingError(EventkitError, TypeError):
+    """A domain event could not be turned into a stored event."""
+
+
+class MigrationError(EventkitError):
+    """The schema could not be created or upgraded."""
+
+
+class EmbeddedPostgresError(EventkitError):
+    """The embedded PostgreSQL server could not be started, stopped or found."""

@@ -1,0 +1,137 @@
+"""eventsourcing's infrastructure factory for eventkit: ``PERSISTENCE_MODULE=infrastructure.factory``.
+
+An ``Application`` constructed with that setting records its events with
+:class:`PostgresEventRecorder` and maps them with :class:`PydanticMapper`. The database is
+``DATABASE_URL`` (or the embedded server when it is unset) and the schema ``EVENTKIT_SCHEMA``
+(default ``eventkit``), both read through eventsourcing's ``Environment``, so an
+application-specific ``<APPNAME>_DATABASE_URL`` wins. Pools are shared per process and URL,
+and each schema is migrated once per process, on first use.
+"""
+
+from __future__ import annotations
+
+import atexit
+import threading
+from typing import Any
+
+import psycopg_pool
+from eventsourcing.persistence import (
+    AggregateRecorder,
+    ApplicationRecorder,
+    InfrastructureFactory,
+    Mapper,
+    ProcessRecorder,
+    TrackingRecorder,
+    Transcoder,
+)
+from eventsourcing.utils import Environment, EnvType, resolve_topic
+
+from infrastructure.database import create_pool, resolve_database_url
+from infrastructure.errors import ConfigurationError
+from infrastructure.migrations import migrate
+from infrastructure.recorder import PostgresEventRecorder
+from infrastructure.settings import Settings
+from infrastructure.transcoding import PydanticJSONTranscoder, PydanticMapper
+
+_lock = threading.Lock()
+_pools: dict[str, psycopg_pool.ConnectionPool] = {}
+_migrated: set[tuple[str, str]] = set()
+_SETTING_NAMES = (
+    "DATABASE_URL",
+    "EVENTKIT_SCHEMA",
+    "EVENTKIT_HOME",
+    "EVENTKIT_POOL_MIN_SIZE",
+    "EVENTKIT_POOL_MAX_SIZE",
+)
+
+
+def shared_pool(settings: Settings) -> tuple[psycopg_pool.ConnectionPool, str]:
+    """The process's pool for the settings' database (opened on first use), and its URL."""
+    url = resolve_database_url(settings)
+    with _lock:
+        pool = _pools.get(url)
+        if pool is None or pool.closed:
+            pool = create_pool(url, settings)
+            _pools[url] = pool
+        if (url, settings.schema) not in _migrated:
+            with pool.connection() as conn:
+                migrate(conn, settings.schema)
+            _migrated.add((url, settings.schema))
+    return pool, url
+
+
+def close_pools() -> None:
+    """Close every pool this process opened."""
+    with _lock:
+        for pool in _pools.values():
+            pool.close()
+        _pools.clear()
+        _migrated.clear()
+
+
+atexit.register(close_pools)
+
+
+class Factory(InfrastructureFactory[TrackingRecorder]):
+    """Constructs eventkit's recorder and mapper for an eventsourcing ``Application``."""
+
+    def __init__(self, env: Environment | EnvType | None) -> None:
+        super().__init__(env)
+        values = {name: self.env.get(name) for name in _SETTING_NAMES}
+        self.settings = Settings.from_env({k: v for k, v in values.items() if v is not None})
+        self.pool, self.url = shared_pool(self.settings)
+
+    def transcoder(self) -> Transcoder:
+        topic = self.env.get(self.TRANSCODER_TOPIC)
+        if topic:
+            transcoder_class: type[Transcoder] = resolve_topic(topic)
+            return transcoder_class()
+        return PydanticJSONTranscoder()
+
+    def mapper(
+        self,
+        transcoder: Transcoder | None = None,
+        mapper_class: type[Mapper[Any]] | None = None,
+    ) -> Mapper[Any]:
+        if mapper_class is None and not self.env.get(self.MAPPER_TOPIC):
+            mapper_class = PydanticMapper
+        return super().mapper(transcoder=transcoder, mapper_class=mapper_class)
+
+    def aggregate_recorder(self, purpose: str = "events") -> AggregateRecorder:
+        if purpose != "events":
+            raise ConfigurationError(
+                f"eventkit records no {purpose!r} yet (snapshotting is not supported); "
+                "unset IS_SNAPSHOTTING_ENABLED"
+            )
+        return self.application_recorder()
+
+    def application_recorder(self) -> ApplicationRecorder:
+        return PostgresEventRecorder(self.pool, self.settings.schema)
+
+    def tracking_recorder(
+        self, tracking_recorder_class: type[TrackingRecorder] | None = None
+    ) -> TrackingRecorder:
+        raise ConfigurationError(
+            "eventkit records tracking in its projection runtime, not through eventsourcing's "
+            "TrackingRecorder"
+        )
+
+    def process_recorder(self) -> ProcessRecorder:
+        raise ConfigurationError(
+            "eventkit does not provide eventsourcing's ProcessRecorder; use eventkit's "
+            "projections and reactions"
+        )
+
+
+def event_recorder(app: Any) -> PostgresEventRecorder:
+    """The eventkit recorder of an eventsourcing ``Application`` built with this factory."""
+    recorder = app.recorder
+    if not isinstance(recorder, PostgresEventRecorder):
+        raise ConfigurationError(
+            f"{type(app).__name__} records with {type(recorder).__name__}, not eventkit's "
+            "recorder; construct it with PERSISTENCE_MODULE=infrastructure.factory"
+        )
+    return recorder
+
+
+__all__ = ["Factory", "close_pools", "event_recorder", "shared_pool"]

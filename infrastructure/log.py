@@ -1,0 +1,72 @@
+"""Values that describe the notification log: positions and logged notifications."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import ClassVar
+
+from eventsourcing.persistence import Notification
+
+
+@dataclass(frozen=True, order=True)
+class Position:
+    """A point in the notification log, in the order followers read it.
+
+    The log is read in (transaction id, notification id) order, which is commit order
+    between transactions (see docs/architecture.md). A follower records the position of
+    the last notification it handled, and asks for the notifications after it.
+    """
+
+    transaction_id: int
+    notification_id: int
+
+    ORIGIN: ClassVar[Position]
+
+    def __str__(self) -> str:
+        return f"{self.transaction_id}/{self.notification_id}"
+
+    @classmethod
+    def parse(cls, text: str) -> Position:
+        """Read a position written as ``TRANSACTION_ID/NOTIFICATION_ID``."""
+        try:
+            transaction_id, notification_id = (int(part) for part in text.split("/"))
+        except ValueError:
+            raise ValueError(
+                f"{text!r} is not a log position (expected TRANSACTION_ID/NOTIFICATION_ID)"
+            ) from None
+        return cls(transaction_id, notification_id)
+
+
+Position.ORIGIN = Position(0, 0)
+
+
+@dataclass(frozen=True)
+class LoggedNotification(Notification):
+    """A notification with where and when it was recorded."""
+
+    transaction_id: int
+    recorded_at: datetime
+
+    @property
+    def position(self) -> Position:
+        return Position(self.transaction_id, self.id)
+
+
+@dataclass(frozen=True)
+class OpenTransaction:
+    """A transaction that holds an xid and so holds back every reader of the log."""
+
+    pid: int | None
+    transaction_id: int
+    started_at: datetime | None
+    state: str | None
+    application_name: str | None
+    query: str | None
+
+    def describe(self) -> str:
+        return (
+            f"transaction {self.transaction_id} (backend pid {self.pid}, "
+            f"application {self.application_name!r}, state {self.state}, "
+            f"open since {self.started_at}): {self.query!r}"
+        )

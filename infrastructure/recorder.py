@@ -1,0 +1,423 @@
+"""The event store's recorder: eventsourcing's ``ApplicationRecorder`` on PostgreSQL, without a
+global lock.
+
+Writers append with one statement per save: a multi-row ``INSERT`` for small saves, ``COPY``
+for large ones. No table lock and no ``NOTIFY`` in the write transaction, so concurrent
+writers commit in parallel and PostgreSQL can group their commits.
+
+Readers use :meth:`PostgresEventRecorder.read_notifications`, which returns only rows whose
+writing transaction has ended, in (transaction id, notification id) order. Why that never
+lets a reader pass an event that commits later is argued in docs/architecture.md and
+checked by tests/integration/test_gap_safety.py.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import psycopg
+import psycopg_pool
+from eventsourcing.persistence import ApplicationRecorder, Notification, StoredEvent
+from psycopg import sql
+
+from infrastructure.database import TRANSIENT_ERRORS, retry_transient
+from infrastructure.errors import (
+    AppendOutcomeUnknownError,
+    ConcurrencyError,
+    DatabaseUnavailableError,
+    EventEncodingError,
+    PersistenceError,
+)
+from infrastructure.log import LoggedNotification, OpenTransaction, Position
+from infrastructure.subscription import PollingSubscription
+
+logger = logging.getLogger(__name__)
+
+#: Saves of up to this many events use one multi-row INSERT; larger ones use COPY, which is
+#: several times faster per row but needs the notification ids allocated first.
+COPY_THRESHOLD = 32
+_APPEND_ATTEMPTS = 5
+_DUPLICATE_KEY = re.compile(r"=\(([^,]+), (\d+)\) already exists")
+
+_COLUMNS = "originator_id, originator_version, topic, state"
+_NOTIFICATION_COLUMNS = (
+    "originator_id, originator_version, topic, state, notification_id, "
+    "transaction_id::text::bigint, recorded_at"
+)
+# Rows whose writing transaction id is below the snapshot's xmin belong to transactions
+# that had ended when the snapshot was taken: they are committed (and visible) or rolled
+# back, and no transaction still running or yet to start can write below xmin.
+# https://www.postgresql.org/docs/current/functions-info.html#FUNCTIONS-PG-SNAPSHOT-PARTS
+_SETTLED = "transaction_id < pg_snapshot_xmin(pg_current_snapshot())"
+
+
+class PostgresEventRecorder(ApplicationRecorder):
+    """Records stored events in ``{schema}.stored_events`` and reads the notification log."""
+
+    def __init__(
+        self,
+        pool: psycopg_pool.ConnectionPool,
+        schema: str,
+        *,
+        notify_channel: str | None = None,
+    ) -> None:
+        self.pool = pool
+        self.schema = schema
+        self.notify_channel = notify_channel
+        table = sql.Identifier(schema, "stored_events")
+        self._table = table
+        self._sequence = f"{schema}.stored_events_notification_id_seq"
+        self._copy = sql.SQL("COPY {} (notification_id, {}) FROM STDIN (FORMAT BINARY)").format(
+            table, sql.SQL(_COLUMNS)
+        )
+        self._select_events = sql.SQL(
+            "SELECT originator_id, originator_version, topic, state FROM {} WHERE originator_id = %s"
+        ).format(table)
+        self._read_after = sql.SQL(
+            "SELECT {} FROM {} WHERE (transaction_id, notification_id) > (%s::text::xid8, %s) "
+            "AND " + _SETTLED
+        ).format(sql.SQL(_NOTIFICATION_COLUMNS), table)
+        self._insert_cache: dict[int, sql.Composed] = {}
+
+    # -- writing -------------------------------------------------------------------------
+
+    def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> list[int]:
+        """Append ``stored_events`` atomically; return their notification ids, in order.
+
+        Raises :class:`ConcurrencyError` when any (stream, version) is already recorded, and
+        then nothing of the save is written.
+        """
+        if not stored_events:
+            return []
+        rows = [_row(e) for e in stored_events]
+        delay = 0.05
+        for attempt in range(1, _APPEND_ATTEMPTS + 1):
+            try:
+                return self._append(rows)
+            except psycopg.errors.UniqueViolation as e:
+                raise self._conflict(e, rows) from e
+            except TRANSIENT_ERRORS as e:
+                # The connection may have dropped after the commit was sent: look before
+                # writing again, or a retry would report a false conflict.
+                found = self._find_appended(rows)
+                if found is not None:
+                    return found
+                if attempt == _APPEND_ATTEMPTS:
+                    raise DatabaseUnavailableError(
+                        f"append of {len(rows)} event(s) to stream(s) "
+                        f"{_streams(rows)} failed {attempt} times; nothing was written; "
+                        f"last error: {type(e).__name__}: {e}"
+                    ) from e
+                logger.warning("append failed (attempt %d), retrying: %s", attempt, e)
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _append(self, rows: list[tuple[UUID, int, str, bytes]]) -> list[int]:
+        with self.pool.connection() as conn:
+            if self.notify_channel is None:
+                return self._write(conn, rows)
+            with conn.transaction():
+                ids = self._write(conn, rows)
+                conn.execute("SELECT pg_notify(%s, '')", (self.notify_channel,))
+                return ids
+
+    def _write(self, conn: psycopg.Connection[Any], rows: list[tuple[UUID, int, str, bytes]]) -> list[int]:
+        # One statement, so in autocommit mode the save is one transaction and one round trip.
+        if len(rows) <= COPY_THRESHOLD:
+            statement = self._insert_statement(len(rows))
+            params = [value for row in rows for value in row]
+            with conn.cursor() as cur:
+                cur.execute(statement, params)
+                ids = [r[0] for r in cur.fetchall()]
+        else:
+            # Allocate the ids first (sequence values are not transactional, so a rolled
+            # back COPY only leaves a gap), then stream the rows in binary COPY.
+            with conn.cursor() as cur:
+                cur.execute(
+                    "SELECT nextval(%s::regclass) FROM generate_series(1, %s)",
+                    (self._sequence, len(rows)),
+                )
+                ids = [r[0] for r in cur.fetchall()]
+                with cur.copy(self._copy) as copy:
+                    copy.set_types(["int8", "uuid", "int8", "text", "bytea"])
+                    for notification_id, row in zip(ids, rows, strict=True):
+                        copy.write_row((notification_id, *row))
+        if len(ids) != len(rows):
+            raise PersistenceError(f"appended {len(rows)} events but got {len(ids)} ids back")
+        return ids
+
+    def _insert_statement(self, n: int) -> sql.Composed:
+        statement = self._insert_cache.get(n)
+        if statement is None:
+            values = sql.SQL(", ").join(sql.SQL("(%s, %s, %s, %s)") for _ in range(n))
+            statement = sql.SQL("INSERT INTO {} ({}) VALUES {} RETURNING notification_id").format(
+                self._table, sql.SQL(_COLUMNS), values
+            )
+            self._insert_cache[n] = statement
+        return statement
+
+    def _conflict(
+        self, error: psycopg.errors.UniqueViolation, rows: list[tuple[UUID, int, str, bytes]]
+    ) -> PersistenceError:
+        detail = error.diag.message_detail or ""
+        match = _DUPLICATE_KEY.search(detail)
+        if error.diag.constraint_name != "stored_events_pkey" or match is None:
+            return PersistenceError(f"append to {self.schema}.stored_events failed: {error}")
+        originator_id, version = match[1], int(match[2])
+        versions = [r[1] for r in rows if str(r[0]) == originator_id] or [version]
+        current = retry_transient(
+            lambda: self._current_version(originator_id),
+            what=f"reading the version of stream {originator_id}",
+        )
+        return ConcurrencyError(
+            originator_id=originator_id,
+            conflicting_version=version,
+            current_version=current,
+            appended_versions=(min(versions), max(versions)),
+            num_events=len(rows),
+        )
+
+    def _current_version(self, originator_id: str) -> int | None:
+        with self.pool.connection() as conn:
+            row = conn.execute(
+                sql.SQL("SELECT max(originator_version) FROM {} WHERE originator_id = %s").format(
+                    self._table
+                ),
+                (originator_id,),
+            ).fetchone()
+        return None if row is None else row[0]
+
+    def _find_appended(self, rows: list[tuple[UUID, int, str, bytes]]) -> list[int] | None:
+        """After a lost connection: the ids if the append committed, None if it did not."""
+        statement = sql.SQL(
+            "SELECT e.notification_id, e.topic, e.state FROM unnest(%s::uuid[], %s::bigint[]) "
+            "WITH ORDINALITY AS k(originator_id, originator_version, n) "
+            "JOIN {} e USING (originator_id, originator_version) ORDER BY k.n"
+        ).format(self._table)
+
+        def look() -> list[tuple[int, str, bytes]]:
+            with self.pool.connection() as conn:
+                return conn.execute(
+                    statement, ([r[0] for r in rows], [r[1] for r in rows])
+                ).fetchall()
+
+        found = retry_transient(look, what="checking whether an interrupted append committed")
+        if not found:
+            return None
+        if len(found) == len(rows) and all(
+            (f[1], bytes(f[2])) == (r[2], r[3]) for f, r in zip(found, rows, strict=True)
+        ):
+            return [f[0] for f in found]
+        raise AppendOutcomeUnknownError(
+            f"the connection was lost while appending {len(rows)} event(s) to stream(s) "
+            f"{_streams(rows)}; afterwards {len(found)} of those (stream, version) pairs were "
+            "found with other content: another writer appended to the same stream(s). "
+            "Reload the aggregate and retry the command."
+        )
+
+    # -- reading one stream ----------------------------------------------------------------
+
+    def select_events(
+        self,
+        originator_id: UUID | str,
+        *,
+        gt: int | None = None,
+        lte: int | None = None,
+        desc: bool = False,
+        limit: int | None = None,
+    ) -> list[StoredEvent]:
+        """Return the events of one stream, by version."""
+        statement = self._select_events
+        params: list[Any] = [originator_id]
+        if gt is not None:
+            statement += sql.SQL(" AND originator_version > %s")
+            params.append(gt)
+        if lte is not None:
+            statement += sql.SQL(" AND originator_version <= %s")
+            params.append(lte)
+        statement += sql.SQL(" ORDER BY originator_version DESC" if desc else " ORDER BY originator_version")
+        if limit is not None:
+            statement += sql.SQL(" LIMIT %s")
+            params.append(limit)
+
+        def select() -> list[StoredEvent]:
+            with self.pool.connection() as conn, conn.cursor(binary=True) as cur:
+                cur.execute(statement, params)
+                return [StoredEvent(r[0], r[1], r[2], r[3]) for r in cur.fetchall()]
+
+        return retry_transient(select, what=f"reading stream {originator_id}")
+
+    # -- reading the notification log ------------------------------------------------------
+
+    def read_notifications(
+        self, after: Position, limit: int, topics: Sequence[str] = ()
+    ) -> list[LoggedNotification]:
+        """Return up to ``limit`` notifications after ``after``, in log order.
+
+        Only notifications whose transaction has ended are returned, so a notification can
+        never appear later at or before the last one returned: a follower that records the
+        position of the last notification it handled misses nothing and sees nothing twice.
+        ``topics`` restricts the result to those event types (the position still advances
+        only through what is returned).
+        """
+        statement = self._read_after
+        params: list[Any] = [str(after.transaction_id), after.notification_id]
+        if topics:
+            statement += sql.SQL(" AND topic = ANY(%s)")
+            params.append(list(topics))
+        statement += sql.SQL(" ORDER BY transaction_id, notification_id LIMIT %s")
+        params.append(limit)
+
+        def read() -> list[LoggedNotification]:
+            with self.pool.connection() as conn, conn.cursor(binary=True) as cur:
+                cur.execute(statement, params)
+                return [_logged(r) for r in cur.fetchall()]
+
+        return retry_transient(read, what=f"reading the notification log after {after}")
+
+    def head(self) -> Position | None:
+        """The position of the last notification a reader can see now."""
+
+        def read() -> Position | None:
+            with self.pool.connection() as conn:
+                row = conn.execute(
+                    sql.SQL(
+                        "SELECT transaction_id::text::bigint, notification_id FROM {} WHERE "
+                        + _SETTLED
+                        + " ORDER BY transaction_id DESC, notification_id DESC LIMIT 1"
+                    ).format(self._table)
+                ).fetchone()
+            return None if row is None else Position(row[0], row[1])
+
+        return retry_transient(read, what="reading the head of the notification log")
+
+    def position_of(self, notification_id: int) -> Position | None:
+        """The log position of a notification id, or None when no such row exists."""
+
+        def read() -> Position | None:
+            with self.pool.connection() as conn:
+                row = conn.execute(
+                    sql.SQL(
+                        "SELECT transaction_id::text::bigint FROM {} WHERE notification_id = %s"
+                    ).format(self._table),
+                    (notification_id,),
+                ).fetchone()
+            return None if row is None else Position(row[0], notification_id)
+
+        return retry_transient(read, what=f"looking up notification {notification_id}")
+
+    def oldest_open_transaction(self) -> OpenTransaction | None:
+        """The transaction that holds readers back now, if one does.
+
+        Readers see only events of transactions older than the oldest one still open in
+        the whole cluster; a long open transaction anywhere delays every follower.
+        """
+        with self.pool.connection() as conn:
+            row = conn.execute(
+                "SELECT a.pid, pg_snapshot_xmin(pg_current_snapshot())::text::bigint, "
+                "a.xact_start, a.state, a.application_name, left(a.query, 200) "
+                "FROM (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin) s "
+                "LEFT JOIN pg_stat_activity a ON a.backend_xid = xid(s.xmin)"
+            ).fetchone()
+        if row is None or row[0] is None:
+            return None
+        return OpenTransaction(row[0], row[1], row[2], row[3], row[4], row[5])
+
+    # -- eventsourcing's notification API ---------------------------------------------------
+
+    def select_notifications(
+        self,
+        start: int | None,
+        limit: int,
+        stop: int | None = None,
+        topics: Sequence[str] = (),
+        *,
+        inclusive_of_start: bool = True,
+    ) -> list[Notification]:
+        """Return notifications by id, for eventsourcing's notification log API.
+
+        Only notifications of ended transactions are returned, but ids are not commit
+        order: a consumer that tracks the last *id* it saw can miss a notification that
+        commits late. Followers should use :meth:`read_notifications` and track positions.
+        """
+        statement = sql.SQL(
+            "SELECT originator_id, originator_version, topic, state, notification_id FROM {} "
+            "WHERE " + _SETTLED
+        ).format(self._table)
+        params: list[Any] = []
+        if start is not None:
+            statement += sql.SQL(
+                " AND notification_id >= %s" if inclusive_of_start else " AND notification_id > %s"
+            )
+            params.append(start)
+        if stop is not None:
+            statement += sql.SQL(" AND notification_id <= %s")
+            params.append(stop)
+        if topics:
+            statement += sql.SQL(" AND topic = ANY(%s)")
+            params.append(list(topics))
+        statement += sql.SQL(" ORDER BY notification_id LIMIT %s")
+        params.append(limit)
+
+        def select() -> list[Notification]:
+            with self.pool.connection() as conn, conn.cursor(binary=True) as cur:
+                cur.execute(statement, params)
+                return [Notification(r[0], r[1], r[2], r[3], r[4]) for r in cur.fetchall()]
+
+        return retry_transient(select, what=f"selecting notifications from {start}")
+
+    def max_notification_id(self) -> int | None:
+        """The largest notification id recorded, or None when the log is empty."""
+
+        def select() -> int | None:
+            with self.pool.connection() as conn:
+                row = conn.execute(
+                    sql.SQL("SELECT max(notification_id) FROM {}").format(self._table)
+                ).fetchone()
+            return None if row is None else row[0]
+
+        return retry_transient(select, what="reading the largest notification id")
+
+    def subscribe(self, gt: int | None = None, topics: Sequence[str] = ()) -> PollingSubscription:
+        """Iterate over notifications after notification id ``gt``, waiting for new ones."""
+        after = Position.ORIGIN
+        if gt is not None:
+            position = self.position_of(gt)
+            if position is None:
+                raise PersistenceError(
+                    f"cannot subscribe after notification {gt}: no such notification in "
+                    f"{self.schema}.stored_events"
+                )
+            after = position
+        return PollingSubscription(self, after=after, topics=topics)
+
+
+def _row(event: StoredEvent) -> tuple[UUID, int, str, bytes]:
+    originator_id = event.originator_id
+    if not isinstance(originator_id, UUID):
+        try:
+            originator_id = UUID(originator_id)
+        except ValueError:
+            raise EventEncodingError(
+                f"stream id {originator_id!r} (topic {event.topic}, version "
+                f"{event.originator_version}) is not a UUID; eventkit identifies streams by UUID"
+            ) from None
+    return (originator_id, event.originator_version, event.topic, event.state)
+
+
+def _logged(r: tuple[Any, ...]) -> LoggedNotification:
+    recorded_at: datetime = r[6]
+    return LoggedNotification(r[0], r[1], r[2], r[3], r[4], r[5], recorded_at)
+
+
+def _streams(rows: list[tuple[UUID, int, str, bytes]]) -> str:
+    streams = sorted({str(r[0]) for r in rows})
+    shown = ", ".join(streams[:5])
+    return shown + (f" and {len(streams) - 5} more" if len(streams) > 5 else "")

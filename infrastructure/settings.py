@@ -1,0 +1,70 @@
+"""Settings read from the environment, in one place."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from infrastructure.errors import ConfigurationError
+
+#: The project folder: embedded PostgreSQL keeps its data in ``.eventkit`` below it.
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+_SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How eventkit reaches its database, and where it keeps local state.
+
+    ``database_url`` is ``None`` when ``DATABASE_URL`` is unset: eventkit then starts and
+    uses its own embedded PostgreSQL, with data under ``home``.
+    """
+
+    database_url: str | None
+    schema: str = "eventkit"
+    home: Path = PROJECT_ROOT / ".eventkit"
+    pool_min_size: int = 1
+    pool_max_size: int = 16
+
+    def __post_init__(self) -> None:
+        if not _SCHEMA_NAME.match(self.schema):
+            raise ConfigurationError(
+                f"EVENTKIT_SCHEMA={self.schema!r} is not a plain PostgreSQL schema name: use "
+                "lower-case letters, digits and underscores, starting with a letter or '_'"
+            )
+        if not 1 <= self.pool_min_size <= self.pool_max_size:
+            raise ConfigurationError(
+                f"pool sizes must satisfy 1 <= EVENTKIT_POOL_MIN_SIZE ({self.pool_min_size}) "
+                f"<= EVENTKIT_POOL_MAX_SIZE ({self.pool_max_size})"
+            )
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read settings from ``env`` (default: the process environment)."""
+        env = os.environ if env is None else env
+        return cls(
+            database_url=env.get("DATABASE_URL") or None,
+            schema=env.get("EVENTKIT_SCHEMA", "eventkit"),
+            home=Path(env.get("EVENTKIT_HOME") or PROJECT_ROOT / ".eventkit"),
+            pool_min_size=_int(env, "EVENTKIT_POOL_MIN_SIZE", 1),
+            pool_max_size=_int(env, "EVENTKIT_POOL_MAX_SIZE", 16),
+        )
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigurationError(f"{name}={raw!r} is not a whole number") from None
+
+
+def redact(url: str) -> str:
+    """Return ``url`` with any password replaced by ``***``, for logs and messages."""
+    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)

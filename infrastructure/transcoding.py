@@ -1,0 +1,128 @@
+"""Turn pydantic domain events into stored events and back, exactly.
+
+eventsourcing 9.5's default mapper neither validates on decode nor encodes nested pydantic
+models, so eventkit brings its own. A stored event's state is the event's fields as UTF-8
+JSON (pydantic's JSON mode: ``Decimal`` as a string, so ``"1.10"`` stays ``1.10``; ``UUID`` as
+a string; aware ``datetime`` in ISO 8601 with its offset; enums by value; nested models as
+objects), without ``originator_id`` and ``originator_version``, which have columns of their
+own. Decoding runs eventsourcing's upcasting (``class_version`` and ``upcast_vN_vN+1``) on
+the JSON object, then validates it with the event's model, so a bad payload fails loudly,
+with the stream, version and topic in the message.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+import pydantic_core
+from eventsourcing.domain import DomainEventProtocol
+from eventsourcing.persistence import Cipher, Compressor, Mapper, StoredEvent, Transcoder
+from eventsourcing.utils import TopicError, get_topic, resolve_topic
+from pydantic import BaseModel, ValidationError
+
+from infrastructure.errors import ConfigurationError, EventDecodingError, EventEncodingError
+
+_ORIGINATOR_FIELDS = frozenset({"originator_id", "originator_version"})
+_CLASS_VERSION = "class_version"
+
+
+class PydanticJSONTranscoder(Transcoder):
+    """JSON objects to UTF-8 bytes and back, with pydantic-core (fast, and strict JSON)."""
+
+    def encode(self, obj: Any) -> bytes:
+        return pydantic_core.to_json(obj)
+
+    def decode(self, data: bytes) -> Any:
+        return pydantic_core.from_json(data)
+
+
+class PydanticMapper(Mapper[UUID]):
+    """Maps pydantic domain events to :class:`StoredEvent` objects and back."""
+
+    def __init__(
+        self,
+        transcoder: Transcoder | None = None,
+        compressor: Compressor | None = None,
+        cipher: Cipher | None = None,
+    ) -> None:
+        if compressor is not None or cipher is not None:
+            raise ConfigurationError(
+                "eventkit stores payloads as JSON that operators can read in SQL; unset "
+                "COMPRESSOR_TOPIC, CIPHER_TOPIC and CIPHER_KEY"
+            )
+        super().__init__(transcoder or PydanticJSONTranscoder())
+
+    def to_stored_event(self, domain_event: DomainEventProtocol[UUID]) -> StoredEvent:
+        cls = type(domain_event)
+        topic = get_topic(cls)
+        if not isinstance(domain_event, BaseModel):
+            raise EventEncodingError(
+                f"{topic} is not a pydantic model; eventkit's events derive from "
+                "domain.model.DomainEvent"
+            )
+        try:
+            state = domain_event.model_dump(mode="json", exclude=_ORIGINATOR_FIELDS)
+        except pydantic_core.PydanticSerializationError as e:
+            raise EventEncodingError(
+                f"cannot encode {topic} for stream {domain_event.originator_id} version "
+                f"{domain_event.originator_version}: {e}"
+            ) from e
+        class_version = getattr(cls, _CLASS_VERSION, 1)
+        if class_version > 1:
+            state[_CLASS_VERSION] = class_version
+        return StoredEvent(
+            originator_id=domain_event.originator_id,
+            originator_version=domain_event.originator_version,
+            topic=topic,
+            state=self.transcoder.encode(state),
+        )
+
+    def to_domain_event(self, stored_event: StoredEvent) -> DomainEventProtocol[UUID]:
+        where = (
+            f"stream {stored_event.originator_id} version {stored_event.originator_version} "
+            f"(topic {stored_event.topic})"
+        )
+        try:
+            cls = resolve_topic(stored_event.topic)
+        except TopicError as e:
+            raise EventDecodingError(f"cannot decode {where}: unknown event type: {e}") from e
+        if not (isinstance(cls, type) and issubclass(cls, BaseModel)):
+            raise EventDecodingError(f"cannot decode {where}: {cls!r} is not a pydantic model")
+        try:
+            state = self.transcoder.decode(stored_event.state)
+        except ValueError as e:
+            raise EventDecodingError(f"cannot decode {where}: payload is not JSON: {e}") from e
+        if not isinstance(state, dict):
+            raise EventDecodingError(
+                f"cannot decode {where}: payload is {type(state).__name__}, not a JSON object"
+            )
+        _upcast(cls, state, where)
+        state["originator_id"] = stored_event.originator_id
+        state["originator_version"] = stored_event.originator_version
+        try:
+            event: DomainEventProtocol[UUID] = cls.model_validate(state)
+        except ValidationError as e:
+            raise EventDecodingError(f"cannot decode {where}: {e}") from e
+        return event
+
+
+def _upcast(cls: type[BaseModel], state: dict[str, Any], where: str) -> None:
+    """Bring a stored payload up to the event class's current ``class_version``, in place."""
+    stored_version = state.pop(_CLASS_VERSION, 1)
+    current_version = getattr(cls, _CLASS_VERSION, 1)
+    if stored_version > current_version:
+        raise EventDecodingError(
+            f"cannot decode {where}: stored with class_version {stored_version}, but "
+            f"{cls.__qualname__} is at class_version {current_version} (older code?)"
+        )
+    while stored_version < current_version:
+        name = f"upcast_v{stored_version}_v{stored_version + 1}"
+        upcast = getattr(cls, name, None)
+        if upcast is None:
+            raise EventDecodingError(
+                f"cannot decode {where}: {cls.__qualname__} has class_version "
+                f"{current_version} but no {name}()"
+            )
+        upcast(state)
+        stored_version += 1
