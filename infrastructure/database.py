@@ -37,7 +37,9 @@ def resolve_database_url(settings: Settings) -> str:
     return EmbeddedPostgres(settings.home).start()
 
 
-def create_pool(url: str, settings: Settings, *, name: str = "eventkit") -> psycopg_pool.ConnectionPool:
+def create_pool(
+    url: str, settings: Settings, *, name: str = "eventkit"
+) -> psycopg_pool.ConnectionPool:
     """Open a pool of autocommit connections and check the server once.
 
     Connections are in autocommit mode: a single statement is its own transaction (one

@@ -1,4 +1,6 @@
-"""eventsourcing's infrastructure factory for eventkit: ``PERSISTENCE_MODULE=infrastructure.factory``.
+"""eventsourcing's infrastructure factory for eventkit.
+
+Select it with ``PERSISTENCE_MODULE=infrastructure.factory``.
 
 An ``Application`` constructed with that setting records its events with
 :class:`PostgresEventRecorder` and maps them with :class:`PydanticMapper`. The database is

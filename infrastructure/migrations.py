@@ -12,6 +12,7 @@ import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -49,7 +50,7 @@ def load_migrations(directory: Path = SQL_DIR) -> list[Migration]:
     return migrations
 
 
-def migrate(conn: psycopg.Connection[object], schema: str) -> list[Migration]:
+def migrate(conn: psycopg.Connection[Any], schema: str) -> list[Migration]:
     """Bring ``schema`` up to date; return the migrations applied now (empty when current)."""
     applied_now: list[Migration] = []
     with conn.transaction():

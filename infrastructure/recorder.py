@@ -43,6 +43,7 @@ logger = logging.getLogger(__name__)
 #: several times faster per row but needs the notification ids allocated first.
 COPY_THRESHOLD = 32
 _APPEND_ATTEMPTS = 5
+_MAX_NOTIFICATION_ID = 2**63 - 1
 _DUPLICATE_KEY = re.compile(r"=\(([^,]+), (\d+)\) already exists")
 
 _COLUMNS = "originator_id, originator_version, topic, state"
@@ -77,7 +78,8 @@ class PostgresEventRecorder(ApplicationRecorder):
             table, sql.SQL(_COLUMNS)
         )
         self._select_events = sql.SQL(
-            "SELECT originator_id, originator_version, topic, state FROM {} WHERE originator_id = %s"
+            "SELECT originator_id, originator_version, topic, state FROM {} "
+            "WHERE originator_id = %s"
         ).format(table)
         self._read_after = sql.SQL(
             "SELECT {} FROM {} WHERE (transaction_id, notification_id) > (%s::text::xid8, %s) "
@@ -128,7 +130,9 @@ class PostgresEventRecorder(ApplicationRecorder):
                 conn.execute("SELECT pg_notify(%s, '')", (self.notify_channel,))
                 return ids
 
-    def _write(self, conn: psycopg.Connection[Any], rows: list[tuple[UUID, int, str, bytes]]) -> list[int]:
+    def _write(
+        self, conn: psycopg.Connection[Any], rows: list[tuple[UUID, int, str, bytes]]
+    ) -> list[int]:
         # One statement, so in autocommit mode the save is one transaction and one round trip.
         if len(rows) <= COPY_THRESHOLD:
             statement = self._insert_statement(len(rows))
@@ -242,7 +246,9 @@ class PostgresEventRecorder(ApplicationRecorder):
         if lte is not None:
             statement += sql.SQL(" AND originator_version <= %s")
             params.append(lte)
-        statement += sql.SQL(" ORDER BY originator_version DESC" if desc else " ORDER BY originator_version")
+        statement += sql.SQL(
+            " ORDER BY originator_version DESC" if desc else " ORDER BY originator_version"
+        )
         if limit is not None:
             statement += sql.SQL(" LIMIT %s")
             params.append(limit)
@@ -386,17 +392,32 @@ class PostgresEventRecorder(ApplicationRecorder):
         return retry_transient(select, what="reading the largest notification id")
 
     def subscribe(self, gt: int | None = None, topics: Sequence[str] = ()) -> PollingSubscription:
-        """Iterate over notifications after notification id ``gt``, waiting for new ones."""
-        after = Position.ORIGIN
-        if gt is not None:
-            position = self.position_of(gt)
-            if position is None:
-                raise PersistenceError(
-                    f"cannot subscribe after notification {gt}: no such notification in "
-                    f"{self.schema}.stored_events"
-                )
-            after = position
-        return PollingSubscription(self, after=after, topics=topics)
+        """Iterate over notifications with ids above ``gt``, in log order, waiting for new ones.
+
+        Ids are not commit order, so the subscription starts just before the oldest
+        transaction that holds (or may still commit) an id above ``gt``, and skips ids
+        at or below ``gt``.
+        """
+        if gt is None:
+            return PollingSubscription(self, after=Position.ORIGIN, topics=topics)
+
+        def start() -> int:
+            with self.pool.connection() as conn:
+                row = conn.execute(
+                    sql.SQL(
+                        "SELECT least((SELECT min(transaction_id) FROM {} "
+                        "WHERE notification_id > %s), "
+                        "pg_snapshot_xmin(pg_current_snapshot()))::text::bigint"
+                    ).format(self._table),
+                    (gt,),
+                ).fetchone()
+            assert row is not None
+            value: int = row[0]
+            return value
+
+        first_tx = retry_transient(start, what=f"finding where notification {gt} is in the log")
+        after = Position(first_tx - 1, _MAX_NOTIFICATION_ID)
+        return PollingSubscription(self, after=after, topics=topics, above_id=gt)
 
 
 def _row(event: StoredEvent) -> tuple[UUID, int, str, bytes]:

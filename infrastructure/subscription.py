@@ -30,12 +30,14 @@ class PollingSubscription(Subscription["PostgresEventRecorder"]):
         batch_size: int = 500,
         min_interval_s: float = 0.005,
         max_interval_s: float = 0.5,
+        above_id: int | None = None,
     ) -> None:
         super().__init__(recorder=recorder, gt=after.notification_id, topics=topics)
         self.position = after
         self._batch_size = batch_size
         self._min_interval_s = min_interval_s
         self._max_interval_s = max_interval_s
+        self._above_id = above_id
         self._buffer: list[LoggedNotification] = []
         self._stopped = threading.Event()
 
@@ -48,15 +50,16 @@ class PollingSubscription(Subscription["PostgresEventRecorder"]):
         while not self._buffer:
             if self._stopped.is_set():
                 raise StopIteration
-            self._buffer = self._recorder.read_notifications(
-                self.position, self._batch_size, self._topics
-            )
-            self._buffer.reverse()
-            if not self._buffer:
+            batch = self._recorder.read_notifications(self.position, self._batch_size, self._topics)
+            if not batch:
                 self._stopped.wait(interval)
                 interval = min(interval * 2, self._max_interval_s)
+                continue
+            self.position = batch[-1].position
+            if self._above_id is not None:
+                above = self._above_id
+                batch = [n for n in batch if n.id > above]
+            self._buffer = batch[::-1]
         if self._stopped.is_set():
             raise StopIteration
-        notification = self._buffer.pop()
-        self.position = notification.position
-        return notification
+        return self._buffer.pop()

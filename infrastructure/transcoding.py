@@ -12,7 +12,7 @@ with the stream, version and topic in the message.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 from uuid import UUID
 
 import pydantic_core
@@ -23,7 +23,7 @@ from pydantic import BaseModel, ValidationError
 
 from infrastructure.errors import ConfigurationError, EventDecodingError, EventEncodingError
 
-_ORIGINATOR_FIELDS = frozenset({"originator_id", "originator_version"})
+_ORIGINATOR_FIELDS: set[str] = {"originator_id", "originator_version"}
 _CLASS_VERSION = "class_version"
 
 
@@ -101,10 +101,10 @@ class PydanticMapper(Mapper[UUID]):
         state["originator_id"] = stored_event.originator_id
         state["originator_version"] = stored_event.originator_version
         try:
-            event: DomainEventProtocol[UUID] = cls.model_validate(state)
+            event = cls.model_validate(state)
         except ValidationError as e:
             raise EventDecodingError(f"cannot decode {where}: {e}") from e
-        return event
+        return cast("DomainEventProtocol[UUID]", event)
 
 
 def _upcast(cls: type[BaseModel], state: dict[str, Any], where: str) -> None:

@@ -1,0 +1,89 @@
+"""Fixtures for tests that touch storage: a real PostgreSQL, one fresh schema per test.
+
+The server is ``DATABASE_URL`` when set, else eventkit's embedded PostgreSQL (started on
+first use and left running for the next run).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from uuid import uuid4
+
+import psycopg_pool
+import pytest
+from psycopg import sql
+
+from infrastructure.factory import close_pools, shared_pool
+from infrastructure.migrations import migrate
+from infrastructure.recorder import PostgresEventRecorder
+from infrastructure.settings import Settings
+
+
+@pytest.fixture(scope="session")
+def settings() -> Settings:
+    base = Settings.from_env()
+    return Settings(
+        database_url=base.database_url,
+        schema="eventkit_tests",
+        home=base.home,
+        pool_min_size=2,
+        pool_max_size=40,
+    )
+
+
+@pytest.fixture(scope="session")
+def database(settings: Settings) -> Iterator[tuple[psycopg_pool.ConnectionPool, str]]:
+    """The session's pool and the URL it connects to."""
+    pool, url = shared_pool(settings)
+    yield pool, url
+    close_pools()
+
+
+@pytest.fixture(scope="session")
+def database_url(database: tuple[psycopg_pool.ConnectionPool, str]) -> str:
+    return database[1]
+
+
+@pytest.fixture(scope="session")
+def pool(database: tuple[psycopg_pool.ConnectionPool, str]) -> psycopg_pool.ConnectionPool:
+    return database[0]
+
+
+@pytest.fixture
+def schema(pool: psycopg_pool.ConnectionPool) -> Iterator[str]:
+    """A freshly migrated schema of its own for one test, dropped afterwards."""
+    name = f"test_{uuid4().hex[:16]}"
+    with pool.connection() as conn:
+        migrate(conn, name)
+    yield name
+    with pool.connection() as conn:
+        conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def recorder(pool: psycopg_pool.ConnectionPool, schema: str) -> PostgresEventRecorder:
+    return PostgresEventRecorder(pool, schema)
+
+
+@pytest.fixture
+def app_env(database_url: str, schema: str) -> dict[str, str]:
+    """eventsourcing environment for an ``Application`` that records in the test's schema."""
+    return {
+        "PERSISTENCE_MODULE": "infrastructure.factory",
+        "DATABASE_URL": database_url,
+        "EVENTKIT_SCHEMA": schema,
+        "EVENTKIT_POOL_MAX_SIZE": "40",
+    }
+
+
+#: eventsourcing environment for unit tests: its in-memory recorder with eventkit's mapper.
+IN_MEMORY_ENV = {
+    "PERSISTENCE_MODULE": "eventsourcing.popo",
+    "MAPPER_TOPIC": "infrastructure.transcoding:PydanticMapper",
+    "TRANSCODER_TOPIC": "infrastructure.transcoding:PydanticJSONTranscoder",
+}
+
+
+@pytest.fixture
+def memory_env() -> dict[str, str]:
+    return dict(IN_MEMORY_ENV)

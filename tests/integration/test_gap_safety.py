@@ -1,0 +1,308 @@
+"""No reader of the notification log ever passes an event that commits later.
+
+A notification id is drawn when a row is inserted but becomes visible when its transaction
+commits, so a transaction holding a lower id can commit after one holding a higher id. These
+tests hold transactions open on purpose, in every order, and check that a follower which
+records the position of the last notification it read sees every committed event exactly
+once, in per-stream order. ``test_an_unguarded_reader_would_skip`` shows that the same
+scenario does make a reader skip when the guard is taken away, so the tests can fail.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+from uuid import UUID, uuid4
+
+import psycopg
+import psycopg_pool
+import pytest
+from eventsourcing.persistence import StoredEvent
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import infrastructure.recorder as recorder_module
+from infrastructure.log import LoggedNotification, Position
+from infrastructure.recorder import PostgresEventRecorder
+
+
+@contextmanager
+def open_transaction(url: str) -> Iterator[psycopg.Connection[Any]]:
+    """A connection whose statements run in one transaction until committed or rolled back."""
+    with psycopg.connect(url, autocommit=False) as conn:
+        yield conn
+
+
+def append_in(
+    conn: psycopg.Connection[Any], recorder: PostgresEventRecorder, events: list[StoredEvent]
+) -> list[int]:
+    """Append through the recorder's own write path, inside the caller's transaction."""
+    rows = [(UUID(str(e.originator_id)), e.originator_version, e.topic, e.state) for e in events]
+    return recorder._write(conn, rows)
+
+
+def event(stream: UUID, version: int, topic: str = "Tested") -> StoredEvent:
+    return StoredEvent(stream, version, topic, b'{"n": %d}' % version)
+
+
+class Follower:
+    """Reads the log after a recorded position, as a projection worker does."""
+
+    def __init__(self, recorder: PostgresEventRecorder, limit: int = 100) -> None:
+        self.recorder = recorder
+        self.position = Position.ORIGIN
+        self.limit = limit
+        self.seen: list[LoggedNotification] = []
+
+    def poll(self) -> list[LoggedNotification]:
+        batch = self.recorder.read_notifications(self.position, self.limit)
+        if batch:
+            self.position = batch[-1].position
+            self.seen.extend(batch)
+        return batch
+
+    def drain(self) -> None:
+        while self.poll():
+            pass
+
+
+def test_a_later_commit_waits_for_an_earlier_open_transaction(
+    recorder: PostgresEventRecorder, database_url: str
+) -> None:
+    follower = Follower(recorder)
+    early, late = uuid4(), uuid4()
+    with open_transaction(database_url) as slow:
+        [low_id] = append_in(slow, recorder, [event(early, 1)])
+        [high_id] = recorder.insert_events([event(late, 1)])
+        assert low_id < high_id
+
+        # The later event has committed, but an earlier transaction is still open: the
+        # reader must not move past it.
+        assert follower.poll() == []
+
+        slow.commit()
+
+    follower.drain()
+    assert [n.id for n in follower.seen] == [low_id, high_id]
+
+
+def test_a_transaction_that_drew_its_id_later_but_committed_first(
+    recorder: PostgresEventRecorder, database_url: str
+) -> None:
+    """Ids and transaction ids disagree: the log follows transactions, and skips nothing."""
+    follower = Follower(recorder, limit=1)
+    a, b = uuid4(), uuid4()
+    with open_transaction(database_url) as first, open_transaction(database_url) as second:
+        # `first` takes its transaction id now, with an event...
+        [a1] = append_in(first, recorder, [event(a, 1)])
+        # ...`second` draws an id and commits...
+        [b1] = append_in(second, recorder, [event(b, 1)])
+        second.commit()
+        # ...then `first` draws a higher id than `second`'s, and commits last.
+        [a2] = append_in(first, recorder, [event(a, 2)])
+        assert a1 < b1 < a2
+        assert follower.poll() == []
+        first.commit()
+
+    follower.drain()
+    # `first` started first: its events come first and together, then `second`'s.
+    assert [n.id for n in follower.seen] == [a1, a2, b1]
+
+
+def test_a_rolled_back_transaction_leaves_a_gap_that_nobody_waits_for(
+    recorder: PostgresEventRecorder, database_url: str
+) -> None:
+    follower = Follower(recorder)
+    with open_transaction(database_url) as doomed:
+        append_in(doomed, recorder, [event(uuid4(), 1)])
+        [kept] = recorder.insert_events([event(uuid4(), 1)])
+        assert follower.poll() == []
+        doomed.rollback()
+    follower.drain()
+    assert [n.id for n in follower.seen] == [kept]
+
+
+def test_an_unguarded_reader_would_skip(
+    pool: psycopg_pool.ConnectionPool,
+    schema: str,
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The scenario above really races: without the guard, the early event is lost."""
+    monkeypatch.setattr(recorder_module, "_SETTLED", "TRUE")
+    unguarded = PostgresEventRecorder(pool, schema)
+    follower = Follower(unguarded)
+    with open_transaction(database_url) as slow:
+        [low_id] = append_in(slow, unguarded, [event(uuid4(), 1)])
+        [high_id] = unguarded.insert_events([event(uuid4(), 1)])
+        assert [n.id for n in follower.poll()] == [high_id]
+        slow.commit()
+    follower.drain()
+    assert low_id not in [n.id for n in follower.seen]
+
+
+def test_the_reader_is_held_back_and_says_by_whom(
+    recorder: PostgresEventRecorder, database_url: str
+) -> None:
+    with open_transaction(database_url) as idle:
+        idle.execute("SET application_name = 'long_migration'")
+        append_in(idle, recorder, [event(uuid4(), 1)])
+        holder = recorder.oldest_open_transaction()
+        assert holder is not None
+        assert holder.application_name == "long_migration"
+        assert "long_migration" in holder.describe()
+    assert recorder.oldest_open_transaction() is None
+
+
+def test_events_of_one_transaction_are_contiguous_in_log_order(
+    recorder: PostgresEventRecorder,
+) -> None:
+    """What eventsourcing's non-interleaving case asks of ids holds for log positions."""
+    streams = [uuid4() for _ in range(4)]
+    errors: list[BaseException] = []
+
+    def save(stream: UUID) -> None:
+        try:
+            recorder.insert_events([event(stream, v) for v in range(1, 1001)])
+        except BaseException as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=save, args=(s,)) for s in streams]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    follower = Follower(recorder, limit=333)
+    follower.drain()
+    runs = [
+        n.originator_id
+        for i, n in enumerate(follower.seen)
+        if i == 0 or follower.seen[i - 1].originator_id != n.originator_id
+    ]
+    assert sorted(runs, key=str) == sorted(streams, key=str)
+
+
+# -- random interleavings ----------------------------------------------------------------
+
+# A step is (writer, action, size): "append" size events in the writer's open transaction
+# (opening one if needed), "commit", "rollback", or a "read" of at most size notifications.
+STEPS = st.lists(
+    st.tuples(
+        st.integers(min_value=0, max_value=3),
+        st.sampled_from(["append", "append", "commit", "rollback", "read"]),
+        st.sampled_from([1, 2, 3, 40]),  # 40 exceeds COPY_THRESHOLD: both write paths
+    ),
+    min_size=1,
+    max_size=40,
+)
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(steps=STEPS)
+def test_random_interleavings_are_seen_exactly_once_in_stream_order(
+    recorder: PostgresEventRecorder, database_url: str, steps: list[tuple[int, str, int]]
+) -> None:
+    follower = Follower(recorder)
+    follower.position = recorder.head() or Position.ORIGIN
+    connections = [psycopg.connect(database_url, autocommit=False) for _ in range(4)]
+    streams = [uuid4() for _ in range(4)]  # one stream per writer: appends never block
+    committed_version = [0] * 4
+    pending: list[list[int]] = [[] for _ in range(4)]
+    committed: dict[int, tuple[UUID, int]] = {}
+    try:
+        for writer, action, size in steps:
+            conn = connections[writer]
+            if action == "append":
+                first = committed_version[writer] + len(pending[writer]) + 1
+                versions = list(range(first, first + size))
+                ids = append_in(conn, recorder, [event(streams[writer], v) for v in versions])
+                pending[writer].extend(ids)
+            elif action == "commit":
+                conn.commit()
+                for offset, nid in enumerate(pending[writer], start=1):
+                    committed[nid] = (streams[writer], committed_version[writer] + offset)
+                committed_version[writer] += len(pending[writer])
+                pending[writer] = []
+            elif action == "rollback":
+                conn.rollback()
+                pending[writer] = []
+            else:
+                follower.limit = size
+                follower.poll()
+        for writer, conn in enumerate(connections):
+            conn.commit()
+            for offset, nid in enumerate(pending[writer], start=1):
+                committed[nid] = (streams[writer], committed_version[writer] + offset)
+    finally:
+        for conn in connections:
+            conn.close()
+
+    follower.limit = 1000
+    follower.drain()
+    seen_ids = [n.id for n in follower.seen]
+    assert len(seen_ids) == len(set(seen_ids)), "a notification was seen twice"
+    assert set(seen_ids) == set(committed), "a committed notification was missed"
+    versions: dict[UUID, list[int]] = defaultdict(list)
+    for n in follower.seen:
+        assert committed[n.id] == (n.originator_id, n.originator_version)
+        versions[UUID(str(n.originator_id))].append(n.originator_version)
+    for stream_versions in versions.values():
+        assert stream_versions == sorted(stream_versions), "per-stream order broken"
+
+
+# -- real threads ------------------------------------------------------------------------
+
+
+def test_concurrent_writers_and_a_tailing_follower(recorder: PostgresEventRecorder) -> None:
+    """Eight writers append single events and batches for a while; a follower tails the log."""
+    stop = threading.Event()
+    written: dict[UUID, int] = defaultdict(int)
+    lock = threading.Lock()
+    errors: list[BaseException] = []
+
+    def write(seed: int) -> None:
+        rng = random.Random(seed)
+        mine = [uuid4() for _ in range(5)]
+        versions = dict.fromkeys(mine, 0)
+        try:
+            while not stop.is_set():
+                stream = rng.choice(mine)
+                n = rng.choice([1, 1, 1, 5, 50])
+                first = versions[stream] + 1
+                recorder.insert_events([event(stream, v) for v in range(first, first + n)])
+                versions[stream] += n
+            with lock:
+                for stream, v in versions.items():
+                    written[stream] = v
+        except BaseException as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    follower = Follower(recorder, limit=500)
+    writers = [threading.Thread(target=write, args=(i,)) for i in range(8)]
+    for t in writers:
+        t.start()
+    deadline = time.monotonic() + 2.0
+    while time.monotonic() < deadline:
+        follower.poll()
+    stop.set()
+    for t in writers:
+        t.join()
+    follower.drain()
+
+    assert errors == []
+    per_stream: dict[UUID, list[int]] = defaultdict(list)
+    for n in follower.seen:
+        per_stream[UUID(str(n.originator_id))].append(n.originator_version)
+    assert {s: len(v) for s, v in per_stream.items()} == {s: v for s, v in written.items() if v}
+    for stream, got in per_stream.items():
+        assert got == list(range(1, written[stream] + 1)), f"stream {stream} out of order"

@@ -1,0 +1,15 @@
+from __future__ import annotations
+
+from infrastructure.log import Position
+from infrastructure.recorder import PostgresEventRecorder
+from eventsourcing.persistence import StoredEvent
+from uuid import uuid4
+
+
+def test_append_then_read(recorder: PostgresEventRecorder) -> None:
+    stream = uuid4()
+    ids = recorder.insert_events(
+        [StoredEvent(stream, 1, "t", b"{}"), StoredEvent(stream, 2, "t", b"{}")]
+    )
+    got = recorder.read_notifications(Position.ORIGIN, 10)
+    assert [n.id for n in got] == ids
