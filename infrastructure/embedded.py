@@ -77,7 +77,16 @@ class EmbeddedPostgres:
         user = _prepare_system_user(self.home, bin_dir)
         if not (self.pgdata / "PG_VERSION").exists():
             self._initdb(bin_dir, user)
+        # A server that was killed leaves postmaster.pid behind. Its pid may even look alive
+        # (a zombie, where nothing reaps orphans), which would make PostgreSQL refuse to
+        # start, so remove the files once we know no live postmaster owns them.
         socket_dir = self._socket_dir()
+        for stale in (
+            self.pgdata / "postmaster.pid",
+            socket_dir / ".s.PGSQL.5432.lock",
+            socket_dir / ".s.PGSQL.5432",
+        ):
+            stale.unlink(missing_ok=True)
         options = (
             f"-h '' -k {socket_dir} -c max_connections=300 -c shared_buffers=256MB "
             "-c fsync=on -c synchronous_commit=on"
@@ -128,15 +137,9 @@ class EmbeddedPostgres:
 
     def status(self) -> EmbeddedStatus:
         """Report whether the server runs, and its URL when it does."""
-        if not (self.pgdata / "PG_VERSION").exists():
-            return EmbeddedStatus(self.pgdata, False, None, None)
-        user = SYSTEM_USER if _is_root() else None
-        # ``pg_ctl status`` checks that the pid in postmaster.pid is a live postmaster of
-        # this data folder, so a stale pid file (killed server, reused pid) reads as stopped.
-        result = _run([str(_bin_dir() / "pg_ctl"), "-D", str(self.pgdata), "status"], user)
-        if result.returncode != 0:
-            return EmbeddedStatus(self.pgdata, False, None, None)
         pid, url = _read_postmaster_pid(self.pgdata / "postmaster.pid")
+        if pid is None or not _is_postmaster_of(pid, self.pgdata):
+            return EmbeddedStatus(self.pgdata, False, None, None)
         return EmbeddedStatus(self.pgdata, url is not None, pid, url)
 
     def url(self) -> str | None:
@@ -209,6 +212,25 @@ def _bin_dir() -> Path:
     if not (path / "pg_ctl").exists():
         raise EmbeddedPostgresError(f"embedded PostgreSQL binaries are missing from {path}")
     return path
+
+
+def _is_postmaster_of(pid: int, pgdata: Path) -> bool:
+    """Whether ``pid`` is a live (not zombie) postmaster serving ``pgdata``."""
+    proc = Path(f"/proc/{pid}")
+    if Path("/proc/self").exists():
+        try:
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+        except (OSError, IndexError):
+            return False
+        return state != "Z" and str(pgdata).encode() in cmdline
+    try:  # no /proc (macOS): trust the pid
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _is_accepting(url: str) -> bool:

@@ -50,8 +50,13 @@ def load_migrations(directory: Path = SQL_DIR) -> list[Migration]:
     return migrations
 
 
-def migrate(conn: psycopg.Connection[Any], schema: str) -> list[Migration]:
-    """Bring ``schema`` up to date; return the migrations applied now (empty when current)."""
+def migrate(
+    conn: psycopg.Connection[Any], schema: str, migrations: list[Migration] | None = None
+) -> list[Migration]:
+    """Bring ``schema`` up to date; return the migrations applied now (empty when current).
+
+    ``migrations`` defaults to the SQL files shipped in ``infrastructure/sql``.
+    """
     applied_now: list[Migration] = []
     with conn.transaction():
         # Serialise concurrent starts on this schema; released at commit.
@@ -72,7 +77,7 @@ def migrate(conn: psycopg.Connection[Any], schema: str) -> list[Migration]:
             row[0]: row[1]
             for row in conn.execute("SELECT version, checksum FROM schema_migrations").fetchall()
         }
-        for migration in load_migrations():
+        for migration in load_migrations() if migrations is None else migrations:
             if migration.version in done:
                 if done[migration.version] != migration.checksum:
                     raise MigrationError(

@@ -124,5 +124,11 @@ def _upcast(cls: type[BaseModel], state: dict[str, Any], where: str) -> None:
                 f"cannot decode {where}: {cls.__qualname__} has class_version "
                 f"{current_version} but no {name}()"
             )
-        upcast(state)
+        try:
+            upcast(state)
+        except Exception as e:
+            raise EventDecodingError(
+                f"cannot decode {where}: {cls.__qualname__}.{name}() failed: "
+                f"{type(e).__name__}: {e}"
+            ) from e
         stored_version += 1

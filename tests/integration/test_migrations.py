@@ -1,0 +1,108 @@
+"""The schema is created and upgraded from versioned SQL files, idempotently."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from uuid import uuid4
+
+import psycopg_pool
+import pytest
+from psycopg import sql
+
+from infrastructure.errors import MigrationError
+from infrastructure.migrations import Migration, load_migrations, migrate
+
+
+@pytest.fixture
+def empty_schema(pool: psycopg_pool.ConnectionPool) -> Iterator[str]:
+    name = f"mig_{uuid4().hex[:12]}"
+    yield name
+    with pool.connection() as conn:
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(name)))
+
+
+def applied_versions(pool: psycopg_pool.ConnectionPool, schema: str) -> list[int]:
+    with pool.connection() as conn:
+        rows = conn.execute(
+            sql.SQL("SELECT version FROM {} ORDER BY version").format(
+                sql.Identifier(schema, "schema_migrations")
+            )
+        ).fetchall()
+    return [r[0] for r in rows]
+
+
+def test_the_shipped_files_are_numbered_in_order() -> None:
+    versions = [m.version for m in load_migrations()]
+    assert versions == list(range(1, len(versions) + 1))
+
+
+def test_migrate_is_idempotent(pool: psycopg_pool.ConnectionPool, empty_schema: str) -> None:
+    with pool.connection() as conn:
+        first = migrate(conn, empty_schema)
+        second = migrate(conn, empty_schema)
+    assert [m.version for m in first] == [m.version for m in load_migrations()]
+    assert second == []
+    assert applied_versions(pool, empty_schema) == [m.version for m in load_migrations()]
+
+
+def test_concurrent_starts_migrate_once(
+    pool: psycopg_pool.ConnectionPool, empty_schema: str
+) -> None:
+    results: list[int] = []
+    errors: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            with pool.connection() as conn:
+                results.append(len(migrate(conn, empty_schema)))
+        except BaseException as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=start) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert sorted(results) == [0] * 5 + [len(load_migrations())]
+
+
+def test_a_new_file_is_applied_on_top(pool: psycopg_pool.ConnectionPool, empty_schema: str) -> None:
+    shipped = load_migrations()
+    extra = Migration(len(shipped) + 1, "add_note", "CREATE TABLE note (body text);")
+    with pool.connection() as conn:
+        migrate(conn, empty_schema)
+        applied = migrate(conn, empty_schema, [*shipped, extra])
+    assert applied == [extra]
+
+
+def test_an_edited_applied_file_is_refused(
+    pool: psycopg_pool.ConnectionPool, empty_schema: str
+) -> None:
+    shipped = load_migrations()
+    edited = [Migration(shipped[0].version, shipped[0].name, shipped[0].sql + "\n-- edit")]
+    with pool.connection() as conn:
+        migrate(conn, empty_schema)
+        with pytest.raises(MigrationError, match="was changed after it was applied"):
+            migrate(conn, empty_schema, edited + shipped[1:])
+
+
+def test_a_failing_file_applies_nothing_and_names_itself(
+    pool: psycopg_pool.ConnectionPool, empty_schema: str
+) -> None:
+    broken = [*load_migrations(), Migration(99, "broken", "CREATE TABLE nope (;")]
+    with pool.connection() as conn, pytest.raises(MigrationError, match=r"0099_broken\.sql"):
+        migrate(conn, empty_schema, broken)
+    with pool.connection() as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_namespace WHERE nspname = %s", (empty_schema,)
+        ).fetchone()
+    assert row == (0,)
+
+
+def test_badly_named_files_are_refused(tmp_path: Path) -> None:
+    (tmp_path / "1_first.sql").write_text("SELECT 1;")
+    with pytest.raises(MigrationError, match=r"NNNN_name\.sql"):
+        load_migrations(tmp_path)

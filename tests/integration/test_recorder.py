@@ -1,0 +1,214 @@
+"""The recorder on a real PostgreSQL: appends, conflicts, batch sizes, reads and recovery."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from uuid import UUID, uuid4
+
+import psycopg_pool
+import pytest
+from eventsourcing.application import Application
+from eventsourcing.domain import event
+from eventsourcing.persistence import IntegrityError, StoredEvent
+from psycopg import sql
+
+from domain.model import Aggregate
+from infrastructure.errors import AppendOutcomeUnknownError, ConcurrencyError, EventEncodingError
+from infrastructure.factory import event_recorder
+from infrastructure.log import Position
+from infrastructure.recorder import COPY_THRESHOLD, PostgresEventRecorder
+
+
+def events(stream: UUID, first: int, count: int, topic: str = "Tested") -> list[StoredEvent]:
+    return [
+        StoredEvent(stream, v, topic, json.dumps({"v": v}).encode())
+        for v in range(first, first + count)
+    ]
+
+
+def count_rows(pool: psycopg_pool.ConnectionPool, schema: str) -> int:
+    with pool.connection() as conn:
+        row = conn.execute(
+            sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, "stored_events"))
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+@pytest.mark.parametrize("size", [1, COPY_THRESHOLD, COPY_THRESHOLD + 1, 5_000, 20_000])
+def test_any_batch_size_is_appended_in_order(recorder: PostgresEventRecorder, size: int) -> None:
+    stream = uuid4()
+    ids = recorder.insert_events(events(stream, 1, size))
+    assert len(ids) == len(set(ids)) == size
+    stored = recorder.select_events(stream)
+    assert [e.originator_version for e in stored] == list(range(1, size + 1))
+    logged = []
+    position = Position.ORIGIN
+    while batch := recorder.read_notifications(position, 7_000):
+        logged.extend(batch)
+        position = batch[-1].position
+    assert [n.id for n in logged] == ids
+    assert [n.originator_version for n in logged] == list(range(1, size + 1))
+
+
+@pytest.mark.parametrize("size", [1, COPY_THRESHOLD + 10])
+def test_a_conflicting_append_names_the_stream_and_versions_and_writes_nothing(
+    recorder: PostgresEventRecorder, pool: psycopg_pool.ConnectionPool, schema: str, size: int
+) -> None:
+    stream, bystander = uuid4(), uuid4()
+    recorder.insert_events(events(stream, 1, 3))
+    before = count_rows(pool, schema)
+
+    with pytest.raises(ConcurrencyError) as raised:
+        # A bystander stream in the same save is not written either.
+        recorder.insert_events(events(bystander, 1, 2) + events(stream, 3, size))
+
+    error = raised.value
+    assert isinstance(error, IntegrityError)  # what eventsourcing's Application expects
+    assert error.originator_id == str(stream)
+    assert error.conflicting_version == 3
+    assert error.current_version == 3
+    assert error.appended_versions == (3, 2 + size)
+    assert str(stream) in str(error)
+    assert "version 3 is already recorded" in str(error)
+    assert count_rows(pool, schema) == before
+    assert recorder.select_events(bystander) == []
+
+
+def test_a_duplicate_inside_one_save_is_a_conflict(recorder: PostgresEventRecorder) -> None:
+    stream = uuid4()
+    with pytest.raises(ConcurrencyError, match="has no events"):
+        recorder.insert_events(events(stream, 1, 1) + events(stream, 1, 1))
+
+
+def test_stream_ids_must_be_uuids(recorder: PostgresEventRecorder) -> None:
+    with pytest.raises(EventEncodingError, match="'order-17'"):
+        recorder.insert_events([StoredEvent("order-17", 1, "Tested", b"{}")])
+
+
+def test_reads_filter_by_event_type(recorder: PostgresEventRecorder) -> None:
+    stream = uuid4()
+    recorder.insert_events(
+        events(stream, 1, 1, "Placed")
+        + events(stream, 2, 1, "Paid")
+        + events(stream, 3, 1, "Shipped")
+    )
+    got = recorder.read_notifications(Position.ORIGIN, 10, topics=["Placed", "Shipped"])
+    assert [n.topic for n in got] == ["Placed", "Shipped"]
+
+
+def test_each_event_carries_its_topic_and_recorded_time_in_sql(
+    recorder: PostgresEventRecorder, pool: psycopg_pool.ConnectionPool, schema: str
+) -> None:
+    before = datetime.now(UTC)
+    stream = uuid4()
+    recorder.insert_events(events(stream, 1, 1, "Placed"))
+    [logged] = recorder.read_notifications(Position.ORIGIN, 10)
+    assert before - timedelta(seconds=5) <= logged.recorded_at <= datetime.now(UTC)
+    with pool.connection() as conn:
+        row = conn.execute(
+            sql.SQL(
+                "SELECT topic, state->>'v', now() - recorded_at < interval '1 minute' FROM {} "
+                "WHERE originator_id = %s"
+            ).format(sql.Identifier(schema, "stored_events_json")),
+            (stream,),
+        ).fetchone()
+    assert row == ("Placed", "1", True)
+
+
+def test_head_and_position_of(recorder: PostgresEventRecorder) -> None:
+    assert recorder.head() is None
+    [a, b] = recorder.insert_events(events(uuid4(), 1, 2))
+    head = recorder.head()
+    assert head is not None
+    assert head.notification_id == b
+    position = recorder.position_of(a)
+    assert position is not None
+    assert position.notification_id == a
+    assert position.transaction_id == head.transaction_id
+    assert recorder.position_of(10**12) is None
+
+
+def test_positions_print_and_parse() -> None:
+    assert Position.parse(str(Position(12, 34))) == Position(12, 34)
+    with pytest.raises(ValueError, match="TRANSACTION_ID/NOTIFICATION_ID"):
+        Position.parse("34")
+
+
+def test_appends_survive_killed_connections(
+    recorder: PostgresEventRecorder, pool: psycopg_pool.ConnectionPool
+) -> None:
+    """All the pool's connections die (a restart, a failover): the next append still lands."""
+    stream = uuid4()
+    recorder.insert_events(events(stream, 1, 1))
+    with pool.connection() as conn:
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+            "AND application_name = 'eventkit'"
+        )
+    ids = recorder.insert_events(events(stream, 2, 2))
+    assert len(ids) == 2
+    assert [e.originator_version for e in recorder.select_events(stream)] == [1, 2, 3]
+
+
+def test_an_interrupted_append_is_recognised_when_it_did_commit(
+    recorder: PostgresEventRecorder,
+) -> None:
+    stream = uuid4()
+    appended = events(stream, 1, 3)
+    ids = recorder.insert_events(appended)
+    rows = [(stream, e.originator_version, e.topic, e.state) for e in appended]
+    assert recorder._find_appended(rows) == ids
+    assert recorder._find_appended([(uuid4(), 1, "Tested", b"{}")]) is None
+    changed = [(stream, 1, "Tested", b'{"v": "other"}')]
+    with pytest.raises(AppendOutcomeUnknownError, match=str(stream)):
+        recorder._find_appended(changed)
+
+
+# -- through eventsourcing's Application --------------------------------------------------
+
+
+class Account(Aggregate):
+    class Opened(Aggregate.Created):
+        owner: str
+
+    @event(Opened)
+    def __init__(self, owner: str) -> None:
+        self.balance = Decimal(0)
+
+    class Credited(Aggregate.Event):
+        amount: Decimal
+
+    @event(Credited)
+    def credit(self, amount: Decimal) -> None:
+        self.balance += amount
+
+
+def test_application_save_and_get_work_unchanged(app_env: dict[str, str]) -> None:
+    app: Application[UUID] = Application(env=app_env)
+    account = Account(owner="ada")
+    account.credit(amount=Decimal("10.05"))
+    recordings = app.save(account)
+    assert [r.notification.id for r in recordings] == sorted(r.notification.id for r in recordings)
+    loaded = app.repository.get(account.id)
+    assert loaded.balance == Decimal("10.05")
+    assert loaded.version == 2
+
+
+def test_a_save_of_several_aggregates_is_atomic(app_env: dict[str, str]) -> None:
+    app: Application[UUID] = Application(env=app_env)
+    first, second = Account(owner="a"), Account(owner="b")
+    app.save(first, second)
+    stale = app.repository.get(second.id)
+    second.credit(amount=Decimal(1))
+    app.save(second)
+
+    first.credit(amount=Decimal(5))
+    stale.credit(amount=Decimal(7))
+    with pytest.raises(ConcurrencyError, match=str(second.id)):
+        app.save(first, stale)
+    assert app.repository.get(first.id).balance == Decimal(0)
+    assert event_recorder(app).select_events(first.id, gt=1) == []
