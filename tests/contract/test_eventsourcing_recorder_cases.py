@@ -10,6 +10,7 @@ import unittest
 from uuid import uuid4
 
 from eventsourcing.persistence import ApplicationRecorder
+from eventsourcing.popo import POPOApplicationRecorder
 from eventsourcing.tests.persistence import (
     ApplicationRecorderTestCase,
     NonInterleavingNotificationIDsBaseCase,
@@ -59,3 +60,13 @@ class TestNonInterleavingNotificationIDs(NonInterleavingNotificationIDsBaseCase)
     )
     def test(self) -> None:  # pragma: no cover
         raise AssertionError("skipped")
+
+
+class TestInMemoryApplicationRecorder(ApplicationRecorderTestCase[ApplicationRecorder]):
+    """The in-memory double that unit tests use passes the same cases."""
+
+    def create_recorder(self) -> ApplicationRecorder:
+        return POPOApplicationRecorder()
+
+    def test_insert_subscribe(self) -> None:
+        self.optional_test_insert_subscribe()
