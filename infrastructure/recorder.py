@@ -288,6 +288,57 @@ class PostgresEventRecorder(ApplicationRecorder):
 
         return retry_transient(read, what=f"reading the notification log after {after}")
 
+    def scan(
+        self, after: Position, limit: int, topics: Sequence[str]
+    ) -> tuple[list[LoggedNotification], Position | None]:
+        """Read up to ``limit`` notifications after ``after``; return those of ``topics``.
+
+        Also returns the position of the last notification scanned, matching or not, so a
+        follower of rare event types moves past the rest of the log instead of scanning it
+        again on every poll. Payloads are fetched only for the matching rows.
+        """
+        statement = sql.SQL(
+            "WITH scanned AS MATERIALIZED ("
+            " SELECT transaction_id, notification_id, topic FROM {t}"
+            " WHERE (transaction_id, notification_id) > (%s::text::xid8, %s) AND " + _SETTLED + ""
+            " ORDER BY transaction_id, notification_id LIMIT %s)"
+            " SELECT s.transaction_id::text::bigint, s.notification_id, e.originator_id,"
+            " e.originator_version, e.topic, e.state, e.recorded_at"
+            " FROM scanned s LEFT JOIN {t} e"
+            " ON e.notification_id = s.notification_id AND s.topic = ANY(%s)"
+            " ORDER BY s.transaction_id, s.notification_id"
+        ).format(t=self._table)
+        params = [str(after.transaction_id), after.notification_id, limit, list(topics)]
+
+        def read() -> tuple[list[LoggedNotification], Position | None]:
+            with self.pool.connection() as conn, conn.cursor(binary=True) as cur:
+                cur.execute(statement, params)
+                rows = cur.fetchall()
+            if not rows:
+                return [], None
+            matching = [
+                LoggedNotification(r[2], r[3], r[4], r[5], r[1], r[0], r[6])
+                for r in rows
+                if r[2] is not None
+            ]
+            return matching, Position(rows[-1][0], rows[-1][1])
+
+        return retry_transient(read, what=f"scanning the notification log after {after}")
+
+    def notifications(self, notification_ids: Sequence[int]) -> list[LoggedNotification]:
+        """The notifications with these ids, in log order (dead-letter retries)."""
+        statement = sql.SQL(
+            "SELECT {} FROM {} WHERE notification_id = ANY(%s) "
+            "ORDER BY transaction_id, notification_id"
+        ).format(sql.SQL(_NOTIFICATION_COLUMNS), self._table)
+
+        def read() -> list[LoggedNotification]:
+            with self.pool.connection() as conn, conn.cursor(binary=True) as cur:
+                cur.execute(statement, (list(notification_ids),))
+                return [_logged(r) for r in cur.fetchall()]
+
+        return retry_transient(read, what="reading notifications by id")
+
     def head(self) -> Position | None:
         """The position of the last notification a reader can see now."""
 

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from infrastructure.errors import EventkitError
-from scripts import benchmarks, db, demo
+from scripts import benchmarks, db, demo, dlq, rebuild, status, workers
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,6 +21,10 @@ def build_parser() -> argparse.ArgumentParser:
     db.register(commands)
     demo.register(commands)
     benchmarks.register(commands)
+    workers.register(commands)
+    status.register(commands)
+    dlq.register(commands)
+    rebuild.register(commands)
     return parser
 
 

@@ -1,0 +1,227 @@
+"""Dead letters: events a projection could not handle, parked per stream, in order.
+
+The first event of a stream that fails (after its retries) or cannot be decoded is parked
+with its error and traceback; every later event of that stream is parked behind it, so
+the stream's order holds while every other stream goes on. An operator retries a stream
+(it is reprocessed in order by the worker that owns the projection, then released) or
+discards dead letters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import class_row
+
+from infrastructure.log import LoggedNotification
+
+OPEN = ("parked", "retry_requested")
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """One parked event of one projection."""
+
+    dead_letter_id: int
+    projection: str
+    originator_id: UUID
+    originator_version: int
+    notification_id: int
+    transaction_id: int
+    topic: str
+    reason: str
+    status: str
+    attempts: int
+    error_class: str | None
+    error: str | None
+    traceback: str | None
+    created_at: datetime
+    updated_at: datetime
+
+    def summary(self) -> str:
+        what = self.error or ""
+        return (
+            f"#{self.dead_letter_id} {self.projection} stream {self.originator_id} "
+            f"v{self.originator_version} (notification {self.notification_id}, {self.topic}) "
+            f"{self.status}/{self.reason} after {self.attempts} attempt(s)"
+            + (f": {self.error_class}: {what}" if self.error_class else f": {what}")
+        )
+
+
+@dataclass(frozen=True)
+class Selector:
+    """Which dead letters an operator means: one id, one stream, or one projection."""
+
+    dead_letter_id: int | None = None
+    stream: UUID | None = None
+    projection: str | None = None
+
+    def where(self) -> tuple[sql.Composable, list[Any]]:
+        parts: list[sql.Composable] = []
+        params: list[Any] = []
+        if self.dead_letter_id is not None:
+            parts.append(sql.SQL("dead_letter_id = %s"))
+            params.append(self.dead_letter_id)
+        if self.stream is not None:
+            parts.append(sql.SQL("originator_id = %s"))
+            params.append(self.stream)
+        if self.projection is not None:
+            parts.append(sql.SQL("projection = %s"))
+            params.append(self.projection)
+        if not parts:
+            raise ValueError("name a dead letter id, a stream or a projection")
+        return sql.SQL(" AND ").join(parts), params
+
+
+class DeadLetters:
+    """The ``{schema}.dead_letters`` table."""
+
+    def __init__(self, schema: str) -> None:
+        self.schema = schema
+        self._table = sql.Identifier(schema, "dead_letters")
+
+    def parked_streams(self, conn: psycopg.Connection[Any], projection: str) -> set[UUID]:
+        """Streams of ``projection`` with an open dead letter: their events must wait."""
+        rows = conn.execute(
+            sql.SQL(
+                "SELECT DISTINCT originator_id FROM {} WHERE projection = %s "
+                "AND status IN ('parked', 'retry_requested')"
+            ).format(self._table),
+            (projection,),
+        ).fetchall()
+        return {r[0] for r in rows}
+
+    def park(
+        self,
+        conn: psycopg.Connection[Any],
+        projection: str,
+        notification: LoggedNotification,
+        *,
+        reason: str,
+        attempts: int,
+        error: BaseException | None = None,
+        traceback: str | None = None,
+    ) -> int:
+        """Park one event (or park it again after a failed retry); return its id."""
+        row = conn.execute(
+            sql.SQL(
+                "INSERT INTO {} (projection, originator_id, originator_version, notification_id,"
+                " transaction_id, topic, reason, status, attempts, error_class, error, traceback)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, 'parked', %s, %s, %s, %s)"
+                " ON CONFLICT (projection, originator_id, originator_version) DO UPDATE SET"
+                " status = 'parked', reason = excluded.reason,"
+                " attempts = {}.attempts + excluded.attempts,"
+                " error_class = excluded.error_class, error = excluded.error,"
+                " traceback = excluded.traceback, updated_at = clock_timestamp()"
+                " RETURNING dead_letter_id"
+            ).format(self._table, sql.Identifier("dead_letters")),
+            (
+                projection,
+                notification.originator_id,
+                notification.originator_version,
+                notification.id,
+                notification.transaction_id,
+                notification.topic,
+                reason,
+                attempts,
+                None if error is None else type(error).__qualname__,
+                None if error is None else str(error),
+                traceback,
+            ),
+        ).fetchone()
+        assert row is not None
+        dead_letter_id: int = row[0]
+        return dead_letter_id
+
+    def select(
+        self,
+        conn: psycopg.Connection[Any],
+        *,
+        projection: str | None = None,
+        statuses: Sequence[str] = OPEN,
+        limit: int = 100,
+    ) -> list[DeadLetter]:
+        """Dead letters, oldest stream position first."""
+        query = sql.SQL("SELECT * FROM {} WHERE status = ANY(%s)").format(self._table)
+        params: list[Any] = [list(statuses)]
+        if projection is not None:
+            query += sql.SQL(" AND projection = %s")
+            params.append(projection)
+        query += sql.SQL(" ORDER BY projection, originator_id, originator_version LIMIT %s")
+        params.append(limit)
+        with conn.cursor(row_factory=class_row(DeadLetter)) as cur:
+            return cur.execute(query, params).fetchall()
+
+    def get(self, conn: psycopg.Connection[Any], dead_letter_id: int) -> DeadLetter | None:
+        with conn.cursor(row_factory=class_row(DeadLetter)) as cur:
+            return cur.execute(
+                sql.SQL("SELECT * FROM {} WHERE dead_letter_id = %s").format(self._table),
+                (dead_letter_id,),
+            ).fetchone()
+
+    def request_retry(self, conn: psycopg.Connection[Any], selector: Selector) -> int:
+        """Ask for the selected dead letters' whole streams to be reprocessed in order.
+
+        Returns how many dead letters are now waiting for their worker.
+        """
+        where, params = selector.where()
+        cur = conn.execute(
+            sql.SQL(
+                "UPDATE {t} SET status = 'retry_requested', updated_at = clock_timestamp() "
+                "WHERE status = 'parked' AND (projection, originator_id) IN "
+                "(SELECT projection, originator_id FROM {t} WHERE {w} AND status = 'parked')"
+            ).format(t=self._table, w=where),
+            params,
+        )
+        return cur.rowcount
+
+    def retry_requested(self, conn: psycopg.Connection[Any], projection: str) -> list[DeadLetter]:
+        """Dead letters of ``projection`` waiting to be reprocessed, in stream order."""
+        return self.select(conn, projection=projection, statuses=("retry_requested",), limit=10_000)
+
+    def mark(
+        self, conn: psycopg.Connection[Any], dead_letter_ids: Sequence[int], status: str
+    ) -> None:
+        conn.execute(
+            sql.SQL(
+                "UPDATE {} SET status = %s, updated_at = clock_timestamp() "
+                "WHERE dead_letter_id = ANY(%s)"
+            ).format(self._table),
+            (status, list(dead_letter_ids)),
+        )
+
+    def discard(self, conn: psycopg.Connection[Any], selector: Selector) -> int:
+        """Give up on the selected open dead letters; return how many."""
+        where, params = selector.where()
+        cur = conn.execute(
+            sql.SQL(
+                "UPDATE {} SET status = 'discarded', updated_at = clock_timestamp() "
+                "WHERE {} AND status IN ('parked', 'retry_requested')"
+            ).format(self._table, where),
+            params,
+        )
+        return cur.rowcount
+
+    def count_open(self, conn: psycopg.Connection[Any]) -> dict[str, int]:
+        """Open dead letters per projection."""
+        rows = conn.execute(
+            sql.SQL(
+                "SELECT projection, count(*) FROM {} WHERE status IN ('parked', 'retry_requested')"
+                " GROUP BY projection"
+            ).format(self._table)
+        ).fetchall()
+        return {r[0]: int(r[1]) for r in rows}
+
+    def rename_projection(self, conn: psycopg.Connection[Any], old: str, new: str) -> None:
+        """Hand a rebuilt projection's dead letters to the live name (rebuild swap)."""
+        conn.execute(sql.SQL("DELETE FROM {} WHERE projection = %s").format(self._table), (new,))
+        conn.execute(
+            sql.SQL("UPDATE {} SET projection = %s WHERE projection = %s").format(self._table),
+            (new, old),
+        )

@@ -1,0 +1,103 @@
+"""Tracking: each projection's recorded position, written with its view in one transaction."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from infrastructure.errors import PersistenceError
+from infrastructure.log import Position
+
+
+class TrackingConflictError(PersistenceError):
+    """The recorded position moved under a worker: another writer owns the projection now.
+
+    Raised by :meth:`Tracking.advance` when the row no longer holds the position the worker
+    read. The worker's transaction must roll back; the worker re-reads its position.
+    """
+
+
+class Tracking:
+    """Reads and advances projections' positions in ``{schema}.tracking``."""
+
+    def __init__(self, schema: str) -> None:
+        self.schema = schema
+        table = sql.Identifier(schema, "tracking")
+        self._select = sql.SQL(
+            "SELECT transaction_id, notification_id FROM {} "
+            "WHERE projection = %s AND partition = %s"
+        ).format(table)
+        self._update = sql.SQL(
+            "UPDATE {} SET transaction_id = %s, notification_id = %s,"
+            " updated_at = clock_timestamp()"
+            " WHERE projection = %s AND partition = %s"
+            " AND transaction_id = %s AND notification_id = %s"
+        ).format(table)
+        self._insert = sql.SQL(
+            "INSERT INTO {} (projection, partition, transaction_id, notification_id)"
+            " VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING"
+        ).format(table)
+        self._set = sql.SQL(
+            "INSERT INTO {} (projection, partition, transaction_id, notification_id)"
+            " VALUES (%s, %s, %s, %s) ON CONFLICT (projection, partition) DO UPDATE SET"
+            " transaction_id = excluded.transaction_id,"
+            " notification_id = excluded.notification_id, updated_at = clock_timestamp()"
+        ).format(table)
+        self._delete = sql.SQL("DELETE FROM {} WHERE projection = %s").format(table)
+
+    def position(
+        self, conn: psycopg.Connection[Any], projection: str, partition: int = 0
+    ) -> Position:
+        """The projection's recorded position (the log's origin if it has none)."""
+        row = conn.execute(self._select, (projection, partition)).fetchone()
+        return Position.ORIGIN if row is None else Position(row[0], row[1])
+
+    def advance(
+        self,
+        conn: psycopg.Connection[Any],
+        projection: str,
+        expected: Position,
+        new: Position,
+        partition: int = 0,
+    ) -> None:
+        """Move the position from ``expected`` to ``new``, inside the caller's transaction.
+
+        Raises :class:`TrackingConflictError` when the row does not hold ``expected``.
+        """
+        if new <= expected:
+            raise PersistenceError(
+                f"projection {projection!r}: refusing to move its position back from "
+                f"{expected} to {new}"
+            )
+        params = (new.transaction_id, new.notification_id, projection, partition)
+        cur = conn.execute(
+            self._update, (*params, expected.transaction_id, expected.notification_id)
+        )
+        if cur.rowcount == 1:
+            return
+        if expected == Position.ORIGIN:
+            cur = conn.execute(
+                self._insert, (projection, partition, new.transaction_id, new.notification_id)
+            )
+            if cur.rowcount == 1:
+                return
+        actual = self.position(conn, projection, partition)
+        raise TrackingConflictError(
+            f"projection {projection!r} partition {partition}: expected to advance from "
+            f"{expected} but its recorded position is {actual}; another worker or a rebuild "
+            "moved it"
+        )
+
+    def set(
+        self, conn: psycopg.Connection[Any], projection: str, position: Position, partition: int = 0
+    ) -> None:
+        """Record ``position`` unconditionally (rebuild swaps and resets)."""
+        conn.execute(
+            self._set, (projection, partition, position.transaction_id, position.notification_id)
+        )
+
+    def forget(self, conn: psycopg.Connection[Any], projection: str) -> None:
+        """Delete every recorded position of ``projection``."""
+        conn.execute(self._delete, (projection,))

@@ -1,0 +1,221 @@
+"""Rebuild a projection beside the live one, then swap it in atomically.
+
+1. A worker fills copies of the view's tables (``<table>__rebuild``) from the start of the
+   log, under its own tracking name (``<name>#rebuild``), while the live worker keeps
+   following new events and readers keep querying the live tables.
+2. When the copy has caught up, one transaction locks the live and the new tables, applies
+   what arrived meanwhile, renames the live tables away and the new ones into their place,
+   and moves the position (and the copy's dead letters) to the live name. Readers wait for
+   that lock for as long as the last stretch takes, then read the new tables: they never
+   see an empty or half-built view.
+3. The old tables are dropped.
+
+A live worker whose batch was waiting on the lock finds, at its compare-and-set of the
+position, that the position moved; its transaction rolls back (so nothing is applied twice
+to the new tables) and it carries on from the rebuilt position.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from uuid import UUID
+
+import psycopg
+from eventsourcing.persistence import Mapper
+from psycopg import sql
+
+from infrastructure.deadletters import DeadLetters
+from infrastructure.errors import EventkitError
+from infrastructure.leases import holder, lease_name, try_acquire
+from infrastructure.log import Position
+from infrastructure.recorder import PostgresEventRecorder
+from infrastructure.tracking import Tracking
+from projections.projection import Projection, create_tables, drop_tables, table_identifiers
+from projections.worker import BatchReport, PollPolicy, ProjectionWorker, RetryPolicy
+
+logger = logging.getLogger(__name__)
+
+REBUILD_SUFFIX = "__rebuild"
+OLD_SUFFIX = "__old"
+
+
+def rebuild_name(projection: type[Projection]) -> str:
+    return f"{projection.name}#rebuild"
+
+
+class RebuildError(EventkitError):
+    """A rebuild could not start or finish."""
+
+
+@dataclass(frozen=True)
+class RebuildResult:
+    projection: str
+    position: Position
+    applied: int
+    parked: int
+    seconds: float
+
+
+def rebuild(
+    projection: type[Projection],
+    *,
+    url: str,
+    schema: str,
+    recorder: PostgresEventRecorder,
+    mapper: Mapper[UUID],
+    worker_id: str,
+    batch_size: int = 5000,
+    retry: RetryPolicy | None = None,
+    on_batch: Callable[[BatchReport], None] | None = None,
+    stop: threading.Event | None = None,
+) -> RebuildResult:
+    """Build ``projection`` anew from the start of the log and swap it in (see module doc)."""
+    import time
+
+    started = time.monotonic()
+    stop = stop or threading.Event()
+    name = rebuild_name(projection)
+    with psycopg.connect(url, autocommit=True, application_name=f"eventkit:{worker_id}") as conn:
+        if not try_acquire(conn, lease_name(schema, name)):
+            owner = holder(conn, lease_name(schema, name))
+            raise RebuildError(
+                f"a rebuild of {projection.name!r} is already running: "
+                f"{owner.describe() if owner else 'another process'}"
+            )
+        _discard_leftovers(conn, schema, projection)
+
+        counts = {"applied": 0, "parked": 0}
+
+        def count(report: BatchReport) -> None:
+            counts["applied"] += report.applied
+            counts["parked"] += report.parked
+            if on_batch is not None:
+                on_batch(report)
+
+        worker = ProjectionWorker(
+            projection(),
+            url=url,
+            schema=schema,
+            recorder=recorder,
+            mapper=mapper,
+            worker_id=worker_id,
+            tracking_name=name,
+            table_suffix=REBUILD_SUFFIX,
+            batch_size=batch_size,
+            retry=retry,
+            poll=PollPolicy(min_interval_s=0.001, max_interval_s=0.01, lease_wait_s=0.05),
+            on_batch=count,
+            state="rebuilding",
+        )
+        # The rebuild's worker takes its own lease on its own connection; this connection
+        # keeps holding the "one rebuild at a time" lease meanwhile.
+        done = threading.Event()
+        thread = threading.Thread(target=_run_until_caught_up, args=(worker, done, stop))
+        thread.start()
+        thread.join()
+        if stop.is_set():
+            raise RebuildError(f"rebuild of {projection.name!r} interrupted; nothing was swapped")
+        position = _swap(conn, worker, projection, schema)
+        drop_tables(conn, schema, projection, OLD_SUFFIX)
+    logger.info("rebuilt %s up to %s and swapped it in", projection.name, position)
+    return RebuildResult(
+        projection.name, position, counts["applied"], counts["parked"], time.monotonic() - started
+    )
+
+
+def reset(conn: psycopg.Connection[object], schema: str, projection: type[Projection]) -> None:
+    """Drop the view and forget its position and dead letters: the next worker replays."""
+    if not try_acquire(conn, lease_name(schema, projection.name)):
+        owner = holder(conn, lease_name(schema, projection.name))
+        raise RebuildError(
+            f"projection {projection.name!r} is being worked on by "
+            f"{owner.describe() if owner else 'another process'}; stop its workers first"
+        )
+    with conn.transaction():
+        drop_tables(conn, schema, projection)
+        Tracking(schema).forget(conn, projection.name)
+        conn.execute(
+            sql.SQL("DELETE FROM {} WHERE projection = %s").format(
+                sql.Identifier(schema, "dead_letters")
+            ),
+            (projection.name,),
+        )
+
+
+def _run_until_caught_up(
+    worker: ProjectionWorker, done: threading.Event, stop: threading.Event
+) -> None:
+    inner = threading.Event()
+
+    def watch() -> None:
+        while not (worker.caught_up.wait(0.05) or stop.is_set()):
+            pass
+        inner.set()
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    worker.run(inner)
+    done.set()
+
+
+def _discard_leftovers(
+    conn: psycopg.Connection[object], schema: str, projection: type[Projection]
+) -> None:
+    """Remove what an interrupted earlier rebuild left behind."""
+    with conn.transaction():
+        drop_tables(conn, schema, projection, REBUILD_SUFFIX)
+        drop_tables(conn, schema, projection, OLD_SUFFIX)
+        Tracking(schema).forget(conn, rebuild_name(projection))
+        conn.execute(
+            sql.SQL("DELETE FROM {} WHERE projection = %s").format(
+                sql.Identifier(schema, "dead_letters")
+            ),
+            (rebuild_name(projection),),
+        )
+
+
+def _swap(
+    conn: psycopg.Connection[object],
+    worker: ProjectionWorker,
+    projection: type[Projection],
+    schema: str,
+) -> Position:
+    live = table_identifiers(schema, projection)
+    new = table_identifiers(schema, projection, REBUILD_SUFFIX)
+    tracking = Tracking(schema)
+    with conn.transaction():
+        create_tables(conn, schema, projection)  # a live view that never ran has none yet
+        # Lock in one fixed order (live tables, then the new ones) to keep deadlocks out.
+        locked = [live[t.name] for t in projection.tables] + [
+            new[t.name] for t in projection.tables
+        ]
+        conn.execute(
+            sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(sql.SQL(", ").join(locked))
+        )
+        # Apply what arrived since the copy caught up, inside this transaction.
+        worker.position = tracking.position(conn, worker.name)
+        worker.retry = RetryPolicy(max_attempts=1)
+        while True:
+            batch, scanned_to = worker.recorder.scan(
+                worker.position, worker.batch_size, worker.topics
+            )
+            if scanned_to is None:
+                break
+            worker._process(conn, batch, scanned_to, threading.Event())
+        position = worker.position
+        for t in projection.tables:
+            conn.execute(
+                sql.SQL("ALTER TABLE {} RENAME TO {}").format(
+                    live[t.name], sql.Identifier(t.name + OLD_SUFFIX)
+                )
+            )
+            conn.execute(
+                sql.SQL("ALTER TABLE {} RENAME TO {}").format(new[t.name], sql.Identifier(t.name))
+            )
+        tracking.set(conn, projection.name, position)
+        tracking.forget(conn, worker.name)
+        DeadLetters(schema).rename_projection(conn, worker.name, projection.name)
+    return position

@@ -1,0 +1,422 @@
+"""The projection worker: follows the log and applies events to one projection's view.
+
+Exactly once: each batch's view writes and the new position are one transaction, on the
+connection that holds the projection's lease, and the position only moves from the value
+the worker read (compare-and-set). A crash at any point leaves either the whole batch or
+none of it; a second worker waits for the lease; a worker whose connection was cut cannot
+commit at all.
+
+Failures: a handler that raises rolls its batch back. The events before it are committed
+on their own; the failing event is retried alone, with backoff, up to the retry policy's
+limit, and then parked as a dead letter, with every later event of its stream parked
+behind it. Other streams go on. The worker never moves its position past an event it has
+neither applied nor parked.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from itertools import groupby
+from typing import Any
+from uuid import UUID
+
+import psycopg
+from eventsourcing.persistence import Mapper
+
+from infrastructure.deadletters import DeadLetter, DeadLetters
+from infrastructure.errors import EventDecodingError, PersistenceError
+from infrastructure.leases import holder, lease_name, try_acquire
+from infrastructure.log import LoggedNotification, Position
+from infrastructure.recorder import PostgresEventRecorder
+from infrastructure.tracking import Tracking, TrackingConflictError
+from projections.projection import Context, Projection, create_tables, table_identifiers
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often a failing handler is tried, and how long to wait between tries."""
+
+    max_attempts: int = 5
+    first_delay_s: float = 0.1
+    max_delay_s: float = 10.0
+
+    def delay(self, attempt: int) -> float:
+        """Exponential backoff with full jitter before try ``attempt + 1``."""
+        ceiling = min(self.max_delay_s, self.first_delay_s * 2 ** (attempt - 1))
+        return random.uniform(ceiling / 2, ceiling)
+
+
+@dataclass(frozen=True)
+class PollPolicy:
+    """How a worker waits when the log has nothing new: an interval that grows while idle."""
+
+    min_interval_s: float = 0.002
+    max_interval_s: float = 0.1
+    lease_wait_s: float = 0.5
+
+
+@dataclass(frozen=True)
+class BatchReport:
+    """What one committed batch did, for logs, metrics and progress bars."""
+
+    projection: str
+    applied: int
+    parked: int
+    position: Position
+    notifications: Sequence[LoggedNotification]
+
+
+class _HandlerFailure(Exception):
+    def __init__(self, index: int, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.index = index
+        self.error = error
+        self.traceback = "".join(traceback.format_exception(error))
+
+
+@dataclass
+class _Item:
+    notification: LoggedNotification
+    event: object | None
+    decoding_error: EventDecodingError | None
+
+
+class ProjectionWorker:
+    """Owns one projection (or a rebuild's copy of it) and keeps its view up to date."""
+
+    def __init__(
+        self,
+        projection: Projection,
+        *,
+        url: str,
+        schema: str,
+        recorder: PostgresEventRecorder,
+        mapper: Mapper[UUID],
+        worker_id: str,
+        tracking_name: str | None = None,
+        table_suffix: str = "",
+        batch_size: int = 1000,
+        retry: RetryPolicy | None = None,
+        poll: PollPolicy | None = None,
+        on_batch: Callable[[BatchReport], None] | None = None,
+        state: str = "running",
+    ) -> None:
+        self.projection = projection
+        self.url = url
+        self.schema = schema
+        self.recorder = recorder
+        self.mapper = mapper
+        self.worker_id = worker_id
+        self.name = tracking_name or projection.name
+        self.table_suffix = table_suffix
+        self.batch_size = batch_size
+        self.retry = retry or RetryPolicy()
+        self.poll = poll or PollPolicy()
+        self.on_batch = on_batch
+        self.state = state
+        self.tables = table_identifiers(schema, type(projection), table_suffix)
+        self.topics = type(projection).topics()
+        self.tracking = Tracking(schema)
+        self.dead_letters = DeadLetters(schema)
+        self.position = Position.ORIGIN
+        self.caught_up = threading.Event()
+        self._heartbeat_at = 0.0
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        """Work until ``stop`` is set: take the lease, then follow the log.
+
+        Reconnects after a lost connection and re-reads the position after a conflict.
+        Returns when ``stop`` is set, after the batch in hand is committed.
+        """
+        delay = 0.1
+        while not stop.is_set():
+            try:
+                with psycopg.connect(
+                    self.url, autocommit=True, application_name=f"eventkit:{self.worker_id}"
+                ) as conn:
+                    if not self._acquire(conn, stop):
+                        return
+                    delay = 0.1
+                    self._follow(conn, stop)
+                    self._set_state(conn, "stopped")
+                    return
+            except (psycopg.OperationalError, TrackingConflictError, PersistenceError) as e:
+                if stop.is_set():
+                    return
+                logger.warning(
+                    "projection %s: %s: %s; reconnecting in %.1f s",
+                    self.name,
+                    type(e).__name__,
+                    e,
+                    delay,
+                )
+                stop.wait(delay)
+                delay = min(delay * 2, 5.0)
+
+    def _acquire(self, conn: psycopg.Connection[Any], stop: threading.Event) -> bool:
+        name = lease_name(self.schema, self.name)
+        said = False
+        while not try_acquire(conn, name):
+            if not said:
+                owner = holder(conn, name)
+                logger.info(
+                    "projection %s is owned by %s; waiting to take over",
+                    self.name,
+                    owner.describe() if owner else "another worker",
+                )
+                said = True
+            if stop.wait(self.poll.lease_wait_s):
+                return False
+        logger.info("projection %s: worker %s took the lease", self.name, self.worker_id)
+        with conn.transaction():
+            create_tables(conn, self.schema, type(self.projection), self.table_suffix)
+        self.position = self.tracking.position(conn, self.name)
+        self._set_state(conn, self.state)
+        return True
+
+    def _follow(self, conn: psycopg.Connection[Any], stop: threading.Event) -> None:
+        interval = self.poll.min_interval_s
+        while not stop.is_set():
+            self._process_retries(conn)
+            batch, scanned_to = self.recorder.scan(self.position, self.batch_size, self.topics)
+            if scanned_to is None:
+                self.caught_up.set()
+                if time.monotonic() - self._heartbeat_at > 1.0:
+                    self._set_state(conn, self.state)
+                stop.wait(interval)
+                interval = min(interval * 2, self.poll.max_interval_s)
+                continue
+            interval = self.poll.min_interval_s
+            self._process(conn, batch, scanned_to, stop)
+
+    # -- one batch ----------------------------------------------------------------------------
+
+    def _process(
+        self,
+        conn: psycopg.Connection[Any],
+        batch: list[LoggedNotification],
+        scanned_to: Position,
+        stop: threading.Event,
+    ) -> None:
+        """Apply a batch, committing as much as possible per transaction."""
+        items = [self._decode(n) for n in batch]
+        start, end = 0, len(items)
+        while start < len(items) or self.position < scanned_to:
+            # The whole rest of the batch moves the position to the end of what was scanned
+            # (past events of other types); a prefix moves it to its own last event.
+            to = scanned_to if end == len(items) else items[end - 1].notification.position
+            try:
+                self._commit(conn, items[start:end], start, to)
+            except _HandlerFailure as failure:
+                if failure.index > start:
+                    end = failure.index  # commit what came before the failing event first
+                    continue
+                if not self._retry_or_park(conn, items[start], failure, stop):
+                    return  # stopping: the failing event is tried again on the next start
+                start, end = start + 1, len(items)
+            else:
+                start, end = end, len(items)
+
+    def _commit(
+        self, conn: psycopg.Connection[Any], items: Sequence[_Item], offset: int, to: Position
+    ) -> None:
+        """Apply ``items`` and advance to ``to`` in one transaction, or raise and roll back."""
+        applied = parked = 0
+        with conn.transaction():
+            parked_streams = self.dead_letters.parked_streams(conn, self.name) if items else set()
+            for i, item in enumerate(items):
+                n = item.notification
+                stream = UUID(str(n.originator_id))
+                if stream in parked_streams:
+                    self.dead_letters.park(conn, self.name, n, reason="behind", attempts=0)
+                    parked += 1
+                elif item.decoding_error is not None:
+                    self._park(conn, n, reason="undecodable", attempts=1, error=item.decoding_error)
+                    parked_streams.add(stream)
+                    parked += 1
+                else:
+                    self._apply(conn, item, offset + i)
+                    applied += 1
+            self._advance(conn, to)
+        if self.on_batch is not None and items:
+            self.on_batch(
+                BatchReport(self.name, applied, parked, to, [i.notification for i in items])
+            )
+
+    def _apply(self, conn: psycopg.Connection[Any], item: _Item, index: int) -> None:
+        context = Context(conn, self.tables, item.notification)
+        try:
+            self.projection.apply(item.event, context)
+        except psycopg.OperationalError:
+            raise  # the connection, not the handler: reconnect and try the batch again
+        except Exception as e:
+            raise _HandlerFailure(index, e) from e
+
+    def _advance(self, conn: psycopg.Connection[Any], to: Position) -> None:
+        if to > self.position:
+            self.tracking.advance(conn, self.name, self.position, to)
+            self.position = to
+
+    def _decode(self, n: LoggedNotification) -> _Item:
+        try:
+            return _Item(n, self.mapper.to_domain_event(n), None)
+        except EventDecodingError as e:
+            return _Item(n, None, e)
+
+    def _park(
+        self,
+        conn: psycopg.Connection[Any],
+        n: LoggedNotification,
+        *,
+        reason: str,
+        attempts: int,
+        error: BaseException,
+        tb: str | None = None,
+    ) -> None:
+        dead_letter_id = self.dead_letters.park(
+            conn,
+            self.name,
+            n,
+            reason=reason,
+            attempts=attempts,
+            error=error,
+            traceback=tb or "".join(traceback.format_exception(error)),
+        )
+        logger.error(
+            "projection %s parked stream %s version %s (notification %s, %s) as dead letter "
+            "#%s after %s attempt(s): %s: %s",
+            self.name,
+            n.originator_id,
+            n.originator_version,
+            n.id,
+            n.topic,
+            dead_letter_id,
+            attempts,
+            type(error).__name__,
+            error,
+        )
+
+    def _retry_or_park(
+        self,
+        conn: psycopg.Connection[Any],
+        item: _Item,
+        failure: _HandlerFailure,
+        stop: threading.Event,
+    ) -> bool:
+        """Retry one failing event alone with backoff; park it after the last attempt.
+
+        Returns False when asked to stop before the event was applied or parked.
+        """
+        n = item.notification
+        attempt = 1
+        self._set_state(
+            conn, "failing", f"retrying stream {n.originator_id} v{n.originator_version}"
+        )
+        while attempt < self.retry.max_attempts:
+            logger.warning(
+                "projection %s: handler failed on stream %s version %s (notification %s, "
+                "attempt %d of %d): %s: %s",
+                self.name,
+                n.originator_id,
+                n.originator_version,
+                n.id,
+                attempt,
+                self.retry.max_attempts,
+                type(failure.error).__name__,
+                failure.error,
+            )
+            if stop.wait(self.retry.delay(attempt)):
+                return False
+            attempt += 1
+            try:
+                self._commit(conn, [item], 0, n.position)
+                self._set_state(conn, self.state)
+                return True
+            except _HandlerFailure as again:
+                failure = again
+        with conn.transaction():
+            self._park(
+                conn,
+                n,
+                reason="failed",
+                attempts=attempt,
+                error=failure.error,
+                tb=failure.traceback,
+            )
+            self._advance(conn, n.position)
+        self._set_state(conn, self.state)
+        return True
+
+    # -- dead letters an operator asked to retry -----------------------------------------------
+
+    def _process_retries(self, conn: psycopg.Connection[Any]) -> None:
+        requested = self.dead_letters.retry_requested(conn, self.name)
+        for stream, letters_iter in groupby(requested, key=lambda d: d.originator_id):
+            letters = list(letters_iter)
+            self._retry_stream(conn, stream, letters)
+
+    def _retry_stream(
+        self, conn: psycopg.Connection[Any], stream: UUID, letters: list[DeadLetter]
+    ) -> None:
+        by_id = {n.id: n for n in self.recorder.notifications([d.notification_id for d in letters])}
+        try:
+            with conn.transaction():
+                for index, letter in enumerate(letters):
+                    item = self._decode(by_id[letter.notification_id])
+                    if item.decoding_error is not None:
+                        raise _HandlerFailure(index, item.decoding_error)
+                    self._apply(conn, item, index)
+                self.dead_letters.mark(conn, [d.dead_letter_id for d in letters], "retried")
+        except _HandlerFailure as failure:
+            head = letters[failure.index]
+            with conn.transaction():
+                self._park(
+                    conn,
+                    by_id[head.notification_id],
+                    reason="failed",
+                    attempts=1,
+                    error=failure.error,
+                    tb=failure.traceback,
+                )
+                # Every letter of the stream stays parked, in order: the ones before the
+                # failing letter were applied only in the transaction that rolled back.
+                others = [d.dead_letter_id for d in letters if d is not head]
+                self.dead_letters.mark(conn, others, "parked")
+            logger.error(
+                "projection %s: retry of stream %s failed again at version %s; still parked",
+                self.name,
+                stream,
+                head.originator_version,
+            )
+            return
+        logger.info(
+            "projection %s: retried %d dead letter(s) of stream %s; stream released",
+            self.name,
+            len(letters),
+            stream,
+        )
+
+    # -- status ------------------------------------------------------------------------------
+
+    def _set_state(
+        self, conn: psycopg.Connection[Any], state: str, detail: str | None = None
+    ) -> None:
+        self._heartbeat_at = time.monotonic()
+        conn.execute(
+            f'INSERT INTO "{self.schema}".projection_workers '
+            "(projection, state, worker_id, heartbeat_at, detail) "
+            "VALUES (%s, %s, %s, clock_timestamp(), %s) ON CONFLICT (projection) DO UPDATE SET "
+            "state = excluded.state, worker_id = excluded.worker_id, "
+            "heartbeat_at = excluded.heartbeat_at, detail = excluded.detail",
+            (self.name, state, self.worker_id, detail),
+        )

@@ -1,0 +1,146 @@
+"""``eventkit dlq``: list, show, retry and discard dead letters."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Any
+from uuid import UUID
+
+import psycopg
+
+from infrastructure.deadletters import DeadLetters, Selector
+from infrastructure.errors import ConfigurationError
+from infrastructure.factory import shared_pool
+from infrastructure.leases import lease_name, release, try_acquire
+from infrastructure.settings import Settings
+from scripts.workers import build_workers, default_worker_id, select_projections
+
+
+def register(commands: Any) -> None:
+    parser = commands.add_parser("dlq", help="dead letters: list, show, retry, discard")
+    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    listing = actions.add_parser("list", help="open dead letters")
+    listing.add_argument("--projection")
+    listing.add_argument("--all", action="store_true", help="also retried and discarded ones")
+    listing.set_defaults(run=_list)
+    show = actions.add_parser("show", help="one dead letter with its traceback")
+    show.add_argument("dead_letter_id", type=int, metavar="ID")
+    show.set_defaults(run=_show)
+    for name, run, text in [
+        ("retry", _retry, "reprocess the selected streams in order and release them"),
+        ("discard", _discard, "give up on the selected dead letters"),
+    ]:
+        action = actions.add_parser(name, help=text)
+        action.add_argument("dead_letter_id", nargs="?", type=int, metavar="ID")
+        action.add_argument("--stream", type=UUID)
+        action.add_argument("--projection")
+        if name == "discard":
+            action.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+        else:
+            action.add_argument("--timeout", type=float, default=30.0)
+        action.set_defaults(run=run)
+
+
+def _selector(args: argparse.Namespace) -> Selector:
+    if args.dead_letter_id is None and args.stream is None and args.projection is None:
+        raise ConfigurationError("name a dead letter ID, --stream S or --projection P")
+    return Selector(args.dead_letter_id, args.stream, args.projection)
+
+
+def _list(args: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+    pool, _ = shared_pool(settings)
+    statuses = ("parked", "retry_requested", "retried", "discarded") if args.all else None
+    with pool.connection() as conn:
+        store = DeadLetters(settings.schema)
+        letters = (
+            store.select(conn, projection=args.projection, statuses=statuses)
+            if statuses
+            else store.select(conn, projection=args.projection)
+        )
+    if not letters:
+        print("no dead letters")
+    for letter in letters:
+        print(letter.summary())
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+    pool, _ = shared_pool(settings)
+    with pool.connection() as conn:
+        letter = DeadLetters(settings.schema).get(conn, args.dead_letter_id)
+    if letter is None:
+        print(f"no dead letter #{args.dead_letter_id} in schema {settings.schema}", file=sys.stderr)
+        return 1
+    print(letter.summary())
+    print(f"recorded {letter.created_at}, updated {letter.updated_at}")
+    if letter.traceback:
+        print(letter.traceback.rstrip())
+    return 0
+
+
+def _retry(args: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+    pool, url = shared_pool(settings)
+    selector = _selector(args)
+    store = DeadLetters(settings.schema)
+    with pool.connection() as conn:
+        requested = store.request_retry(conn, selector)
+        waiting = store.select(conn, projection=args.projection, statuses=("retry_requested",))
+    if requested == 0:
+        print("nothing to retry: no parked dead letters match")
+        return 1
+    projections = sorted({d.projection for d in waiting})
+    print(f"{requested} dead letter(s) of {', '.join(projections)} queued for retry")
+    # Where no worker owns the projection, process the retries here, under its lease.
+    for worker in build_workers(
+        select_projections([p for p in projections if "#" not in p]),
+        settings,
+        worker_id=f"dlq:{default_worker_id()}",
+    ):
+        with psycopg.connect(url, autocommit=True) as conn:
+            name = lease_name(settings.schema, worker.name)
+            if try_acquire(conn, name):
+                try:
+                    worker._process_retries(conn)
+                finally:
+                    release(conn, name)
+    deadline = time.monotonic() + args.timeout
+    while True:
+        with pool.connection() as conn:
+            left = [
+                d
+                for d in store.select(conn, statuses=("retry_requested",))
+                if d.dead_letter_id in {w.dead_letter_id for w in waiting}
+            ]
+            after = [store.get(conn, d.dead_letter_id) for d in waiting]
+        if not left:
+            break
+        if time.monotonic() > deadline:
+            print(f"{len(left)} dead letter(s) still wait for their worker after {args.timeout} s")
+            return 1
+        time.sleep(0.2)
+    failed = [d for d in after if d is not None and d.status == "parked"]
+    retried = [d for d in after if d is not None and d.status == "retried"]
+    print(f"retried {len(retried)}; still parked {len(failed)}")
+    for d in failed:
+        print("  " + d.summary())
+    return 0 if not failed else 1
+
+
+def _discard(args: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+    pool, _ = shared_pool(settings)
+    selector = _selector(args)
+    if not args.yes:
+        answer = input("discard the selected dead letters for good? [y/N] ")
+        if answer.strip().lower() not in {"y", "yes"}:
+            print("nothing discarded")
+            return 1
+    with pool.connection() as conn:
+        count = DeadLetters(settings.schema).discard(conn, selector)
+    print(f"discarded {count} dead letter(s)")
+    return 0
