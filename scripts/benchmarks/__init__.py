@@ -1,10 +1,21 @@
-"""``eventkit bench``: benchmarks of eventkit against the plain eventsourcing library."""
+"""``eventkit bench``: benchmarks of eventkit against the plain eventsourcing library.
+
+Benchmarks are never part of the tests: they measure, print a table, and optionally write
+the rows to a JSON file (``--json FILE``) for the docs.
+
+* ``append``: ``Application.save()`` throughput and latency (:mod:`.append`).
+* ``payload``: an event payload in a ``bytea``, ``json`` or ``jsonb`` column (:mod:`.payload`).
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+from scripts.benchmarks import append, payload
+
 
 def register(commands: Any) -> None:
     parser = commands.add_parser("bench", help="run a benchmark (never part of the tests)")
-    parser.add_subparsers(dest="suite", required=True, metavar="SUITE")
+    suites = parser.add_subparsers(dest="suite", required=True, metavar="SUITE")
+    append.register(suites)
+    payload.register(suites)

@@ -1,0 +1,121 @@
+"""The benchmarks' pure helpers: percentiles, the table, the rows written to ``--json``."""
+
+from __future__ import annotations
+
+import json
+import random
+import statistics
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+
+from scripts.benchmarks.append import (
+    FULL,
+    AppendResult,
+    Case,
+    plan,
+    summarise,
+    table,
+    with_ratios,
+)
+from scripts.benchmarks.payload import sample_payload
+from scripts.benchmarks.report import format_table, percentile, write_json
+from scripts.benchmarks.workers import Sample
+
+
+def test_percentile_interpolates_between_ranks() -> None:
+    values = [4.0, 1.0, 3.0, 2.0]
+    assert percentile(values, 0) == 1.0
+    assert percentile(values, 100) == 4.0
+    assert percentile(values, 50) == 2.5
+    assert percentile(values, 50) == statistics.median(values)
+    assert percentile([7.0], 99) == 7.0
+
+
+def test_percentile_agrees_with_the_inclusive_method_of_statistics() -> None:
+    values = [random.Random(1).random() for _ in range(1001)]
+    quantiles = statistics.quantiles(values, n=100, method="inclusive")
+    assert percentile(values, 99) == pytest.approx(quantiles[98])
+
+
+@pytest.mark.parametrize("q", [-1, 101])
+def test_percentile_rejects_a_rank_outside_0_to_100(q: float) -> None:
+    with pytest.raises(ValueError, match=str(q)):
+        percentile([1.0], q)
+
+
+def test_percentile_of_nothing_is_an_error() -> None:
+    with pytest.raises(ValueError, match="no values"):
+        percentile([], 50)
+
+
+def test_table_aligns_text_left_and_numbers_right() -> None:
+    text = format_table(["system", "events/s"], [["eventkit", "12,345"], ["es", "678"]])
+    assert text.splitlines() == [
+        "system    events/s",
+        "--------  --------",
+        "eventkit    12,345",
+        "es             678",
+    ]
+
+
+def test_table_rejects_a_row_of_the_wrong_width() -> None:
+    with pytest.raises(ValueError, match="2 cells"):
+        format_table(["a", "b"], [["1"]])
+
+
+def _result(system: str, writers: int, batch: int, events: int) -> AppendResult:
+    sample = Sample(latencies_s=[0.001, 0.002, 0.003], events=events, cpu_s=0.5)
+    return summarise(Case(system, writers, batch), "processes", FULL, [sample], 0.25)
+
+
+def test_rows_compare_each_eventkit_row_with_eventsourcing_in_the_same_row() -> None:
+    results = with_ratios(
+        [
+            _result("eventkit", 16, 1, 40_000),
+            _result("eventsourcing", 16, 1, 8_000),
+            _result("eventkit+notify", 16, 1, 20_000),
+            _result("eventkit", 1, 100, 80_000),
+        ]
+    )
+    assert [r.ratio_vs_eventsourcing for r in results] == [5.0, None, 2.5, None]
+    assert "5.00x" in table(results)
+
+
+def test_json_rows_carry_what_the_docs_read(tmp_path: Path) -> None:
+    result = _result("eventkit", 4, 100, 8_000)
+    path = tmp_path / "append.json"
+    write_json(path, [asdict(result)])
+    [row] = json.loads(path.read_text())
+    assert row["suite"] == "append"
+    assert row["system"] == "eventkit"
+    assert (row["writers"], row["batch"], row["mode"]) == (4, 100, "processes")
+    assert row["events_per_s"] == 8_000 / FULL.duration_s
+    assert row["p50_ms"] == pytest.approx(2.0)
+    assert row["p99_ms"] == pytest.approx(2.98)
+    assert row["client_cpu_us_per_event"] == pytest.approx(0.5 / 8_000 * 1e6)
+    assert row["server_cpu_us_per_event"] == pytest.approx(0.25 / 8_000 * 1e6)
+
+
+def test_a_row_without_saves_has_no_latencies() -> None:
+    result = summarise(Case("eventkit", 1, 1000), "threads", FULL, [Sample()], None)
+    assert (result.events_per_s, result.p50_ms, result.p99_ms) == (0, None, None)
+    assert result.client_cpu_us_per_event is None
+
+
+def test_the_plan_measures_both_systems_in_every_row_and_notify_at_16_writers() -> None:
+    cases = plan()
+    rows = {(c.writers, c.batch) for c in cases}
+    for writers, batch in rows:
+        systems = {c.system for c in cases if (c.writers, c.batch) == (writers, batch)}
+        assert {"eventkit", "eventsourcing"} <= systems
+    assert {(c.writers, c.batch) for c in cases if c.system == "eventkit+notify"} == {(16, 1)}
+    assert {(1, 1), (4, 1), (16, 1), (1, 100), (1, 1000)} <= rows
+
+
+def test_the_payload_is_about_300_bytes_of_nested_json() -> None:
+    rng = random.Random(7)
+    payloads = [sample_payload(rng) for _ in range(200)]
+    assert 250 <= statistics.mean(len(p) for p in payloads) <= 350
+    assert isinstance(json.loads(payloads[0])["customer"], dict)
