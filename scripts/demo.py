@@ -117,8 +117,9 @@ class Tally:
                 self.errors[error] += 1
                 if isinstance(e, IntegrityError):
                     self.gave_up += 1
-                if len(self.examples[error]) < 2:
-                    self.examples[error].append(str(e))
+                examples = self.examples[error]
+                if len(examples) < 2 and str(e) not in examples:
+                    examples.append(str(e))
             return None
         with self._lock:
             self.accepted[name] += 1
@@ -284,10 +285,9 @@ def run(args: argparse.Namespace) -> int:
     finally:
         shop.close()
     print(f"\nthe data lives in schema {schema} at {redact(url)}; look at it in SQL:")
-    print(f"  SELECT topic, state FROM {schema}.stored_events_json LIMIT 5;")
-    print(
-        f"  e.g. psql \"$(eventkit db url)\" -c 'SELECT ... FROM {schema}.stored_events_json ...'"
-    )
+    query = f"SELECT topic, state FROM {schema}.stored_events_json LIMIT 5"
+    print(f"  {query};")
+    print(f"  from a shell: psql \"$(eventkit db url)\" -c '{query}'")
     print(f"  drop it when done: DROP SCHEMA {schema} CASCADE;")
     return 0 if is_sound else 1
 
