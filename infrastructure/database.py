@@ -80,12 +80,14 @@ def retry_transient(
     attempts: int = 5,
     first_delay_s: float = 0.05,
     max_delay_s: float = 2.0,
+    on_failure: Callable[[], None] | None = None,
 ) -> T:
     """Run ``operation``, retrying transient database errors with exponential backoff.
 
     Only call this with work that is safe to repeat (a read, or a write whose repetition
     is detected). After ``attempts`` failures, raise :class:`DatabaseUnavailableError`
-    naming ``what`` and the last error.
+    naming ``what`` and the last error. ``on_failure`` runs after each failure (a pool's
+    ``check``, which drops every connection a server restart has broken, not just one).
     """
     delay = first_delay_s
     for attempt in range(1, attempts + 1):
@@ -104,6 +106,8 @@ def retry_transient(
                 delay,
                 e,
             )
+            if on_failure is not None:
+                on_failure()
             time.sleep(delay)
             delay = min(delay * 2, max_delay_s)
     raise AssertionError("unreachable")  # pragma: no cover

@@ -16,9 +16,10 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID
 
 import psycopg
@@ -39,6 +40,8 @@ from infrastructure.subscription import PollingSubscription
 
 logger = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 #: Saves of up to this many events use one multi-row INSERT; larger ones use COPY, which is
 #: several times faster per row but needs the notification ids allocated first.
 COPY_THRESHOLD = 32
@@ -56,6 +59,17 @@ _NOTIFICATION_COLUMNS = (
 # back, and no transaction still running or yet to start can write below xmin.
 # https://www.postgresql.org/docs/current/functions-info.html#FUNCTIONS-PG-SNAPSHOT-PARTS
 _SETTLED = "transaction_id < pg_snapshot_xmin(pg_current_snapshot())"
+
+
+@dataclass(frozen=True)
+class Scan:
+    """What :meth:`PostgresEventRecorder.scan` found."""
+
+    notifications: list[LoggedNotification]
+    #: The position of the last notification scanned (of any type), None if none was.
+    last: Position | None
+    #: How many notifications were scanned (of any type).
+    count: int
 
 
 class PostgresEventRecorder(ApplicationRecorder):
@@ -87,6 +101,16 @@ class PostgresEventRecorder(ApplicationRecorder):
         ).format(sql.SQL(_NOTIFICATION_COLUMNS), table)
         self._insert_cache: dict[int, sql.Composed] = {}
 
+    def _retry(self, operation: Callable[[], T], *, what: str) -> T:
+        return retry_transient(operation, what=what, on_failure=self._check_pool)
+
+    def _check_pool(self) -> None:
+        # After a restart or failover every idle connection is dead: drop them all at once.
+        try:
+            self.pool.check()
+        except psycopg.Error:  # pragma: no cover - the check itself hit the outage
+            logger.warning("could not check the pool's connections", exc_info=True)
+
     # -- writing -------------------------------------------------------------------------
 
     def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> list[int]:
@@ -117,6 +141,7 @@ class PostgresEventRecorder(ApplicationRecorder):
                         f"last error: {type(e).__name__}: {e}"
                     ) from e
                 logger.warning("append failed (attempt %d), retrying: %s", attempt, e)
+                self._check_pool()
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
         raise AssertionError("unreachable")  # pragma: no cover
@@ -176,7 +201,7 @@ class PostgresEventRecorder(ApplicationRecorder):
             return PersistenceError(f"append to {self.schema}.stored_events failed: {error}")
         originator_id, version = match[1], int(match[2])
         versions = [r[1] for r in rows if str(r[0]) == originator_id] or [version]
-        current = retry_transient(
+        current = self._retry(
             lambda: self._current_version(originator_id),
             what=f"reading the version of stream {originator_id}",
         )
@@ -212,7 +237,7 @@ class PostgresEventRecorder(ApplicationRecorder):
                     statement, ([r[0] for r in rows], [r[1] for r in rows])
                 ).fetchall()
 
-        found = retry_transient(look, what="checking whether an interrupted append committed")
+        found = self._retry(look, what="checking whether an interrupted append committed")
         if not found:
             return None
         if len(found) == len(rows) and all(
@@ -258,7 +283,7 @@ class PostgresEventRecorder(ApplicationRecorder):
                 cur.execute(statement, params)
                 return [StoredEvent(r[0], r[1], r[2], r[3]) for r in cur.fetchall()]
 
-        return retry_transient(select, what=f"reading stream {originator_id}")
+        return self._retry(select, what=f"reading stream {originator_id}")
 
     # -- reading the notification log ------------------------------------------------------
 
@@ -286,16 +311,15 @@ class PostgresEventRecorder(ApplicationRecorder):
                 cur.execute(statement, params)
                 return [_logged(r) for r in cur.fetchall()]
 
-        return retry_transient(read, what=f"reading the notification log after {after}")
+        return self._retry(read, what=f"reading the notification log after {after}")
 
-    def scan(
-        self, after: Position, limit: int, topics: Sequence[str]
-    ) -> tuple[list[LoggedNotification], Position | None]:
+    def scan(self, after: Position, limit: int, topics: Sequence[str]) -> Scan:
         """Read up to ``limit`` notifications after ``after``; return those of ``topics``.
 
         Also returns the position of the last notification scanned, matching or not, so a
         follower of rare event types moves past the rest of the log instead of scanning it
-        again on every poll. Payloads are fetched only for the matching rows.
+        again on every poll, and how many were scanned (fewer than ``limit``: the reader
+        has reached the head). Payloads are fetched only for the matching rows.
         """
         statement = sql.SQL(
             "WITH scanned AS MATERIALIZED ("
@@ -310,20 +334,20 @@ class PostgresEventRecorder(ApplicationRecorder):
         ).format(t=self._table)
         params = [str(after.transaction_id), after.notification_id, limit, list(topics)]
 
-        def read() -> tuple[list[LoggedNotification], Position | None]:
+        def read() -> Scan:
             with self.pool.connection() as conn, conn.cursor(binary=True) as cur:
                 cur.execute(statement, params)
                 rows = cur.fetchall()
             if not rows:
-                return [], None
+                return Scan([], None, 0)
             matching = [
                 LoggedNotification(r[2], r[3], r[4], r[5], r[1], r[0], r[6])
                 for r in rows
                 if r[2] is not None
             ]
-            return matching, Position(rows[-1][0], rows[-1][1])
+            return Scan(matching, Position(rows[-1][0], rows[-1][1]), len(rows))
 
-        return retry_transient(read, what=f"scanning the notification log after {after}")
+        return self._retry(read, what=f"scanning the notification log after {after}")
 
     def notifications(self, notification_ids: Sequence[int]) -> list[LoggedNotification]:
         """The notifications with these ids, in log order (dead-letter retries)."""
@@ -337,7 +361,7 @@ class PostgresEventRecorder(ApplicationRecorder):
                 cur.execute(statement, (list(notification_ids),))
                 return [_logged(r) for r in cur.fetchall()]
 
-        return retry_transient(read, what="reading notifications by id")
+        return self._retry(read, what="reading notifications by id")
 
     def head(self) -> Position | None:
         """The position of the last notification a reader can see now."""
@@ -353,7 +377,7 @@ class PostgresEventRecorder(ApplicationRecorder):
                 ).fetchone()
             return None if row is None else Position(row[0], row[1])
 
-        return retry_transient(read, what="reading the head of the notification log")
+        return self._retry(read, what="reading the head of the notification log")
 
     def position_of(self, notification_id: int) -> Position | None:
         """The log position of a notification id, or None when no such row exists."""
@@ -368,7 +392,7 @@ class PostgresEventRecorder(ApplicationRecorder):
                 ).fetchone()
             return None if row is None else Position(row[0], notification_id)
 
-        return retry_transient(read, what=f"looking up notification {notification_id}")
+        return self._retry(read, what=f"looking up notification {notification_id}")
 
     def oldest_open_transaction(self) -> OpenTransaction | None:
         """The transaction that holds readers back now, if one does.
@@ -428,7 +452,7 @@ class PostgresEventRecorder(ApplicationRecorder):
                 cur.execute(statement, params)
                 return [Notification(r[0], r[1], r[2], r[3], r[4]) for r in cur.fetchall()]
 
-        return retry_transient(select, what=f"selecting notifications from {start}")
+        return self._retry(select, what=f"selecting notifications from {start}")
 
     def max_notification_id(self) -> int | None:
         """The largest notification id recorded, or None when the log is empty."""
@@ -440,7 +464,7 @@ class PostgresEventRecorder(ApplicationRecorder):
                 ).fetchone()
             return None if row is None else row[0]
 
-        return retry_transient(select, what="reading the largest notification id")
+        return self._retry(select, what="reading the largest notification id")
 
     def subscribe(self, gt: int | None = None, topics: Sequence[str] = ()) -> PollingSubscription:
         """Iterate over notifications with ids above ``gt``, in log order, waiting for new ones.
@@ -466,7 +490,7 @@ class PostgresEventRecorder(ApplicationRecorder):
             value: int = row[0]
             return value
 
-        first_tx = retry_transient(start, what=f"finding where notification {gt} is in the log")
+        first_tx = self._retry(start, what=f"finding where notification {gt} is in the log")
         after = Position(first_tx - 1, _MAX_NOTIFICATION_ID)
         return PollingSubscription(self, after=after, topics=topics, above_id=gt)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from typing import Any, ClassVar, LiteralString
 
+import psycopg
 import psycopg_pool
 from psycopg import sql
 
@@ -21,6 +22,10 @@ from projections.projection import Projection, table_identifiers
 
 class ReadModelTimeoutError(EventkitError, TimeoutError):
     """A view did not reach the awaited notification in time."""
+
+
+class ReadModelNotReadyError(EventkitError):
+    """A view's tables do not exist yet: no worker of its projection has started."""
 
 
 class Queries:
@@ -95,5 +100,12 @@ class Queries:
         """Run a query against the view (after waiting for ``wait_for``, if given)."""
         if wait_for is not None:
             self.wait_for(wait_for, timeout)
-        with self.pool.connection() as conn:
-            return conn.execute(self.sql(query), params).fetchall()
+        try:
+            with self.pool.connection() as conn:
+                return conn.execute(self.sql(query), params).fetchall()
+        except psycopg.errors.UndefinedTable as e:
+            raise ReadModelNotReadyError(
+                f"the view of projection {self.projection.name!r} does not exist yet in "
+                f"schema {self.schema!r}: start its worker (`eventkit workers "
+                f"{self.projection.name}`)"
+            ) from e

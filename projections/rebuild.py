@@ -79,8 +79,11 @@ def rebuild(
     stop = stop or threading.Event()
     name = rebuild_name(projection)
     with psycopg.connect(url, autocommit=True, application_name=f"eventkit:{worker_id}") as conn:
-        if not try_acquire(conn, lease_name(schema, name)):
-            owner = holder(conn, lease_name(schema, name))
+        # One rebuild of a projection at a time. This lease is not the rebuild worker's own
+        # (which its worker takes on its own connection below).
+        guard = lease_name(schema, f"{projection.name}#rebuild-guard")
+        if not try_acquire(conn, guard):
+            owner = holder(conn, guard)
             raise RebuildError(
                 f"a rebuild of {projection.name!r} is already running: "
                 f"{owner.describe() if owner else 'another process'}"
@@ -199,12 +202,10 @@ def _swap(
         worker.position = tracking.position(conn, worker.name)
         worker.retry = RetryPolicy(max_attempts=1)
         while True:
-            batch, scanned_to = worker.recorder.scan(
-                worker.position, worker.batch_size, worker.topics
-            )
-            if scanned_to is None:
+            scan = worker.recorder.scan(worker.position, worker.batch_size, worker.topics)
+            if scan.last is None:
                 break
-            worker._process(conn, batch, scanned_to, threading.Event())
+            worker._process(conn, scan.notifications, scan.last, threading.Event())
         position = worker.position
         for t in projection.tables:
             conn.execute(

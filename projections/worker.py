@@ -188,16 +188,17 @@ class ProjectionWorker:
         interval = self.poll.min_interval_s
         while not stop.is_set():
             self._process_retries(conn)
-            batch, scanned_to = self.recorder.scan(self.position, self.batch_size, self.topics)
-            if scanned_to is None:
-                self.caught_up.set()
-                if time.monotonic() - self._heartbeat_at > 1.0:
-                    self._set_state(conn, self.state)
+            scan = self.recorder.scan(self.position, self.batch_size, self.topics)
+            if scan.count < self.batch_size:
+                self.caught_up.set()  # this read reached the head of the log
+            if time.monotonic() - self._heartbeat_at > 1.0:
+                self._set_state(conn, self.state)
+            if scan.last is None:
                 stop.wait(interval)
                 interval = min(interval * 2, self.poll.max_interval_s)
                 continue
             interval = self.poll.min_interval_s
-            self._process(conn, batch, scanned_to, stop)
+            self._process(conn, scan.notifications, scan.last, stop)
 
     # -- one batch ----------------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ from infrastructure.errors import ConfigurationError
 from infrastructure.factory import shared_pool
 from infrastructure.leases import lease_name, release, try_acquire
 from infrastructure.settings import Settings
+from projections.shop import PROJECTIONS
 from scripts.workers import build_workers, default_worker_id, select_projections
 
 
@@ -95,9 +96,11 @@ def _retry(args: argparse.Namespace) -> int:
         return 1
     projections = sorted({d.projection for d in waiting})
     print(f"{requested} dead letter(s) of {', '.join(projections)} queued for retry")
-    # Where no worker owns the projection, process the retries here, under its lease.
+    # Where no worker owns a projection this command knows, process its retries here,
+    # under its lease; otherwise the worker that owns it does, and we wait.
+    known = [p for p in projections if p in PROJECTIONS]
     for worker in build_workers(
-        select_projections([p for p in projections if "#" not in p]),
+        select_projections(known) if known else [],
         settings,
         worker_id=f"dlq:{default_worker_id()}",
     ):

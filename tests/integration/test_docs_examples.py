@@ -14,10 +14,12 @@ FENCE = re.compile(r"```python\n(.*?)```", re.DOTALL)
 
 
 def examples() -> list[tuple[str, str]]:
+    """One example per file: its python blocks, run in order in one namespace."""
     found = []
     for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
-        for i, block in enumerate(FENCE.findall(path.read_text())):
-            found.append((f"{path.relative_to(ROOT)}#{i + 1}", block))
+        blocks = FENCE.findall(path.read_text())
+        if blocks:
+            found.append((str(path.relative_to(ROOT)), "\n".join(blocks)))
     return found
 
 

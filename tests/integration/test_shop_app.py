@@ -6,6 +6,7 @@ Each test records into a schema of its own (the ``app_env`` fixture).
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
@@ -109,7 +110,12 @@ def test_place_pay_and_ship_an_order(shop: Shop) -> None:
     shipped = shop.ship_order(ShipOrder(order_id=placed.order_id))
     assert shipped.notification_id == recorder.max_notification_id()
 
-    log = recorder.read_notifications(Position.ORIGIN, 100)
+    # Readers see a transaction once every older one in the cluster has ended: wait for it.
+    deadline = time.monotonic() + 10
+    while (log := recorder.read_notifications(Position.ORIGIN, 100))[-1:] and (
+        log[-1].id != shipped.notification_id and time.monotonic() < deadline
+    ):
+        time.sleep(0.01)
     assert log[-1].id == shipped.notification_id
     assert [n.topic.split(":")[1] for n in log[2:]] == [
         "Order.Placed",

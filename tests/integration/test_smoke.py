@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+from uuid import uuid4
+
+from eventsourcing.persistence import StoredEvent
+
 from infrastructure.log import Position
 from infrastructure.recorder import PostgresEventRecorder
-from eventsourcing.persistence import StoredEvent
-from uuid import uuid4
 
 
 def test_append_then_read(recorder: PostgresEventRecorder) -> None:
