@@ -4,8 +4,8 @@ The server is found through a connection: its backend's parent is the postmaster
 counts as the benchmark's: the backends of the writers' connections (the writers report
 their pids) and the server's own processes (WAL writer, checkpointer, I/O workers,
 autovacuum...), which work for every client. Other clients of a shared server are left
-out, though the server's own processes also work for them. A process counts only if it
-lived through the whole window. Linux only; a remote server gives no probe.
+out, though the server's own processes also work for them. A window in which a writer's
+connection was replaced gives no figure. Linux only; a remote server gives no probe.
 """
 
 from __future__ import annotations
@@ -60,8 +60,11 @@ class ServerCpu:
     ) -> float | None:
         """CPU seconds used between two samples by ``backend_pids`` and the server itself.
 
-        ``None`` when the server cannot say which processes are its own.
+        ``None`` when the server cannot say which processes are its own, or when one of
+        ``backend_pids`` did not live through the window (its connection was replaced).
         """
+        if not backend_pids <= before.keys() & after.keys():
+            return None
         statement = "SELECT pid FROM pg_stat_activity WHERE backend_type <> 'client backend'"
         try:
             if self.conn.closed:
