@@ -3,31 +3,42 @@
 Registers a catalogue, receives stock, then runs concurrent writer threads that place
 orders, capture or fail payments, cancel and ship orders, restock, and now and then send a
 command that must be rejected (bad data, unknown sku, not enough stock, illegal transition).
-Every run records into a fresh schema, so runs never mix; the schema is kept so that the
-events can be read in SQL afterwards. Prints what was written, read back from the database.
+The shop's projection workers run in threads beside the writers, with a demo-only
+projection that fails on purpose for one order. Every run records into a fresh schema, so
+runs never mix; the schema is kept so that the events and views can be read in SQL
+afterwards. Prints what was written, read back from the database; the lag of each
+projection while the writers run and until it drains to zero; query results from the read
+models; and the poison order's events parked as dead letters, then retried in order.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import io
+import logging
+import os
 import random
 import secrets
+import textwrap
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from functools import singledispatchmethod
 from typing import Any
+from uuid import UUID
 
 import psycopg_pool
 from eventsourcing.persistence import IntegrityError
 from eventsourcing.utils import get_topic
 from psycopg import sql
 
-from domain.application import OrderPlacement, Shop
+from domain.application import CommandResult, OrderPlacement, Shop
 from domain.commands import (
     CancelOrder,
     CapturePayment,
@@ -41,10 +52,24 @@ from domain.commands import (
     parse_command,
 )
 from domain.errors import DomainError
+from domain.orders import Order
 from domain.stock import StockItem
 from infrastructure.factory import shared_pool
-from infrastructure.settings import redact
+from infrastructure.log import Position
+from infrastructure.settings import Settings, redact
+from projections.projection import Context, Projection, Table, UnhandledEventError
+from projections.queries import Queries
+from projections.shop import (
+    PROJECTIONS,
+    OrderSummaryQueries,
+    RevenueQueries,
+    StockLevelQueries,
+)
+from projections.status import ProjectionStatus, projection_status
+from projections.worker import ProjectionWorker, RetryPolicy
 from scripts.bootstrap import application_env, settings_with
+from scripts.status import render
+from scripts.workers import build_workers, run_until
 
 #: (sku, name, unit price, popularity): popular items run short and collide more often.
 CATALOGUE: tuple[tuple[str, str, str, int], ...] = (
@@ -128,6 +153,11 @@ class Tally:
     def conflict(self) -> None:
         with self._lock:
             self.conflicts += 1
+
+    def total(self) -> int:
+        """Commands run so far, accepted or rejected."""
+        with self._lock:
+            return sum(self.accepted.values()) + sum(self.rejected.values())
 
 
 class DemoShop(Shop):
@@ -242,6 +272,228 @@ class Writer:
         self.tally.run(command_class.__name__, lambda: parse_command(command_class, data))
 
 
+#: The demo's workers retry a failing event quickly, so the poison order is parked at once.
+DEMO_RETRY = RetryPolicy(max_attempts=3, first_delay_s=0.05, max_delay_s=0.2)
+#: How often the projections' lag is shown while the writers run.
+PROGRESS_EVERY_S = 2.0
+
+
+class CustomerLedger(Projection):
+    """Demo only: what each customer ordered and paid, one entry per order event.
+
+    Its handlers raise for the orders in ``poison``, as a bug would: the demo shows the
+    first such event parked as a dead letter with the rest of its stream behind it, other
+    orders going on, and the stream retried in order once the bug is fixed.
+    """
+
+    name = "customer_ledger"
+    tables = (
+        Table(
+            "customer_ledger",
+            "CREATE TABLE {table} (order_id uuid, version bigint, customer_id text NOT NULL,"
+            " kind text NOT NULL, amount numeric NOT NULL, PRIMARY KEY (order_id, version));"
+            "CREATE INDEX ON {table} (customer_id)",
+        ),
+    )
+
+    def __init__(self) -> None:
+        self.poison: set[UUID] = set()
+
+    @singledispatchmethod
+    def apply(self, event: object, context: Context) -> None:
+        raise UnhandledEventError(self, event)
+
+    @apply.register
+    def _(self, event: Order.Placed, context: Context) -> None:
+        self._check(event)
+        context.execute(
+            "INSERT INTO {customer_ledger} (order_id, version, customer_id, kind, amount)"
+            " VALUES (%s, %s, %s, 'placed', %s)",
+            (event.originator_id, event.originator_version, event.customer_id, event.total),
+        )
+
+    @apply.register
+    def _(self, event: Order.Paid, context: Context) -> None:
+        self._check(event)
+        # Copies the placed entry: were a paid event applied before its order's placed
+        # event (say, past a parked one), no row would match.
+        row = context.execute(
+            "INSERT INTO {customer_ledger} (order_id, version, customer_id, kind, amount)"
+            " SELECT order_id, %s, customer_id, 'paid', amount FROM {customer_ledger}"
+            " WHERE order_id = %s AND kind = 'placed' RETURNING order_id",
+            (event.originator_version, event.originator_id),
+        ).fetchone()
+        if row is None:
+            raise LookupError(f"order {event.originator_id} was paid but is not in the ledger")
+
+    def _check(self, event: Order.Event) -> None:
+        if event.originator_id in self.poison:
+            raise RuntimeError(f"order {event.originator_id} is poison (a bug, on purpose)")
+
+
+class CustomerLedgerQueries(Queries):
+    """Reads of the demo's ledger."""
+
+    projection = CustomerLedger
+
+    def entries(self, order_id: UUID) -> list[tuple[int, str, Decimal]]:
+        """An order's entries in stream order: (version, kind, amount)."""
+        rows = self.fetch(
+            "SELECT version, kind, amount FROM {customer_ledger} WHERE order_id = %s"
+            " ORDER BY version",
+            (order_id,),
+        )
+        return [(int(r[0]), str(r[1]), Decimal(r[2])) for r in rows]
+
+    def order_count(self) -> int:
+        rows = self.fetch("SELECT count(DISTINCT order_id) FROM {customer_ledger}")
+        return int(rows[0][0])
+
+
+class LagMonitor:
+    """``eventkit status`` condensed to one line: each projection's lag, now and then."""
+
+    def __init__(
+        self,
+        pool: psycopg_pool.ConnectionPool,
+        schema: str,
+        projections: Sequence[type[Projection]],
+        tally: Tally,
+    ) -> None:
+        self.pool = pool
+        self.schema = schema
+        self.projections = projections
+        self.tally = tally
+        self.widths = [max(len(p.name), 14) for p in projections]
+        self.started = time.perf_counter()
+
+    def status(self) -> list[ProjectionStatus]:
+        return projection_status(self.pool, self.schema, self.projections)
+
+    def header(self) -> None:
+        print("\nprojections: lag = events not yet in each view / age in seconds of the oldest")
+        names = zip(self.projections, self.widths, strict=True)
+        print(f"  {'time':>6}  {'commands':>8}" + "".join(f"  {p.name:>{w}}" for p, w in names))
+
+    def show(self, rows: list[ProjectionStatus], note: str) -> None:
+        lags = {r.projection: f"{r.lag_events:,} / {r.lag_seconds:.1f}" for r in rows}
+        cells = "".join(
+            f"  {lags.get(p.name, '-'):>{w}}"
+            for p, w in zip(self.projections, self.widths, strict=True)
+        )
+        elapsed = time.perf_counter() - self.started
+        print(f"  {elapsed:>5.1f}s  {self.tally.total():>8,}{cells}  {note}")
+
+
+class _QuietWorkers(logging.Filter):
+    """Drops the workers' routine lines and the demo projection's expected failures."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        return record.levelno >= logging.WARNING and CustomerLedger.name not in args[:1]
+
+
+@contextlib.contextmanager
+def _quiet_workers(verbose: bool) -> Iterator[None]:
+    """Keep the output to what the demo prints itself (all of it with ``eventkit -v``)."""
+    if verbose:
+        yield
+        return
+    worker_logger, quiet = logging.getLogger("projections.worker"), _QuietWorkers()
+    worker_logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        worker_logger.removeFilter(quiet)
+
+
+@contextlib.contextmanager
+def _running(workers: Sequence[ProjectionWorker]) -> Iterator[None]:
+    """Run the workers in threads for the block; then stop them and wait for them."""
+    stop = threading.Event()
+    runner = threading.Thread(
+        target=run_until, args=(workers, stop), name="demo-workers", daemon=True
+    )
+    runner.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        started = time.perf_counter()
+        runner.join(timeout=30)
+        if runner.is_alive():
+            print("\nworkers: NOT stopped 30 s after they were asked to")
+        else:
+            print(
+                f"\nworkers stopped {time.perf_counter() - started:.2f} s after they were "
+                "asked to, each after committing the batch in hand"
+            )
+
+
+def _print_workers(workers: Sequence[ProjectionWorker], poison: UUID) -> None:
+    print(
+        f"workers: {', '.join(w.name for w in workers)}, a thread each; a failing event "
+        f"is tried {DEMO_RETRY.max_attempts} times, {DEMO_RETRY.first_delay_s} s apart at first"
+    )
+    print(f"  {CustomerLedger.name} is the demo's own; it fails on purpose for order {poison}")
+
+
+def _place_poison_order(shop: Shop) -> OrderPlacement:
+    """An order, paid: two events of one stream for the demo's ledger to choke on."""
+    placed = shop.place_order(
+        PlaceOrder(
+            customer_id="customer-13", lines=(OrderLineRequest(sku="TEA-BLACK", quantity=2),)
+        )
+    )
+    shop.capture_payment(CapturePayment(payment_id=placed.payment_id))
+    return placed
+
+
+def _drain(monitor: LagMonitor, timeout: float = 30.0) -> bool:
+    """Show the lag now and then until every view has the last event; False on timeout.
+
+    A lag of zero is not enough: ``projection_status`` counts only events below the
+    server's oldest running transaction (``pg_snapshot_xmin``), which followers must not
+    pass, so while a transaction anywhere on the server is open, events committed after
+    it are in neither the lag nor the views. The demo waits for its own last event.
+    """
+    last = _last_position(monitor.pool, monitor.schema)
+    deadline = time.monotonic() + timeout
+    shown, lines = 0.0, 0
+    while True:
+        rows = monitor.status()
+        is_lag_zero = all(r.lag_events == 0 for r in rows)
+        drained = is_lag_zero and all(Position.parse(r.position) >= last for r in rows)
+        # A line a second at first; fewer when draining takes long.
+        if drained or time.monotonic() - shown >= (1.0 if lines < 5 else 5.0):
+            lines += 1
+            note = "draining"
+            if drained:
+                note = "drained: every view has the last event"
+            elif is_lag_zero:
+                note = f"waiting for {last}: an older transaction is open on the server"
+            monitor.show(rows, note)
+            shown = time.monotonic()
+        if drained:
+            return True
+        if time.monotonic() > deadline:
+            print(f"  the views did NOT reach the last event ({last}) within {timeout:.0f} s")
+            return False
+        time.sleep(0.05)
+
+
+def _last_position(pool: psycopg_pool.ConnectionPool, schema: str) -> Position:
+    """The log position of the last event recorded so far (committed or not, when read)."""
+    with pool.connection() as conn:
+        row = conn.execute(
+            sql.SQL(
+                "SELECT transaction_id::text::bigint, notification_id FROM {} "
+                "ORDER BY transaction_id DESC, notification_id DESC LIMIT 1"
+            ).format(sql.Identifier(schema, "stored_events"))
+        ).fetchone()
+    return Position.ORIGIN if row is None else Position(row[0], row[1])
+
+
 @dataclasses.dataclass(frozen=True)
 class Counts:
     """What the event store holds, counted in the database."""
@@ -255,7 +507,8 @@ def run(args: argparse.Namespace) -> int:
     stamp = datetime.now(UTC).strftime("%Y%m%d_%H%M%S")
     schema = f"demo_{stamp}_{secrets.token_hex(2)}"
     base = settings_with({"EVENTKIT_SCHEMA": schema})
-    settings = dataclasses.replace(base, pool_max_size=max(base.pool_max_size, args.writers + 2))
+    # Writers, the workers' reads of the log, status and queries share the pool.
+    settings = dataclasses.replace(base, pool_max_size=max(base.pool_max_size, args.writers + 8))
     print(f"eventkit demo: the example shop under {args.writers} concurrent writers")
     started = time.perf_counter()
     env = application_env(settings)  # starts the embedded server if needed; migrates
@@ -268,20 +521,8 @@ def run(args: argparse.Namespace) -> int:
     tally = Tally()
     shop = DemoShop(env=env, tally=tally)
     try:
-        started = time.perf_counter()
-        units = _stock_up(shop, args.orders)
-        print(
-            f"\nsetup: {len(CATALOGUE)} stock items registered, {units:,} units received "
-            f"({time.perf_counter() - started:.1f} s)"
-        )
-        before = _count(pool, schema).events
-        started = time.perf_counter()
-        _run_writers(shop, tally, args)
-        wall = time.perf_counter() - started
-        _print_commands(tally, args, wall)
-        _print_rejections(tally, shop.max_attempts)
-        _print_events(_count(pool, schema), before, wall)
-        is_sound = _check_stock(shop, pool, schema)
+        with _quiet_workers(getattr(args, "verbose", False)):
+            is_sound = _run_demo(args, settings, shop=shop, tally=tally, pool=pool, url=url)
     finally:
         shop.close()
     print(f"\nthe data lives in schema {schema} at {redact(url)}; look at it in SQL:")
@@ -290,6 +531,55 @@ def run(args: argparse.Namespace) -> int:
     print(f"  from a shell: psql \"$(eventkit db url)\" -c '{query}'")
     print(f"  drop it when done: DROP SCHEMA {schema} CASCADE;")
     return 0 if is_sound else 1
+
+
+def _run_demo(
+    args: argparse.Namespace,
+    settings: Settings,
+    *,
+    shop: DemoShop,
+    tally: Tally,
+    pool: psycopg_pool.ConnectionPool,
+    url: str,
+) -> bool:
+    """Set up, run writers and workers, show the views and dead letters; True if all held."""
+    schema = settings.schema
+    started = time.perf_counter()
+    units = _stock_up(shop, args.orders)
+    poison = _place_poison_order(shop)
+    print(
+        f"\nsetup: {len(CATALOGUE)} stock items registered, {units:,} units received, "
+        f"order {poison.order_id} placed and paid ({time.perf_counter() - started:.1f} s)"
+    )
+    projections: list[type[Projection]] = [*PROJECTIONS.values(), CustomerLedger]
+    workers = build_workers(projections, settings, worker_id="demo", retry=DEMO_RETRY)
+    ledger = workers[-1].projection
+    assert isinstance(ledger, CustomerLedger)
+    ledger.poison.add(poison.order_id)  # before its worker starts: the order is poison
+    _print_workers(workers, poison.order_id)
+    monitor = LagMonitor(pool, schema, projections, tally)
+    with _running(workers):
+        before = _count(pool, schema).events
+        started = time.perf_counter()
+        _run_writers(shop, tally, args, monitor)
+        wall = time.perf_counter() - started
+        is_drained = _drain(monitor)
+        print("\n  $ eventkit status")
+        print(textwrap.indent(render(monitor.status()), "    "))
+        _print_commands(tally, args, wall)
+        _print_rejections(tally, shop.max_attempts)
+        _print_events(_count(pool, schema), before, wall)
+        is_sound = _check_stock(shop, pool, schema)
+        if not is_drained:
+            print(
+                "\nread models, read your writes and dead letters: skipped, as the views did"
+                " not catch up (see `eventkit status` above and the workers' log)"
+            )
+            return False
+        views_agree = _show_read_models(shop, pool, schema)
+        _read_your_writes(shop, pool, schema)
+        is_healed = _retry_dead_letters(ledger, poison.order_id, pool, schema, url)
+    return is_drained and is_sound and views_agree and is_healed
 
 
 def _stock_up(shop: Shop, orders: int) -> int:
@@ -307,7 +597,8 @@ def _stock_up(shop: Shop, orders: int) -> int:
     return units
 
 
-def _run_writers(shop: Shop, tally: Tally, args: argparse.Namespace) -> None:
+def _run_writers(shop: Shop, tally: Tally, args: argparse.Namespace, monitor: LagMonitor) -> None:
+    """Run the writer threads to the end, showing the projections' lag now and then."""
     shares = [args.orders // args.writers] * args.writers
     for i in range(args.orders % args.writers):
         shares[i] += 1
@@ -315,8 +606,15 @@ def _run_writers(shop: Shop, tally: Tally, args: argparse.Namespace) -> None:
         Writer(shop, tally, share, random.Random(args.seed * 1000 + i))
         for i, share in enumerate(shares)
     ]
+    monitor.header()
     with ThreadPoolExecutor(max_workers=args.writers, thread_name_prefix="writer") as executor:
-        for future in [executor.submit(writer) for writer in writers]:
+        futures = [executor.submit(writer) for writer in writers]
+        while True:
+            done, pending = wait(futures, timeout=PROGRESS_EVERY_S, return_when=FIRST_EXCEPTION)
+            if not pending or any(f.exception() is not None for f in done):
+                break
+            monitor.show(monitor.status(), "writing")
+        for future in futures:
             future.result()  # a writer's unexpected error ends the demo with it
 
 
@@ -430,3 +728,152 @@ def _count(pool: psycopg_pool.ConnectionPool, schema: str) -> Counts:
         ).fetchall()
     assert row is not None
     return Counts(events=row[0], streams=row[1], per_type=[(t, n) for t, n in per_type])
+
+
+def _show_read_models(shop: Shop, pool: psycopg_pool.ConnectionPool, schema: str) -> bool:
+    """Print query results from the shop's views; return True if they agree with the log."""
+    by_status = OrderSummaryQueries(pool, schema).count_by_status()
+    levels = sorted(StockLevelQueries(pool, schema).all(), key=lambda s: (s.available, s.sku))
+    revenue = RevenueQueries(pool, schema)
+    today = datetime.now(UTC).date()
+    days = revenue.between(today - timedelta(days=1), today)
+    print("\nread models, through their query classes:")
+    statuses = sorted(by_status.items(), key=lambda item: -item[1])
+    print("  orders by status: " + ", ".join(f"{s} {n:,}" for s, n in statuses))
+    print("  least available stock:")
+    for level in levels[:5]:
+        print(
+            f"    {level.sku:<13} {level.on_hand:>5,} on hand {level.reserved:>5,} reserved "
+            f"{level.available:>5,} available  ({level.name})"
+        )
+    print("  revenue per day:")
+    for day in days:
+        print(
+            f"    {day.day}  {day.paid_orders:>6,} paid orders  "
+            f"{day.revenue:>12,.2f} {day.currency}"
+        )
+    totals = ", ".join(f"{amount:,.2f} {currency}" for currency, amount in revenue.total().items())
+    print(f"  revenue in total: {totals}")
+
+    per_type = dict(_count(pool, schema).per_type)
+    expected = {
+        "orders": (sum(by_status.values()), per_type.get(get_topic(Order.Placed), 0)),
+        "paid orders": (sum(d.paid_orders for d in days), per_type.get(get_topic(Order.Paid), 0)),
+        "shipped": (by_status.get("shipped", 0), per_type.get(get_topic(Order.Shipped), 0)),
+        "cancelled": (by_status.get("cancelled", 0), per_type.get(get_topic(Order.Cancelled), 0)),
+    }
+    wrong = [
+        f"{what}: {view:,} in the view, {log:,} in the log"
+        for what, (view, log) in expected.items()
+        if view != log
+    ]
+    wrong += [
+        f"{level.sku}: {level.on_hand}/{level.reserved} in the view, "
+        f"{item.on_hand}/{item.reserved} in the aggregate"
+        for level in levels
+        if (item := shop.get_stock(level.sku))
+        and (level.on_hand, level.reserved) != (item.on_hand, item.reserved)
+    ]
+    if len(levels) != len(CATALOGUE):
+        wrong.append(f"{len(levels)} stock levels in the view, {len(CATALOGUE)} stock items")
+    if wrong:
+        print("  the views DISAGREE with the event store: " + "; ".join(wrong))
+        return False
+    print(
+        "  the views agree with the event store: "
+        + ", ".join(f"{view:,} {what}" for what, (view, _) in expected.items())
+        + f" = their events; {len(levels)} stock levels = the stock item aggregates"
+    )
+    return True
+
+
+def _read_your_writes(shop: Shop, pool: psycopg_pool.ConnectionPool, schema: str) -> None:
+    """Place and pay an order, and read each change back from the view as soon as it is in."""
+    orders = OrderSummaryQueries(pool, schema)
+    best = max(StockLevelQueries(pool, schema).all(), key=lambda s: s.available)
+    print(
+        "\nread your writes: a query given a command's notification id waits for the view"
+        " to have it"
+    )
+    line = OrderLineRequest(sku=best.sku, quantity=1)
+    started = time.perf_counter()
+    placed = shop.place_order(PlaceOrder(customer_id="customer-ryw", lines=(line,)))
+    _read_back(orders, "PlaceOrder", placed.order_id, placed, started)
+    started = time.perf_counter()
+    paid = shop.capture_payment(CapturePayment(payment_id=placed.payment_id))
+    _read_back(orders, "CapturePayment", placed.order_id, paid, started)
+
+
+def _read_back(
+    orders: OrderSummaryQueries,
+    command: str,
+    order_id: UUID,
+    result: CommandResult,
+    started: float,
+) -> None:
+    """Read an order back, waiting for the command's last event; print how long it took."""
+    command_ms = (time.perf_counter() - started) * 1000
+    started = time.perf_counter()
+    summary = orders.get(order_id, wait_for=result.notification_id)
+    print(
+        f"  {command:<15}({command_ms:4.1f} ms) then get(order, wait_for="
+        f"{result.notification_id}) -> {'NOT FOUND' if summary is None else summary.status!r}"
+        f" after {(time.perf_counter() - started) * 1000:.1f} ms"
+    )
+
+
+def _retry_dead_letters(
+    ledger: CustomerLedger,
+    poison: UUID,
+    pool: psycopg_pool.ConnectionPool,
+    schema: str,
+    url: str,
+) -> bool:
+    """Show the poison order's dead letters, fix the handler, retry; True if all applied."""
+    queries = CustomerLedgerQueries(pool, schema)
+    print(
+        f"\ndead letters: {CustomerLedger.name} applied the events of "
+        f"{queries.order_count():,} other orders; order {poison} failed {DEMO_RETRY.max_attempts} "
+        "times and was parked, with its later event parked behind it:"
+    )
+    with _cli_env(url, schema):
+        _eventkit("dlq", "list")
+        ledger.poison.clear()
+        print("  the bug is fixed (the poison set is cleared); the running worker retries:")
+        started = time.perf_counter()
+        code = _eventkit("dlq", "retry", "--projection", CustomerLedger.name, "--timeout", "10")
+        wall = time.perf_counter() - started
+        entries = queries.entries(poison)
+        print(
+            f"  in {wall:.1f} s; the order's ledger entries now, in stream order: "
+            + ", ".join(f"v{version} {kind} {amount}" for version, kind, amount in entries)
+        )
+        _eventkit("dlq", "list")
+    return code == 0 and [kind for _, kind, _ in entries] == ["placed", "paid"]
+
+
+@contextlib.contextmanager
+def _cli_env(url: str, schema: str) -> Iterator[None]:
+    """Point in-process ``eventkit`` commands at the demo's database and schema."""
+    saved = {name: os.environ.get(name) for name in ("DATABASE_URL", "EVENTKIT_SCHEMA")}
+    os.environ.update(DATABASE_URL=url, EVENTKIT_SCHEMA=schema)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _eventkit(*argv: str) -> int:
+    """Run an ``eventkit`` command in this process; print it and its output, indented."""
+    from scripts.cli import main  # scripts.cli imports this module
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(list(argv))
+    print(f"  $ eventkit {' '.join(argv)}")
+    print(textwrap.indent(out.getvalue().rstrip(), "    "))
+    return code
