@@ -45,13 +45,14 @@ class DeadLetter:
     updated_at: datetime
 
     def summary(self) -> str:
-        what = self.error or ""
-        return (
+        text = (
             f"#{self.dead_letter_id} {self.projection} stream {self.originator_id} "
             f"v{self.originator_version} (notification {self.notification_id}, {self.topic}) "
             f"{self.status}/{self.reason} after {self.attempts} attempt(s)"
-            + (f": {self.error_class}: {what}" if self.error_class else f": {what}")
         )
+        if self.reason == "behind":
+            return text + ": waits behind an earlier dead letter of its stream"
+        return text + f": {self.error_class}: {self.error}"
 
 
 @dataclass(frozen=True)
@@ -182,8 +183,21 @@ class DeadLetters:
         return cur.rowcount
 
     def retry_requested(self, conn: psycopg.Connection[Any], projection: str) -> list[DeadLetter]:
-        """Dead letters of ``projection`` waiting to be reprocessed, in stream order."""
-        return self.select(conn, projection=projection, statuses=("retry_requested",), limit=10_000)
+        """Open dead letters of the streams of ``projection`` with a retry requested.
+
+        Every open letter of such a stream, in version order: also those parked behind
+        after the retry was requested, so the whole stream is reprocessed and released.
+        """
+        with conn.cursor(row_factory=class_row(DeadLetter)) as cur:
+            return cur.execute(
+                sql.SQL(
+                    "SELECT * FROM {t} WHERE projection = %s AND status IN ('parked', "
+                    "'retry_requested') AND originator_id IN (SELECT originator_id FROM {t} "
+                    "WHERE projection = %s AND status = 'retry_requested') "
+                    "ORDER BY originator_id, originator_version"
+                ).format(t=self._table),
+                (projection, projection),
+            ).fetchall()
 
     def mark(
         self, conn: psycopg.Connection[Any], dead_letter_ids: Sequence[int], status: str

@@ -33,11 +33,11 @@ class Tracking:
             "UPDATE {} SET transaction_id = %s, notification_id = %s,"
             " updated_at = clock_timestamp()"
             " WHERE projection = %s AND partition = %s"
-            " AND transaction_id = %s AND notification_id = %s"
+            " AND transaction_id = %s AND notification_id = %s RETURNING 1"
         ).format(table)
         self._insert = sql.SQL(
             "INSERT INTO {} (projection, partition, transaction_id, notification_id)"
-            " VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING"
+            " VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING RETURNING 1"
         ).format(table)
         self._set = sql.SQL(
             "INSERT INTO {} (projection, partition, transaction_id, notification_id)"
@@ -72,16 +72,16 @@ class Tracking:
                 f"{expected} to {new}"
             )
         params = (new.transaction_id, new.notification_id, projection, partition)
-        cur = conn.execute(
-            self._update, (*params, expected.transaction_id, expected.notification_id)
-        )
-        if cur.rowcount == 1:
+        # RETURNING and fetchone(), not rowcount: fetching waits for the result, also in
+        # psycopg's pipeline mode, where rowcount is not known yet.
+        expected_values = (expected.transaction_id, expected.notification_id)
+        if conn.execute(self._update, (*params, *expected_values)).fetchone() is not None:
             return
         if expected == Position.ORIGIN:
-            cur = conn.execute(
+            inserted = conn.execute(
                 self._insert, (projection, partition, new.transaction_id, new.notification_id)
-            )
-            if cur.rowcount == 1:
+            ).fetchone()
+            if inserted is not None:
                 return
         actual = self.position(conn, projection, partition)
         raise TrackingConflictError(

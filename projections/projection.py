@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from abc import ABC
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import singledispatchmethod
 from typing import Any, ClassVar, LiteralString
 
@@ -59,6 +59,30 @@ class UnhandledEventError(EventkitError):
         )
 
 
+@dataclass(frozen=True)
+class Result:
+    """The result of :meth:`Context.execute`: a row count and rows, whenever they are asked.
+
+    Handlers may run in psycopg's pipeline mode, where results arrive later; reading one
+    waits for it, so a handler that never reads results never waits for a round trip.
+    """
+
+    cursor: psycopg.Cursor[Any]
+    pipeline: psycopg.Pipeline | None
+
+    @property
+    def rowcount(self) -> int:
+        if self.pipeline is not None:
+            self.pipeline.sync()
+        return self.cursor.rowcount
+
+    def fetchone(self) -> Any:
+        return self.cursor.fetchone()
+
+    def fetchall(self) -> list[Any]:
+        return self.cursor.fetchall()
+
+
 @dataclass
 class Context:
     """What a handler may use: the transaction's connection, the view's tables, the event's
@@ -67,10 +91,16 @@ class Context:
     conn: psycopg.Connection[Any]
     tables: dict[str, sql.Identifier]
     notification: LoggedNotification
+    pipeline: psycopg.Pipeline | None = None
+    statements: dict[str, bytes] = field(default_factory=dict)
 
-    def execute(self, query: LiteralString, params: Sequence[Any] = ()) -> psycopg.Cursor[Any]:
+    def execute(self, query: LiteralString, params: Sequence[Any] = ()) -> Result:
         """Run ``query`` with ``{table}`` placeholders filled with the view's tables."""
-        return self.conn.execute(sql.SQL(query).format(**self.tables), params)
+        statement = self.statements.get(query)
+        if statement is None:
+            statement = sql.SQL(query).format(**self.tables).as_bytes(self.conn)
+            self.statements[query] = statement
+        return Result(self.conn.execute(statement, params), self.pipeline)
 
 
 class Projection(ABC):

@@ -1,4 +1,9 @@
-"""Where each projection is: position, head, lag in events and seconds, state, dead letters."""
+"""Where each projection is: position, head, lag in events and seconds, state, dead letters.
+
+Head and lag count every committed event, also those that followers cannot read yet
+because an older transaction is still open somewhere on the server: a lag that stays
+above zero while the workers run points at such a transaction.
+"""
 
 from __future__ import annotations
 
@@ -49,8 +54,7 @@ def projection_status(
         dead = DeadLetters(schema).count_open(conn)
         head_row = conn.execute(
             sql.SQL(
-                "SELECT transaction_id::text::bigint, notification_id FROM {} WHERE "
-                "transaction_id < pg_snapshot_xmin(pg_current_snapshot()) "
+                "SELECT transaction_id::text::bigint, notification_id FROM {} "
                 "ORDER BY transaction_id DESC, notification_id DESC LIMIT 1"
             ).format(events)
         ).fetchone()
@@ -85,7 +89,6 @@ def projection_status(
                     "SELECT count(*), coalesce(extract(epoch FROM clock_timestamp() - "
                     "min(recorded_at)), 0) FROM {} WHERE "
                     "(transaction_id, notification_id) > (%s::text::xid8, %s) AND "
-                    "transaction_id < pg_snapshot_xmin(pg_current_snapshot()) AND "
                     "topic = ANY(%s)"
                 ).format(events),
                 (str(position.transaction_id), position.notification_id, p.topics()),

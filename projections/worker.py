@@ -59,7 +59,7 @@ class PollPolicy:
     """How a worker waits when the log has nothing new: an interval that grows while idle."""
 
     min_interval_s: float = 0.002
-    max_interval_s: float = 0.1
+    max_interval_s: float = 0.05
     lease_wait_s: float = 0.5
 
 
@@ -129,6 +129,7 @@ class ProjectionWorker:
         self.position = Position.ORIGIN
         self.caught_up = threading.Event()
         self._heartbeat_at = 0.0
+        self._statements: dict[str, bytes] = {}
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -231,7 +232,32 @@ class ProjectionWorker:
     def _commit(
         self, conn: psycopg.Connection[Any], items: Sequence[_Item], offset: int, to: Position
     ) -> None:
-        """Apply ``items`` and advance to ``to`` in one transaction, or raise and roll back."""
+        """Apply ``items`` and advance to ``to`` in one transaction, or raise and roll back.
+
+        Several events go through psycopg's pipeline mode, so handlers that only write do
+        not wait for a round trip each. In that mode an error may surface at a later
+        statement than the one that caused it, so a pipelined batch that fails is rolled
+        back and run again statement by statement, which names the failing event exactly.
+        """
+        if len(items) > 1:
+            try:
+                with conn.pipeline() as pipeline:
+                    self._commit_once(conn, items, offset, to, pipeline)
+                return
+            except (psycopg.OperationalError, TrackingConflictError):
+                raise
+            except (_HandlerFailure, psycopg.Error):
+                logger.debug("projection %s: pipelined batch failed; running it again", self.name)
+        self._commit_once(conn, items, offset, to)
+
+    def _commit_once(
+        self,
+        conn: psycopg.Connection[Any],
+        items: Sequence[_Item],
+        offset: int,
+        to: Position,
+        pipeline: psycopg.Pipeline | None = None,
+    ) -> None:
         applied = parked = 0
         with conn.transaction():
             parked_streams = self.dead_letters.parked_streams(conn, self.name) if items else set()
@@ -246,16 +272,23 @@ class ProjectionWorker:
                     parked_streams.add(stream)
                     parked += 1
                 else:
-                    self._apply(conn, item, offset + i)
+                    self._apply(conn, item, offset + i, pipeline)
                     applied += 1
             self._advance(conn, to)
+        self.position = max(self.position, to)
         if self.on_batch is not None and items:
             self.on_batch(
                 BatchReport(self.name, applied, parked, to, [i.notification for i in items])
             )
 
-    def _apply(self, conn: psycopg.Connection[Any], item: _Item, index: int) -> None:
-        context = Context(conn, self.tables, item.notification)
+    def _apply(
+        self,
+        conn: psycopg.Connection[Any],
+        item: _Item,
+        index: int,
+        pipeline: psycopg.Pipeline | None = None,
+    ) -> None:
+        context = Context(conn, self.tables, item.notification, pipeline, self._statements)
         try:
             self.projection.apply(item.event, context)
         except psycopg.OperationalError:
@@ -264,9 +297,10 @@ class ProjectionWorker:
             raise _HandlerFailure(index, e) from e
 
     def _advance(self, conn: psycopg.Connection[Any], to: Position) -> None:
+        """Record ``to`` in the caller's transaction; the caller sets ``self.position``
+        once that transaction has committed."""
         if to > self.position:
             self.tracking.advance(conn, self.name, self.position, to)
-            self.position = to
 
     def _decode(self, n: LoggedNotification) -> _Item:
         try:
@@ -355,6 +389,7 @@ class ProjectionWorker:
                 tb=failure.traceback,
             )
             self._advance(conn, n.position)
+        self.position = max(self.position, n.position)
         self._set_state(conn, self.state)
         return True
 

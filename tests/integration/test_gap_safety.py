@@ -66,9 +66,19 @@ class Follower:
             self.seen.extend(batch)
         return batch
 
-    def drain(self) -> None:
-        while self.poll():
-            pass
+    def drain(self, expect: int = 0, timeout: float = 10.0) -> None:
+        """Read to the head; wait (up to ``timeout``) until at least ``expect`` were seen.
+
+        Other sessions' transactions anywhere on the server delay when ours become
+        readable, so a test that knows how many events to expect waits for them.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            while self.poll():
+                pass
+            if len(self.seen) >= expect or time.monotonic() > deadline:
+                return
+            time.sleep(0.01)
 
 
 def test_a_later_commit_waits_for_an_earlier_open_transaction(
@@ -87,7 +97,7 @@ def test_a_later_commit_waits_for_an_earlier_open_transaction(
 
         slow.commit()
 
-    follower.drain()
+    follower.drain(expect=2)
     assert [n.id for n in follower.seen] == [low_id, high_id]
 
 
@@ -109,7 +119,7 @@ def test_a_transaction_that_drew_its_id_later_but_committed_first(
         assert follower.poll() == []
         first.commit()
 
-    follower.drain()
+    follower.drain(expect=3)
     # `first` started first: its events come first and together, then `second`'s.
     assert [n.id for n in follower.seen] == [a1, a2, b1]
 
@@ -123,7 +133,7 @@ def test_a_rolled_back_transaction_leaves_a_gap_that_nobody_waits_for(
         [kept] = recorder.insert_events([event(uuid4(), 1)])
         assert follower.poll() == []
         doomed.rollback()
-    follower.drain()
+    follower.drain(expect=1)
     assert [n.id for n in follower.seen] == [kept]
 
 
@@ -142,7 +152,7 @@ def test_an_unguarded_reader_would_skip(
         [high_id] = unguarded.insert_events([event(uuid4(), 1)])
         assert [n.id for n in follower.poll()] == [high_id]
         slow.commit()
-    follower.drain()
+    follower.drain(expect=1)
     assert low_id not in [n.id for n in follower.seen]
 
 
@@ -185,7 +195,7 @@ def test_events_of_one_transaction_are_contiguous_in_log_order(
         t.join()
     assert errors == []
     follower = Follower(recorder, limit=333)
-    follower.drain()
+    follower.drain(expect=4000)
     runs = [
         n.originator_id
         for i, n in enumerate(follower.seen)
@@ -254,7 +264,7 @@ def test_random_interleavings_are_seen_exactly_once_in_stream_order(
             conn.close()
 
     follower.limit = 1000
-    follower.drain()
+    follower.drain(expect=len(committed) + len(follower.seen))
     # Only this example's streams: earlier examples' events may settle late too.
     mine = {str(s) for s in streams}
     follower.seen = [n for n in follower.seen if str(n.originator_id) in mine]
@@ -306,7 +316,7 @@ def test_concurrent_writers_and_a_tailing_follower(recorder: PostgresEventRecord
     stop.set()
     for t in writers:
         t.join()
-    follower.drain()
+    follower.drain(expect=sum(written.values()))
 
     assert errors == []
     per_stream: dict[UUID, list[int]] = defaultdict(list)
