@@ -44,6 +44,7 @@ _SETTING_NAMES = (
     "EVENTKIT_HOME",
     "EVENTKIT_POOL_MIN_SIZE",
     "EVENTKIT_POOL_MAX_SIZE",
+    "EVENTKIT_NOTIFY",
 )
 
 
@@ -108,7 +109,9 @@ class Factory(InfrastructureFactory[TrackingRecorder]):
         return self.application_recorder()
 
     def application_recorder(self) -> ApplicationRecorder:
-        return PostgresEventRecorder(self.pool, self.settings.schema)
+        return PostgresEventRecorder(
+            self.pool, self.settings.schema, notify_channel=self.settings.notify_channel
+        )
 
     def tracking_recorder(
         self, tracking_recorder_class: type[TrackingRecorder] | None = None

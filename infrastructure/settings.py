@@ -29,6 +29,10 @@ class Settings:
     home: Path = PROJECT_ROOT / ".eventkit"
     pool_min_size: int = 1
     pool_max_size: int = 16
+    #: Send a notification hint with every append (``EVENTKIT_NOTIFY=1``), so idle
+    #: followers wake at once. Off by default: NOTIFY takes a server-wide lock at commit
+    #: (see docs/architecture.md); followers always poll as well.
+    notify: bool = False
 
     def __post_init__(self) -> None:
         if not _SCHEMA_NAME.match(self.schema):
@@ -52,7 +56,13 @@ class Settings:
             home=Path(env.get("EVENTKIT_HOME") or PROJECT_ROOT / ".eventkit"),
             pool_min_size=_int(env, "EVENTKIT_POOL_MIN_SIZE", 1),
             pool_max_size=_int(env, "EVENTKIT_POOL_MAX_SIZE", 16),
+            notify=env.get("EVENTKIT_NOTIFY", "").lower() in {"1", "true", "yes", "on"},
         )
+
+    @property
+    def notify_channel(self) -> str | None:
+        """The LISTEN/NOTIFY channel of this schema's log, when hints are on."""
+        return f"eventkit_{self.schema}" if self.notify else None
 
 
 def _int(env: Mapping[str, str], name: str, default: int) -> int:

@@ -28,6 +28,7 @@ from uuid import UUID
 
 import psycopg
 from eventsourcing.persistence import Mapper
+from psycopg import sql
 
 from infrastructure.deadletters import DeadLetter, DeadLetters
 from infrastructure.errors import EventDecodingError, PersistenceError
@@ -108,6 +109,7 @@ class ProjectionWorker:
         poll: PollPolicy | None = None,
         on_batch: Callable[[BatchReport], None] | None = None,
         state: str = "running",
+        notify_channel: str | None = None,
     ) -> None:
         self.projection = projection
         self.url = url
@@ -122,6 +124,7 @@ class ProjectionWorker:
         self.poll = poll or PollPolicy()
         self.on_batch = on_batch
         self.state = state
+        self.notify_channel = notify_channel
         self.tables = table_identifiers(schema, type(projection), table_suffix)
         self.topics = type(projection).topics()
         self.tracking = Tracking(schema)
@@ -182,6 +185,8 @@ class ProjectionWorker:
         with conn.transaction():
             create_tables(conn, self.schema, type(self.projection), self.table_suffix)
         self.position = self.tracking.position(conn, self.name)
+        if self.notify_channel is not None:
+            conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.notify_channel)))
         self._set_state(conn, self.state)
         return True
 
@@ -195,11 +200,23 @@ class ProjectionWorker:
             if time.monotonic() - self._heartbeat_at > 1.0:
                 self._set_state(conn, self.state)
             if scan.last is None:
-                stop.wait(interval)
+                self._idle(conn, stop, interval)
                 interval = min(interval * 2, self.poll.max_interval_s)
                 continue
             interval = self.poll.min_interval_s
             self._process(conn, scan.notifications, scan.last, stop)
+
+    def _idle(self, conn: psycopg.Connection[Any], stop: threading.Event, interval: float) -> None:
+        """Wait ``interval``, or less when a notification hint says the log has grown.
+
+        The hint only shortens the wait: a lost notification, or a pooler that drops
+        LISTEN, costs at most one poll interval.
+        """
+        if self.notify_channel is None:
+            stop.wait(interval)
+            return
+        for _ in conn.notifies(timeout=interval, stop_after=1):
+            pass
 
     # -- one batch ----------------------------------------------------------------------------
 

@@ -60,7 +60,7 @@ def build_workers(
 ) -> list[ProjectionWorker]:
     """One worker per projection, sharing the process's pool for reading the log."""
     pool, url = shared_pool(settings)
-    recorder = PostgresEventRecorder(pool, settings.schema)
+    recorder = PostgresEventRecorder(pool, settings.schema, notify_channel=settings.notify_channel)
     mapper = PydanticMapper()
     return [
         ProjectionWorker(
@@ -73,6 +73,7 @@ def build_workers(
             batch_size=batch_size,
             retry=retry,
             on_batch=on_batch,
+            notify_channel=settings.notify_channel,
         )
         for p in projections
     ]

@@ -29,6 +29,7 @@ from projections.shop import (
     StockLevels,
 )
 from projections.status import projection_status
+from projections.worker import PollPolicy
 from scripts.cli import main
 from tests.integration.projection_support import (
     SKUS,
@@ -394,3 +395,29 @@ def test_a_worker_creates_its_view_before_any_event(
     with running(make_worker(OrderSummaries(), view_settings)):
         wait_until_caught_up(pool, view_settings.schema, "order_summaries")
     assert dump(pool, view_settings.schema, "order_summaries") == []
+
+
+def test_a_notification_hint_wakes_an_idle_worker_before_its_poll_interval(
+    view_settings: Settings, pool: psycopg_pool.ConnectionPool, app_env: dict[str, str]
+) -> None:
+    hinted = Settings(
+        database_url=view_settings.database_url,
+        schema=view_settings.schema,
+        pool_min_size=2,
+        pool_max_size=40,
+        notify=True,
+    )
+    shop = Shop(env={**app_env, "EVENTKIT_NOTIFY": "1"})
+    stock_up(shop)
+    worker = make_worker(OrderSummaries(), hinted)
+    worker.notify_channel = hinted.notify_channel
+    worker.poll = PollPolicy(min_interval_s=5.0, max_interval_s=5.0, lease_wait_s=0.05)
+    with running(worker):
+        assert worker.caught_up.wait(10)
+        time.sleep(0.2)  # the worker is now in a 5 s idle wait
+        started = time.monotonic()
+        placed = shop.place_order(
+            PlaceOrder(customer_id="hint", lines=(OrderLineRequest(sku=SKUS[0], quantity=1),))
+        )
+        OrderSummaryQueries(pool, view_settings.schema).wait_for(placed.notification_id, 4.0)
+        assert time.monotonic() - started < 2.0
