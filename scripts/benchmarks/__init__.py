@@ -5,13 +5,15 @@ the rows to a JSON file (``--json FILE``) for the docs.
 
 * ``append``: ``Application.save()`` throughput and latency (:mod:`.append`).
 * ``payload``: an event payload in a ``bytea``, ``json`` or ``jsonb`` column (:mod:`.payload`).
+* ``catchup``: a projection processing an existing log from zero (:mod:`.catchup`).
+* ``live``: projection latency under writers at a fixed offered rate (:mod:`.live`).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from scripts.benchmarks import append, payload
+from scripts.benchmarks import append, catchup, live, payload
 
 
 def register(commands: Any) -> None:
@@ -19,3 +21,5 @@ def register(commands: Any) -> None:
     suites = parser.add_subparsers(dest="suite", required=True, metavar="SUITE")
     append.register(suites)
     payload.register(suites)
+    catchup.register(suites)
+    live.register(suites)

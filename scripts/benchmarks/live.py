@@ -1,0 +1,405 @@
+"""``eventkit bench live``: how far behind the log a running projection is while writers save
+at a fixed offered rate, eventkit against eventsourcing's ``ProjectionRunner``, in one run
+against one server.
+
+For each offered rate and system, in a fresh schema: the projection starts on an empty log
+in the benchmark's process (eventkit: a :class:`~projections.worker.ProjectionWorker` with
+the defaults of ``eventkit workers``; eventsourcing: a ``ProjectionRunner`` into a
+PostgreSQL view, see :mod:`.proj_systems`). Then ``writers`` processes each save a new
+stream of ``batch`` events on a fixed schedule (:class:`~.proj_writers.Pace`) through a
+warm-up and a measuring window, and stop. The projection has ``DRAIN_S`` seconds after the
+writers stopped to process every event offered: *kept up* says it did.
+
+Latency of an event = when the view's transaction that applied it had committed (the
+projection's process, ``time.time()`` right after the commit: eventkit's ``on_batch``,
+eventsourcing's view after its transaction) - when the event was committed: for eventkit
+its ``recorded_at`` (``clock_timestamp()`` at insert, in the same one-statement
+transaction; slightly before the commit, so it errs high), for eventsourcing, whose table
+records no time, when the writer's ``save()`` returned (just after the commit). One
+machine, one clock. Only events saved in the window count. An event still unprocessed at
+the end of the drain counts with its latency so far, a lower bound: such rows are marked
+``>=``.
+
+offered/s is the rate the writers achieved in the window (the server may not take the
+target); projected/s the events the projection committed in the window, per second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+import time
+from array import array
+from bisect import bisect_left, bisect_right
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from uuid import uuid4
+
+from eventsourcing.projection import ProjectionRunner
+
+from infrastructure.database import resolve_database_url
+from infrastructure.errors import EventkitError
+from infrastructure.factory import shared_pool
+from infrastructure.recorder import PostgresEventRecorder
+from infrastructure.settings import Settings
+from infrastructure.transcoding import PydanticMapper
+from projections.worker import BatchReport, ProjectionWorker
+from scripts.benchmarks.proj_systems import (
+    EVENTKIT,
+    EVENTSOURCING,
+    SHORT,
+    PlainLog,
+    PlainStreamCounts,
+    PlainStreamCountsView,
+    StreamCounts,
+    create_schema,
+    describe_server,
+    drop_schemas,
+    eventsourcing_env,
+)
+from scripts.benchmarks.proj_writers import Pace, Saved, Writers
+from scripts.benchmarks.report import format_ms, format_rate, format_table, percentile, write_json
+
+RATES = (2_000, 5_000, 10_000)
+WRITERS = 4
+BATCH = 10
+#: Seconds after the writers stop within which the projection must have processed all.
+DRAIN_S = 2.0
+
+
+@dataclass(frozen=True)
+class Timing:
+    """How long writers warm up, then are measured, per rate and system."""
+
+    warmup_s: float
+    duration_s: float
+
+
+QUICK = Timing(warmup_s=0.5, duration_s=10.0)
+FULL = Timing(warmup_s=2.0, duration_s=30.0)
+
+
+class LiveError(EventkitError):
+    """A live benchmark case could not be measured."""
+
+
+@dataclass(frozen=True)
+class LiveResult:
+    """One measured row, as written to ``--json``."""
+
+    system: str
+    target_per_s: int
+    offered_per_s: float
+    events_per_s: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    max_ms: float
+    kept_up: bool
+    #: Seconds from the writers' stop until the last event was applied (None: not kept up).
+    drain_s: float | None
+    #: Events of the window still unprocessed at the end of the drain; their latencies
+    #: count as so far, so the percentiles are lower bounds (``latency_lower_bound``).
+    unprocessed: int
+    latency_lower_bound: bool
+    events: int
+    duration_s: float
+    #: Whose clock says when an event committed: ``recorded_at`` or the ``writer``'s.
+    latency_clock: str
+    writers: int = WRITERS
+    batch: int = BATCH
+    suite: str = "live"
+
+
+@dataclass
+class Applied:
+    """Which notifications the projection committed, and when (``time.time()``).
+
+    ``committed_at`` is the event's own commit time where the projection knows it
+    (eventkit's ``recorded_at``), else empty.
+    """
+
+    ids: array[int]
+    applied_at: array[float]
+    committed_at: array[float]
+
+
+def register(benchmarks: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    parser = benchmarks.add_parser(
+        "live",
+        help="projection latency under writers at a fixed offered rate: eventkit vs eventsourcing",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=(
+            f"{QUICK.duration_s:g} s measured per rate and system instead of "
+            f"{FULL.duration_s:g} s (well under 90 s in all)"
+        ),
+    )
+    parser.add_argument("--json", type=Path, metavar="FILE", help="also write results to FILE")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
+    timing = QUICK if args.quick else FULL
+    url = resolve_database_url(Settings.from_env())
+    print(describe_server(url))
+    print(
+        f"each rate and system: {WRITERS} writer processes save a new stream of {BATCH} events "
+        f"on a schedule, {timing.warmup_s:g} s warm-up + {timing.duration_s:g} s measured; "
+        f"then {DRAIN_S:g} s to drain\n"
+    )
+    sys.stdout.flush()
+    run_id = uuid4().hex[:8]
+    results: list[LiveResult] = []
+    notes: list[str] = []
+    with Writers(WRITERS) as writers:
+        for rate in RATES:
+            for system in (EVENTKIT, EVENTSOURCING):
+                schema = f"bench_{run_id}_live_{SHORT[system]}_{rate}"
+                try:
+                    result, note = _measure(
+                        writers, url, schema, system=system, rate=rate, timing=timing
+                    )
+                finally:
+                    drop_schemas(url, [schema])
+                results.append(result)
+                if note:
+                    notes.append(note)
+    print()
+    print(table(results))
+    print(
+        "\noffered/s: achieved by the writers in the window; projected/s: events the "
+        "projection committed in the window;\nlatency: view commit - event commit "
+        "(eventkit: recorded_at; eventsourcing: writer's save() returned); '>=': events\n"
+        f"still unprocessed {DRAIN_S:g} s after the writers stopped count with their latency "
+        "so far; kept up: all processed by then"
+    )
+    for note in notes:
+        print(note)
+    if args.json:
+        write_json(args.json, [{"suite": r.suite, **asdict(r)} for r in results])
+        print(f"wrote {args.json}")
+    print(f"finished in {time.perf_counter() - started:.1f} s")
+    return 0
+
+
+def _measure(
+    writers: Writers, url: str, schema: str, *, system: str, rate: int, timing: Timing
+) -> tuple[LiveResult, str | None]:
+    env = create_schema(url, system, schema)
+    run_projection = _eventkit if system == EVENTKIT else _eventsourcing
+    interval = BATCH / rate
+    jobs = [
+        Pace(
+            system,
+            env,
+            rate / WRITERS,
+            BATCH,
+            offset_s=i * interval,
+            duration_s=timing.warmup_s + timing.duration_s,
+        )
+        for i in range(WRITERS)
+    ]
+    with run_projection(url, schema) as (applied, count):
+        start_at = writers.start(jobs)
+        saved = writers.results(timeout_s=timing.warmup_s + timing.duration_s + 120)
+        written = sum(s.events for s in saved)
+        stopped_at = max((t for s in saved for t in s.saved_at), default=time.time())
+        deadline = stopped_at + DRAIN_S
+        while count() < written and time.time() < deadline:
+            time.sleep(0.005)
+    window = (start_at + timing.warmup_s, start_at + timing.warmup_s + timing.duration_s)
+    result, note = summarise(
+        system,
+        rate,
+        timing=timing,
+        saved=saved,
+        applied=applied,
+        window=window,
+        stopped_at=stopped_at,
+    )
+    print(
+        f"  {system:<14} target {rate:>6,}/s offered {format_rate(result.offered_per_s):>6}/s "
+        f"p99 {_latency(result, result.p99_ms):>9} ms  kept up: {_yes_no(result.kept_up)}",
+        file=sys.stderr,
+    )
+    return result, note
+
+
+#: A running projection: what it applied so far, and how many events that is.
+Running = Iterator[tuple[Applied, Callable[[], int]]]
+
+
+@contextmanager
+def _eventkit(url: str, schema: str) -> Running:
+    pool, _ = shared_pool(Settings(database_url=url, schema=schema))
+    applied = Applied(array("q"), array("d"), array("d"))
+
+    def on_batch(report: BatchReport) -> None:
+        now = time.time()
+        for n in report.notifications:
+            applied.ids.append(n.id)
+            applied.applied_at.append(now)
+            applied.committed_at.append(n.recorded_at.timestamp())
+
+    worker = ProjectionWorker(
+        StreamCounts(),
+        url=url,
+        schema=schema,
+        recorder=PostgresEventRecorder(pool, schema),
+        mapper=PydanticMapper(),
+        worker_id="bench-live",
+        on_batch=on_batch,
+    )
+    stop = threading.Event()
+    thread = threading.Thread(target=worker.run, args=(stop,), name="live-eventkit")
+    thread.start()
+    try:
+        if not worker.caught_up.wait(30):
+            raise LiveError("the eventkit worker did not start reading the log within 30 s")
+        yield applied, lambda: len(applied.ids)
+    finally:
+        stop.set()
+        thread.join(timeout=60)
+
+
+@contextmanager
+def _eventsourcing(url: str, schema: str) -> Running:
+    applied = Applied(array("q"), array("d"), array("d"))
+
+    def observe(notification_id: int, committed_at: float) -> None:
+        applied.ids.append(notification_id)
+        applied.applied_at.append(committed_at)
+
+    PlainStreamCounts.observer = observe
+    try:
+        with ProjectionRunner(
+            application_class=PlainLog,
+            projection_class=PlainStreamCounts,
+            view_class=PlainStreamCountsView,
+            env=eventsourcing_env(url, schema),
+        ) as runner:
+            yield applied, lambda: len(applied.ids)
+            runner.run_forever(timeout=0)  # re-raises the runner's error, if it had one
+    finally:
+        PlainStreamCounts.observer = None
+
+
+def summarise(
+    system: str,
+    rate: int,
+    *,
+    timing: Timing,
+    saved: list[Saved],
+    applied: Applied,
+    window: tuple[float, float],
+    stopped_at: float,
+) -> tuple[LiveResult, str | None]:
+    """Latencies of the events saved in ``window``, the rates, and whether it kept up."""
+    end = stopped_at + DRAIN_S
+    # What the projection committed after the drain (while stopping) counts as unprocessed.
+    applied_at = {i: at for i, at in zip(applied.ids, applied.applied_at, strict=True) if at <= end}
+    committed_at = dict(zip(applied.ids, applied.committed_at, strict=False))
+    latencies: list[float] = []
+    writer_clock: list[float] = []
+    unprocessed = 0
+    events = 0
+    written_ids: set[int] = set()
+    for sample in saved:
+        for at, ids in zip(sample.saved_at, sample.ids, strict=True):
+            written_ids.update(ids)
+            if not window[0] <= at <= window[1]:
+                continue
+            events += len(ids)
+            for i in ids:
+                done = applied_at.get(i)
+                if done is None:
+                    unprocessed += 1
+                    latencies.append(end - committed_at.get(i, at))
+                    continue
+                latencies.append(done - committed_at.get(i, at))
+                writer_clock.append(done - at)
+    if not latencies:
+        raise LiveError(f"{system} at {rate}/s: no save completed in the measuring window")
+    missing = written_ids - applied_at.keys()
+    kept_up = not missing
+    times = sorted(applied.applied_at)
+    in_window = bisect_right(times, window[1]) - bisect_left(times, window[0])
+    duration = window[1] - window[0]
+    ms = [latency * 1000 for latency in latencies]
+    result = LiveResult(
+        system=system,
+        target_per_s=rate,
+        offered_per_s=events / duration,
+        events_per_s=in_window / duration,
+        p50_ms=percentile(ms, 50),
+        p95_ms=percentile(ms, 95),
+        p99_ms=percentile(ms, 99),
+        max_ms=max(ms),
+        kept_up=kept_up,
+        drain_s=max(0.0, max(applied_at.values()) - stopped_at) if kept_up else None,
+        unprocessed=unprocessed,
+        latency_lower_bound=unprocessed > 0,
+        events=events,
+        duration_s=timing.duration_s,
+        latency_clock="recorded_at" if system == EVENTKIT else "writer",
+    )
+    note = None
+    if system == EVENTKIT and writer_clock:
+        # The same latencies measured from the writer's clock instead, as eventsourcing's are.
+        cross = [latency * 1000 for latency in writer_clock]
+        note = (
+            f"eventkit at {rate:,}/s, measured from the writer's save() return instead: "
+            f"p50 {format_ms(percentile(cross, 50))} ms, p99 {format_ms(percentile(cross, 99))} ms"
+        )
+    return result, note
+
+
+def table(results: list[LiveResult]) -> str:
+    """The results as a text table."""
+    headers = [
+        "suite",
+        "system",
+        "target/s",
+        "offered/s",
+        "projected/s",
+        "p50 ms",
+        "p95 ms",
+        "p99 ms",
+        "max ms",
+        "kept up",
+        "drain s",
+        "unprocessed",
+    ]
+    rows = [
+        [
+            r.suite,
+            r.system,
+            format_rate(r.target_per_s),
+            format_rate(r.offered_per_s),
+            format_rate(r.events_per_s),
+            _latency(r, r.p50_ms),
+            _latency(r, r.p95_ms),
+            _latency(r, r.p99_ms),
+            _latency(r, r.max_ms),
+            _yes_no(r.kept_up),
+            "-" if r.drain_s is None else f"{r.drain_s:.2f}",
+            f"{r.unprocessed:,}",
+        ]
+        for r in results
+    ]
+    return format_table(headers, rows)
+
+
+def _latency(result: LiveResult, value: float) -> str:
+    return (">=" if result.latency_lower_bound else "") + format_ms(value)
+
+
+def _yes_no(value: bool) -> str:
+    return "yes" if value else "no"
