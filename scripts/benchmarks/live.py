@@ -31,7 +31,6 @@ import sys
 import threading
 import time
 from array import array
-from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -47,6 +46,14 @@ from infrastructure.recorder import PostgresEventRecorder
 from infrastructure.settings import Settings
 from infrastructure.transcoding import PydanticMapper
 from projections.worker import BatchReport, ProjectionWorker
+from scripts.benchmarks.proj_latency import (
+    Applied,
+    LiveResult,
+    format_latency,
+    summarise,
+    table,
+    yes_no,
+)
 from scripts.benchmarks.proj_systems import (
     EVENTKIT,
     EVENTSOURCING,
@@ -60,8 +67,8 @@ from scripts.benchmarks.proj_systems import (
     drop_schemas,
     eventsourcing_env,
 )
-from scripts.benchmarks.proj_writers import Pace, Saved, Writers
-from scripts.benchmarks.report import format_ms, format_rate, format_table, percentile, write_json
+from scripts.benchmarks.proj_writers import Pace, Writers
+from scripts.benchmarks.report import format_rate, write_json
 
 RATES = (2_000, 5_000, 10_000)
 WRITERS = 4
@@ -84,47 +91,6 @@ FULL = Timing(warmup_s=2.0, duration_s=30.0)
 
 class LiveError(EventkitError):
     """A live benchmark case could not be measured."""
-
-
-@dataclass(frozen=True)
-class LiveResult:
-    """One measured row, as written to ``--json``."""
-
-    system: str
-    target_per_s: int
-    offered_per_s: float
-    events_per_s: float
-    p50_ms: float
-    p95_ms: float
-    p99_ms: float
-    max_ms: float
-    kept_up: bool
-    #: Seconds from the writers' stop until the last event was applied (None: not kept up).
-    drain_s: float | None
-    #: Events of the window still unprocessed at the end of the drain; their latencies
-    #: count as so far, so the percentiles are lower bounds (``latency_lower_bound``).
-    unprocessed: int
-    latency_lower_bound: bool
-    events: int
-    duration_s: float
-    #: Whose clock says when an event committed: ``recorded_at`` or the ``writer``'s.
-    latency_clock: str
-    writers: int = WRITERS
-    batch: int = BATCH
-    suite: str = "live"
-
-
-@dataclass
-class Applied:
-    """Which notifications the projection committed, and when (``time.time()``).
-
-    ``committed_at`` is the event's own commit time where the projection knows it
-    (eventkit's ``recorded_at``), else empty.
-    """
-
-    ids: array[int]
-    applied_at: array[float]
-    committed_at: array[float]
 
 
 def register(benchmarks: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -218,7 +184,10 @@ def _measure(
     result, note = summarise(
         system,
         rate,
-        timing=timing,
+        writers=WRITERS,
+        batch=BATCH,
+        duration_s=timing.duration_s,
+        drain_s=DRAIN_S,
         saved=saved,
         applied=applied,
         window=window,
@@ -226,7 +195,7 @@ def _measure(
     )
     print(
         f"  {system:<14} target {rate:>6,}/s offered {format_rate(result.offered_per_s):>6}/s "
-        f"p99 {_latency(result, result.p99_ms):>9} ms  kept up: {_yes_no(result.kept_up)}",
+        f"p99 {format_latency(result, result.p99_ms):>9} ms  kept up: {yes_no(result.kept_up)}",
         file=sys.stderr,
     )
     return result, note
@@ -289,117 +258,3 @@ def _eventsourcing(url: str, schema: str) -> Running:
             runner.run_forever(timeout=0)  # re-raises the runner's error, if it had one
     finally:
         PlainStreamCounts.observer = None
-
-
-def summarise(
-    system: str,
-    rate: int,
-    *,
-    timing: Timing,
-    saved: list[Saved],
-    applied: Applied,
-    window: tuple[float, float],
-    stopped_at: float,
-) -> tuple[LiveResult, str | None]:
-    """Latencies of the events saved in ``window``, the rates, and whether it kept up."""
-    end = stopped_at + DRAIN_S
-    # What the projection committed after the drain (while stopping) counts as unprocessed.
-    applied_at = {i: at for i, at in zip(applied.ids, applied.applied_at, strict=True) if at <= end}
-    committed_at = dict(zip(applied.ids, applied.committed_at, strict=False))
-    latencies: list[float] = []
-    writer_clock: list[float] = []
-    unprocessed = 0
-    events = 0
-    written_ids: set[int] = set()
-    for sample in saved:
-        for at, ids in zip(sample.saved_at, sample.ids, strict=True):
-            written_ids.update(ids)
-            if not window[0] <= at <= window[1]:
-                continue
-            events += len(ids)
-            for i in ids:
-                done = applied_at.get(i)
-                if done is None:
-                    unprocessed += 1
-                    latencies.append(end - committed_at.get(i, at))
-                    continue
-                latencies.append(done - committed_at.get(i, at))
-                writer_clock.append(done - at)
-    if not latencies:
-        raise LiveError(f"{system} at {rate}/s: no save completed in the measuring window")
-    missing = written_ids - applied_at.keys()
-    kept_up = not missing
-    times = sorted(applied.applied_at)
-    in_window = bisect_right(times, window[1]) - bisect_left(times, window[0])
-    duration = window[1] - window[0]
-    ms = [latency * 1000 for latency in latencies]
-    result = LiveResult(
-        system=system,
-        target_per_s=rate,
-        offered_per_s=events / duration,
-        events_per_s=in_window / duration,
-        p50_ms=percentile(ms, 50),
-        p95_ms=percentile(ms, 95),
-        p99_ms=percentile(ms, 99),
-        max_ms=max(ms),
-        kept_up=kept_up,
-        drain_s=max(0.0, max(applied_at.values()) - stopped_at) if kept_up else None,
-        unprocessed=unprocessed,
-        latency_lower_bound=unprocessed > 0,
-        events=events,
-        duration_s=timing.duration_s,
-        latency_clock="recorded_at" if system == EVENTKIT else "writer",
-    )
-    note = None
-    if system == EVENTKIT and writer_clock:
-        # The same latencies measured from the writer's clock instead, as eventsourcing's are.
-        cross = [latency * 1000 for latency in writer_clock]
-        note = (
-            f"eventkit at {rate:,}/s, measured from the writer's save() return instead: "
-            f"p50 {format_ms(percentile(cross, 50))} ms, p99 {format_ms(percentile(cross, 99))} ms"
-        )
-    return result, note
-
-
-def table(results: list[LiveResult]) -> str:
-    """The results as a text table."""
-    headers = [
-        "suite",
-        "system",
-        "target/s",
-        "offered/s",
-        "projected/s",
-        "p50 ms",
-        "p95 ms",
-        "p99 ms",
-        "max ms",
-        "kept up",
-        "drain s",
-        "unprocessed",
-    ]
-    rows = [
-        [
-            r.suite,
-            r.system,
-            format_rate(r.target_per_s),
-            format_rate(r.offered_per_s),
-            format_rate(r.events_per_s),
-            _latency(r, r.p50_ms),
-            _latency(r, r.p95_ms),
-            _latency(r, r.p99_ms),
-            _latency(r, r.max_ms),
-            _yes_no(r.kept_up),
-            "-" if r.drain_s is None else f"{r.drain_s:.2f}",
-            f"{r.unprocessed:,}",
-        ]
-        for r in results
-    ]
-    return format_table(headers, rows)
-
-
-def _latency(result: LiveResult, value: float) -> str:
-    return (">=" if result.latency_lower_bound else "") + format_ms(value)
-
-
-def _yes_no(value: bool) -> str:
-    return "yes" if value else "no"

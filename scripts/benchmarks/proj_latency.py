@@ -1,0 +1,172 @@
+"""What a live run measured: which events a projection applied and when, summarised into
+latency percentiles, rates and whether it kept up (see :mod:`.live` for the definitions)."""
+
+from __future__ import annotations
+
+from array import array
+from bisect import bisect_left, bisect_right
+from dataclasses import dataclass
+
+from scripts.benchmarks.proj_systems import EVENTKIT
+from scripts.benchmarks.proj_writers import Saved
+from scripts.benchmarks.report import format_ms, format_rate, format_table, percentile
+
+
+@dataclass(frozen=True)
+class LiveResult:
+    """One measured row, as written to ``--json``."""
+
+    system: str
+    target_per_s: int
+    offered_per_s: float
+    events_per_s: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    max_ms: float
+    kept_up: bool
+    #: Seconds from the writers' stop until the last event was applied (None: not kept up).
+    drain_s: float | None
+    #: Events of the window still unprocessed at the end of the drain; their latencies
+    #: count as so far, so the percentiles are lower bounds (``latency_lower_bound``).
+    unprocessed: int
+    latency_lower_bound: bool
+    events: int
+    duration_s: float
+    #: Whose clock says when an event committed: ``recorded_at`` or the ``writer``'s.
+    latency_clock: str
+    writers: int
+    batch: int
+    suite: str = "live"
+
+
+@dataclass
+class Applied:
+    """Which notifications the projection committed, and when (``time.time()``).
+
+    ``committed_at`` is the event's own commit time where the projection knows it
+    (eventkit's ``recorded_at``), else empty.
+    """
+
+    ids: array[int]
+    applied_at: array[float]
+    committed_at: array[float]
+
+
+def summarise(
+    system: str,
+    rate: int,
+    *,
+    writers: int,
+    batch: int,
+    duration_s: float,
+    drain_s: float,
+    saved: list[Saved],
+    applied: Applied,
+    window: tuple[float, float],
+    stopped_at: float,
+) -> tuple[LiveResult, str | None]:
+    """Latencies of the events saved in ``window``, the rates, and whether it kept up."""
+    end = stopped_at + drain_s
+    # What the projection committed after the drain (while stopping) counts as unprocessed.
+    applied_at = {i: at for i, at in zip(applied.ids, applied.applied_at, strict=True) if at <= end}
+    committed_at = dict(zip(applied.ids, applied.committed_at, strict=False))
+    latencies: list[float] = []
+    writer_clock: list[float] = []
+    unprocessed = 0
+    events = 0
+    written_ids: set[int] = set()
+    for sample in saved:
+        for at, ids in zip(sample.saved_at, sample.ids, strict=True):
+            written_ids.update(ids)
+            if not window[0] <= at <= window[1]:
+                continue
+            events += len(ids)
+            for i in ids:
+                done = applied_at.get(i)
+                if done is None:
+                    unprocessed += 1
+                    latencies.append(end - committed_at.get(i, at))
+                    continue
+                latencies.append(done - committed_at.get(i, at))
+                writer_clock.append(done - at)
+    if not latencies:
+        raise ValueError(f"{system} at {rate}/s: no save completed in the measuring window")
+    missing = written_ids - applied_at.keys()
+    kept_up = not missing
+    times = sorted(applied.applied_at)
+    in_window = bisect_right(times, window[1]) - bisect_left(times, window[0])
+    duration = window[1] - window[0]
+    ms = [latency * 1000 for latency in latencies]
+    result = LiveResult(
+        system=system,
+        target_per_s=rate,
+        offered_per_s=events / duration,
+        events_per_s=in_window / duration,
+        p50_ms=percentile(ms, 50),
+        p95_ms=percentile(ms, 95),
+        p99_ms=percentile(ms, 99),
+        max_ms=max(ms),
+        kept_up=kept_up,
+        drain_s=max(0.0, max(applied_at.values()) - stopped_at) if kept_up else None,
+        unprocessed=unprocessed,
+        latency_lower_bound=unprocessed > 0,
+        events=events,
+        duration_s=duration_s,
+        latency_clock="recorded_at" if system == EVENTKIT else "writer",
+        writers=writers,
+        batch=batch,
+    )
+    note = None
+    if system == EVENTKIT and writer_clock:
+        # The same latencies measured from the writer's clock instead, as eventsourcing's are.
+        cross = [latency * 1000 for latency in writer_clock]
+        note = (
+            f"eventkit at {rate:,}/s, measured from the writer's save() return instead: "
+            f"p50 {format_ms(percentile(cross, 50))} ms, p99 {format_ms(percentile(cross, 99))} ms"
+        )
+    return result, note
+
+
+def table(results: list[LiveResult]) -> str:
+    """The results as a text table."""
+    headers = [
+        "suite",
+        "system",
+        "target/s",
+        "offered/s",
+        "projected/s",
+        "p50 ms",
+        "p95 ms",
+        "p99 ms",
+        "max ms",
+        "kept up",
+        "drain s",
+        "unprocessed",
+    ]
+    rows = [
+        [
+            r.suite,
+            r.system,
+            format_rate(r.target_per_s),
+            format_rate(r.offered_per_s),
+            format_rate(r.events_per_s),
+            format_latency(r, r.p50_ms),
+            format_latency(r, r.p95_ms),
+            format_latency(r, r.p99_ms),
+            format_latency(r, r.max_ms),
+            yes_no(r.kept_up),
+            "-" if r.drain_s is None else f"{r.drain_s:.2f}",
+            f"{r.unprocessed:,}",
+        ]
+        for r in results
+    ]
+    return format_table(headers, rows)
+
+
+def format_latency(result: LiveResult, value: float) -> str:
+    return (">=" if result.latency_lower_bound else "") + format_ms(value)
+
+
+def yes_no(value: bool) -> str:
+    return "yes" if value else "no"
