@@ -115,8 +115,7 @@ def rebuild(
         )
         # The rebuild's worker takes its own lease on its own connection; this connection
         # keeps holding the "one rebuild at a time" lease meanwhile.
-        done = threading.Event()
-        thread = threading.Thread(target=_run_until_caught_up, args=(worker, done, stop))
+        thread = threading.Thread(target=_run_until_caught_up, args=(worker, stop))
         thread.start()
         thread.join()
         if stop.is_set():
@@ -148,9 +147,7 @@ def reset(conn: psycopg.Connection[object], schema: str, projection: type[Projec
         )
 
 
-def _run_until_caught_up(
-    worker: ProjectionWorker, done: threading.Event, stop: threading.Event
-) -> None:
+def _run_until_caught_up(worker: ProjectionWorker, stop: threading.Event) -> None:
     inner = threading.Event()
 
     def watch() -> None:
@@ -161,7 +158,6 @@ def _run_until_caught_up(
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
     worker.run(inner)
-    done.set()
 
 
 def _discard_leftovers(

@@ -48,12 +48,12 @@ from scripts.benchmarks.proj_systems import (
     StreamCounts,
     create_schema,
     describe_server,
-    drop_schemas,
     eventsourcing_env,
     settle,
 )
 from scripts.benchmarks.proj_writers import Load, Writers
 from scripts.benchmarks.report import format_rate, format_ratio, format_table, write_json
+from scripts.benchmarks.systems import drop_schemas
 
 QUICK_EVENTS = 20_000
 FULL_EVENTS = 200_000

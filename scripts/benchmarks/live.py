@@ -64,11 +64,11 @@ from scripts.benchmarks.proj_systems import (
     StreamCounts,
     create_schema,
     describe_server,
-    drop_schemas,
     eventsourcing_env,
 )
 from scripts.benchmarks.proj_writers import Pace, Writers
 from scripts.benchmarks.report import format_rate, write_json
+from scripts.benchmarks.systems import drop_schemas
 
 RATES = (2_000, 5_000, 10_000)
 WRITERS = 4

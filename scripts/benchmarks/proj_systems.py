@@ -19,7 +19,6 @@ independently.)
 
 from __future__ import annotations
 
-import getpass
 import os
 import time
 from collections.abc import Callable
@@ -33,11 +32,11 @@ from eventsourcing.persistence import Tracking
 from eventsourcing.postgres import PostgresDatastore, PostgresTrackingRecorder
 from eventsourcing.projection import Projection as PlainProjection
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict
 
 from infrastructure.migrations import migrate
 from infrastructure.settings import redact
 from projections.projection import Context, Projection, Table, UnhandledEventError
+from scripts.benchmarks import systems
 from scripts.benchmarks.aggregates import Account
 
 EVENTKIT = "eventkit"
@@ -147,25 +146,8 @@ def eventkit_env(url: str, schema: str) -> dict[str, str]:
 
 
 def eventsourcing_env(url: str, schema: str) -> dict[str, str]:
-    """The environment of an eventsourcing application (and view) in ``schema``.
-
-    eventsourcing takes the connection as separate settings; for eventkit's embedded server
-    the host is the socket directory. Its database functions stay off (with them, recorders
-    in one schema overwrite one shared insert function and the tracking record is lost).
-    """
-    info: dict[str, Any] = conninfo_to_dict(url)
-    return {
-        "PERSISTENCE_MODULE": "eventsourcing.postgres",
-        "POSTGRES_DBNAME": str(info.get("dbname") or info.get("user") or getpass.getuser()),
-        "POSTGRES_HOST": str(info.get("host") or ""),
-        "POSTGRES_PORT": str(info.get("port") or "5432"),
-        "POSTGRES_USER": str(info.get("user") or getpass.getuser()),
-        "POSTGRES_PASSWORD": str(info.get("password") or ""),
-        "POSTGRES_SCHEMA": schema,
-        "POSTGRES_POOL_SIZE": "1",
-        "POSTGRES_MAX_OVERFLOW": str(WRITER_POOL_SIZE - 1),
-        "POSTGRES_ENABLE_DB_FUNCTIONS": "no",
-    }
+    """The environment of an eventsourcing application (and view) in ``schema``."""
+    return systems.eventsourcing_env(url, schema, pool_size=WRITER_POOL_SIZE)
 
 
 def create_schema(url: str, system: str, schema: str) -> dict[str, str]:
@@ -195,13 +177,6 @@ def settle(url: str, system: str, schema: str) -> None:
     statistics for the planner, and hint bits set before any projection reads."""
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(sql.SQL("VACUUM (ANALYZE) {}").format(event_table(system, schema)))
-
-
-def drop_schemas(url: str, schemas: list[str]) -> None:
-    """Drop the benchmark's schemas and everything in them."""
-    with psycopg.connect(url, autocommit=True) as conn:
-        for schema in schemas:
-            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
 
 
 def describe_server(url: str) -> str:

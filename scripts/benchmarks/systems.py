@@ -79,7 +79,7 @@ def eventkit_env(url: str, schema: str) -> dict[str, str]:
     }
 
 
-def eventsourcing_env(url: str, schema: str) -> dict[str, str]:
+def eventsourcing_env(url: str, schema: str, pool_size: int = POOL_MAX_SIZE) -> dict[str, str]:
     """The environment of an eventsourcing application on the server of ``url``, in ``schema``.
 
     eventsourcing takes the connection as separate settings; for eventkit's embedded
@@ -96,7 +96,7 @@ def eventsourcing_env(url: str, schema: str) -> dict[str, str]:
         "POSTGRES_PASSWORD": str(info.get("password") or ""),
         "POSTGRES_SCHEMA": schema,
         "POSTGRES_POOL_SIZE": "1",
-        "POSTGRES_MAX_OVERFLOW": str(POOL_MAX_SIZE - 1),
+        "POSTGRES_MAX_OVERFLOW": str(pool_size - 1),
         "POSTGRES_ENABLE_DB_FUNCTIONS": "no",
     }
 
