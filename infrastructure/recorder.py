@@ -129,11 +129,16 @@ class PostgresEventRecorder(ApplicationRecorder):
             except psycopg.errors.UniqueViolation as e:
                 raise self._conflict(e, rows) from e
             except TRANSIENT_ERRORS as e:
-                # The connection may have dropped after the commit was sent: look before
-                # writing again, or a retry would report a false conflict.
-                found = self._find_appended(rows)
-                if found is not None:
-                    return found
+                if not _rolled_back(e):
+                    # The connection may have dropped after the commit was sent: look
+                    # before writing again, or a retry would report a false conflict.
+                    found = self._find_appended(rows)
+                    if found is not None:
+                        return found
+                # else the server rolled the save back (a deadlock with a writer inserting
+                # the same (stream, version) keys in another order, or a serialisation
+                # failure): nothing was written, and the next attempt either succeeds or
+                # meets the other writer's committed rows as a ConcurrencyError.
                 if attempt == _APPEND_ATTEMPTS:
                     raise DatabaseUnavailableError(
                         f"append of {len(rows)} event(s) to stream(s) "
@@ -514,6 +519,12 @@ def _row(event: StoredEvent) -> tuple[UUID, int, str, bytes]:
 def _logged(r: tuple[Any, ...]) -> LoggedNotification:
     recorded_at: datetime = r[6]
     return LoggedNotification(r[0], r[1], r[2], r[3], r[4], r[5], recorded_at)
+
+
+def _rolled_back(error: BaseException) -> bool:
+    """True when the server reports that it rolled the transaction back (SQLSTATE class 40)."""
+    sqlstate = getattr(error, "sqlstate", None)
+    return isinstance(sqlstate, str) and sqlstate.startswith("40")
 
 
 def _streams(rows: list[tuple[UUID, int, str, bytes]]) -> str:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from uuid import UUID, uuid4
 
+import psycopg
 import psycopg_pool
 import pytest
 from eventsourcing.application import Application
@@ -166,6 +169,62 @@ def test_an_interrupted_append_is_recognised_when_it_did_commit(
     changed = [(stream, 1, "Tested", b'{"v": "other"}')]
     with pytest.raises(AppendOutcomeUnknownError, match=str(stream)):
         recorder._find_appended(changed)
+
+
+def test_a_deadlock_with_a_writer_of_the_same_streams_is_a_plain_conflict(
+    recorder: PostgresEventRecorder, database_url: str, schema: str
+) -> None:
+    """Two saves insert the same (stream, version) keys in opposite orders and deadlock.
+
+    The server rolls our save back: that is neither a lost connection nor "another content
+    was found", but a conflict once the other writer commits.
+    """
+    first, second = uuid4(), uuid4()
+    table = sql.Identifier(schema, "stored_events")
+
+    def insert(stream: UUID) -> sql.Composed:
+        return sql.SQL(
+            "INSERT INTO {} (originator_id, originator_version, topic, state) "
+            "VALUES ({}, 1, 'Other', '{{}}')"
+        ).format(table, sql.Literal(stream))
+
+    outcome: list[BaseException | list[int]] = []
+
+    def save() -> None:
+        try:
+            outcome.append(recorder.insert_events(events(second, 1, 1) + events(first, 1, 1)))
+        except BaseException as e:
+            outcome.append(e)
+
+    with psycopg.connect(database_url, autocommit=True) as other:
+        # This session must not be the deadlock's victim: ours detects it first.
+        other.execute("SET deadlock_timeout = '60s'")
+        other.execute("BEGIN")
+        other.execute(insert(first))
+        writer = threading.Thread(target=save)
+        writer.start()
+        waiting = sql.SQL(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+            "AND application_name = 'eventkit' AND query LIKE %s"
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            row = other.execute(waiting, (f"%{schema}%",)).fetchone()
+            if row is not None and row[0] > 0:
+                break
+            time.sleep(0.01)
+        else:
+            pytest.fail("the recorder's save never waited on the other writer's row")
+        # Sent as one message, so the other writer commits the moment the deadlock check
+        # rolls ours back, before our save can look at what is there.
+        other.execute(sql.SQL("{}; COMMIT").format(insert(second)))
+        writer.join(timeout=30)
+    assert len(outcome) == 1
+    error = outcome[0]
+    assert isinstance(error, ConcurrencyError), error
+    assert error.originator_id in {str(first), str(second)}
+    assert [e.topic for e in recorder.select_events(first)] == ["Other"]
+    assert [e.topic for e in recorder.select_events(second)] == ["Other"]
 
 
 # -- through eventsourcing's Application --------------------------------------------------
