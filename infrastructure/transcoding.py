@@ -12,6 +12,7 @@ with the stream, version and topic in the message.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, cast
 from uuid import UUID
 
@@ -68,7 +69,7 @@ class PydanticMapper(Mapper[UUID]):
                 f"cannot encode {topic} for stream {domain_event.originator_id} version "
                 f"{domain_event.originator_version}: {e}"
             ) from e
-        class_version = getattr(cls, _CLASS_VERSION, 1)
+        class_version = _class_version(cls)
         if class_version > 1:
             state[_CLASS_VERSION] = class_version
         return StoredEvent(
@@ -79,10 +80,7 @@ class PydanticMapper(Mapper[UUID]):
         )
 
     def to_domain_event(self, stored_event: StoredEvent) -> DomainEventProtocol[UUID]:
-        where = (
-            f"stream {stored_event.originator_id} version {stored_event.originator_version} "
-            f"(topic {stored_event.topic})"
-        )
+        where = _Where(stored_event)  # formatted only when an error names it
         try:
             cls = resolve_topic(stored_event.topic)
         except TopicError as e:
@@ -107,10 +105,30 @@ class PydanticMapper(Mapper[UUID]):
         return cast("DomainEventProtocol[UUID]", event)
 
 
-def _upcast(cls: type[BaseModel], state: dict[str, Any], where: str) -> None:
+class _Where:
+    """Names a stored event in error messages: stream, version and topic."""
+
+    __slots__ = ("_event",)
+
+    def __init__(self, stored_event: StoredEvent) -> None:
+        self._event = stored_event
+
+    def __str__(self) -> str:
+        e = self._event
+        return f"stream {e.originator_id} version {e.originator_version} (topic {e.topic})"
+
+
+@functools.cache
+def _class_version(cls: type[BaseModel]) -> int:
+    # Looked up once per class: a missing attribute on a pydantic model class is slow.
+    version: int = getattr(cls, _CLASS_VERSION, 1)
+    return version
+
+
+def _upcast(cls: type[BaseModel], state: dict[str, Any], where: _Where) -> None:
     """Bring a stored payload up to the event class's current ``class_version``, in place."""
     stored_version = state.pop(_CLASS_VERSION, 1)
-    current_version = getattr(cls, _CLASS_VERSION, 1)
+    current_version = _class_version(cls)
     if stored_version > current_version:
         raise EventDecodingError(
             f"cannot decode {where}: stored with class_version {stored_version}, but "

@@ -24,10 +24,13 @@ follower reads only those from the log.
 from __future__ import annotations
 
 from abc import ABC
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from functools import singledispatchmethod
-from typing import Any, ClassVar, LiteralString
+from inspect import getattr_static
+from itertools import groupby
+from operator import itemgetter
+from typing import Any, ClassVar, LiteralString, cast
 
 import psycopg
 from eventsourcing.utils import get_topic
@@ -59,48 +62,115 @@ class UnhandledEventError(EventkitError):
         )
 
 
-@dataclass(frozen=True)
 class Result:
-    """The result of :meth:`Context.execute`: a row count and rows, whenever they are asked.
+    """The outcome of one :meth:`Context.execute`: its row count and rows, read when asked.
 
-    Handlers may run in psycopg's pipeline mode, where results arrive later; reading one
-    waits for it, so a handler that never reads results never waits for a round trip.
+    In a worker's batch, statements are queued and sent in groups (one
+    ``executemany`` per run of the same statement, in psycopg's pipeline mode), so a
+    handler that only writes never waits for a round trip. Reading a result sends what is
+    queued first, then reads: the handler sees the same values as if every statement had
+    run at once.
     """
 
-    cursor: psycopg.Cursor[Any]
-    pipeline: psycopg.Pipeline | None
+    __slots__ = ("_flush", "_next", "_rowcount", "_rows")
+
+    def __init__(self, flush: Callable[[], None] | None = None) -> None:
+        self._flush = flush
+        self._rowcount = -1
+        self._rows: list[Any] = []
+        self._next = 0
+
+    def _fill(self, cursor: psycopg.Cursor[Any]) -> None:
+        self._flush = None
+        self._rowcount = cursor.rowcount
+        self._rows = cursor.fetchall() if cursor.description is not None else []
+
+    def _settle(self) -> None:
+        if self._flush is not None:
+            self._flush()
 
     @property
     def rowcount(self) -> int:
-        if self.pipeline is not None:
-            self.pipeline.sync()
-        return self.cursor.rowcount
+        self._settle()
+        return self._rowcount
 
     def fetchone(self) -> Any:
-        return self.cursor.fetchone()
+        self._settle()
+        if self._next >= len(self._rows):
+            return None
+        self._next += 1
+        return self._rows[self._next - 1]
 
     def fetchall(self) -> list[Any]:
-        return self.cursor.fetchall()
+        self._settle()
+        rows = self._rows[self._next :]
+        self._next = len(self._rows)
+        return rows
 
 
-@dataclass
 class Context:
-    """What a handler may use: the transaction's connection, the view's tables, the event's
-    notification (position and recorded time)."""
+    """What a handler may use: the view's tables through :meth:`execute`, the event's
+    notification (position and recorded time), and the transaction's connection.
 
-    conn: psycopg.Connection[Any]
-    tables: dict[str, sql.Identifier]
-    notification: LoggedNotification
-    pipeline: psycopg.Pipeline | None = None
-    statements: dict[str, bytes] = field(default_factory=dict)
+    One context serves a whole batch; the worker sets :attr:`notification` per event.
+    """
+
+    __slots__ = ("_conn", "_deferred", "_pending", "_statements", "notification", "tables")
+
+    def __init__(
+        self,
+        conn: psycopg.Connection[Any],
+        tables: dict[str, sql.Identifier],
+        notification: LoggedNotification,
+        *,
+        deferred: bool = False,
+        statements: dict[str, bytes] | None = None,
+    ) -> None:
+        self._conn = conn
+        self.tables = tables
+        self.notification = notification
+        self._deferred = deferred
+        self._statements = {} if statements is None else statements
+        self._pending: list[tuple[bytes, Sequence[Any], Result]] = []
+
+    @property
+    def conn(self) -> psycopg.Connection[Any]:
+        """The transaction's connection, for what :meth:`execute` cannot do.
+
+        Queued statements are sent first, so what the handler runs on it comes after them.
+        """
+        self.flush()
+        return self._conn
 
     def execute(self, query: LiteralString, params: Sequence[Any] = ()) -> Result:
         """Run ``query`` with ``{table}`` placeholders filled with the view's tables."""
-        statement = self.statements.get(query)
+        statement = self._statements.get(query)
         if statement is None:
-            statement = sql.SQL(query).format(**self.tables).as_bytes(self.conn)
-            self.statements[query] = statement
-        return Result(self.conn.execute(statement, params), self.pipeline)
+            statement = sql.SQL(query).format(**self.tables).as_bytes(self._conn)
+            self._statements[query] = statement
+        if self._deferred:
+            result = Result(self.flush)
+            self._pending.append((statement, params, result))
+            return result
+        result = Result()
+        with self._conn.cursor() as cursor:
+            cursor.execute(statement, params)
+            result._fill(cursor)
+        return result
+
+    def flush(self) -> None:
+        """Send the queued statements, in order, and give each its result."""
+        pending, self._pending = self._pending, []
+        if not pending:
+            return
+        with self._conn.pipeline(), self._conn.cursor() as cursor:
+            for statement, group in groupby(pending, key=itemgetter(0)):
+                entries = list(group)
+                cursor.executemany(statement, [e[1] for e in entries], returning=True)
+                for i, entry in enumerate(entries):
+                    if i:
+                        cursor.nextset()
+                    entry[2]._fill(cursor)
 
 
 class Projection(ABC):
@@ -116,9 +186,28 @@ class Projection(ABC):
     @classmethod
     def event_types(cls) -> list[type[Any]]:
         """The event classes this projection has handlers for."""
-        registry = cls.__dict__.get("apply") or cls.apply
-        assert isinstance(registry, singledispatchmethod)
-        return [t for t in registry.dispatcher.registry if t is not object]
+        return [t for t in cls._registry().dispatcher.registry if t is not object]
+
+    @classmethod
+    def handler(cls, event_type: type[Any]) -> Callable[[Any, Any, Context], None]:
+        """The function ``apply`` dispatches an event of ``event_type`` to.
+
+        Call it as ``handler(projection, event, context)``; workers look it up once per
+        type rather than dispatching on every event.
+        """
+        return cast(
+            "Callable[[Any, Any, Context], None]", cls._registry().dispatcher.dispatch(event_type)
+        )
+
+    @classmethod
+    def _registry(cls) -> singledispatchmethod[Any]:
+        registry = getattr_static(cls, "apply")
+        if not isinstance(registry, singledispatchmethod):
+            raise TypeError(
+                f"{cls.__qualname__}.apply must be a functools.singledispatchmethod, with one "
+                "registered handler per event type"
+            )
+        return registry
 
     @classmethod
     def topics(cls) -> list[str]:

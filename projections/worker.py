@@ -133,6 +133,7 @@ class ProjectionWorker:
         self.caught_up = threading.Event()
         self._heartbeat_at = 0.0
         self._statements: dict[str, bytes] = {}
+        self._handlers: dict[type[Any], Callable[[Any, Any, Context], None]] = {}
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -258,8 +259,8 @@ class ProjectionWorker:
         """
         if len(items) > 1:
             try:
-                with conn.pipeline() as pipeline:
-                    self._commit_once(conn, items, offset, to, pipeline)
+                with conn.pipeline():
+                    self._commit_once(conn, items, offset, to, deferred=True)
                 return
             except (psycopg.OperationalError, TrackingConflictError):
                 raise
@@ -273,14 +274,18 @@ class ProjectionWorker:
         items: Sequence[_Item],
         offset: int,
         to: Position,
-        pipeline: psycopg.Pipeline | None = None,
+        *,
+        deferred: bool = False,
     ) -> None:
         applied = parked = 0
         with conn.transaction():
             parked_streams = self.dead_letters.parked_streams(conn, self.name) if items else set()
+            context: Context | None = None
             for i, item in enumerate(items):
                 n = item.notification
-                stream = UUID(str(n.originator_id))
+                stream = n.originator_id
+                if not isinstance(stream, UUID):
+                    stream = UUID(str(stream))
                 if stream in parked_streams:
                     self.dead_letters.park(conn, self.name, n, reason="behind", attempts=0)
                     parked += 1
@@ -289,8 +294,22 @@ class ProjectionWorker:
                     parked_streams.add(stream)
                     parked += 1
                 else:
-                    self._apply(conn, item, offset + i, pipeline)
+                    if context is None:
+                        context = Context(
+                            conn, self.tables, n, deferred=deferred, statements=self._statements
+                        )
+                    else:
+                        context.notification = n
+                    self._apply(item, context, offset + i)
                     applied += 1
+            if context is not None:
+                try:
+                    context.flush()
+                except (psycopg.OperationalError, TrackingConflictError):
+                    raise
+                except psycopg.Error as e:
+                    # Only in a deferred batch, whose rerun names the failing event.
+                    raise _HandlerFailure(offset + len(items) - 1, e) from e
             self._advance(conn, to)
         self.position = max(self.position, to)
         if self.on_batch is not None and items:
@@ -298,16 +317,13 @@ class ProjectionWorker:
                 BatchReport(self.name, applied, parked, to, [i.notification for i in items])
             )
 
-    def _apply(
-        self,
-        conn: psycopg.Connection[Any],
-        item: _Item,
-        index: int,
-        pipeline: psycopg.Pipeline | None = None,
-    ) -> None:
-        context = Context(conn, self.tables, item.notification, pipeline, self._statements)
+    def _apply(self, item: _Item, context: Context, index: int) -> None:
+        event = item.event
+        handler = self._handlers.get(type(event))
+        if handler is None:
+            handler = self._handlers[type(event)] = type(self.projection).handler(type(event))
         try:
-            self.projection.apply(item.event, context)
+            handler(self.projection, event, context)
         except psycopg.OperationalError:
             raise  # the connection, not the handler: reconnect and try the batch again
         except Exception as e:
@@ -424,11 +440,17 @@ class ProjectionWorker:
         by_id = {n.id: n for n in self.recorder.notifications([d.notification_id for d in letters])}
         try:
             with conn.transaction():
+                context: Context | None = None
                 for index, letter in enumerate(letters):
                     item = self._decode(by_id[letter.notification_id])
                     if item.decoding_error is not None:
                         raise _HandlerFailure(index, item.decoding_error)
-                    self._apply(conn, item, index)
+                    if context is None:
+                        context = Context(
+                            conn, self.tables, item.notification, statements=self._statements
+                        )
+                    context.notification = item.notification
+                    self._apply(item, context, index)
                 self.dead_letters.mark(conn, [d.dead_letter_id for d in letters], "retried")
         except _HandlerFailure as failure:
             head = letters[failure.index]

@@ -1,0 +1,151 @@
+"""How a worker's batch runs handlers' statements: queued, grouped, and still in order."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from functools import singledispatchmethod
+from uuid import uuid4
+
+import psycopg
+import psycopg_pool
+import pytest
+from eventsourcing.utils import get_topic
+from psycopg import sql
+
+from domain.application import Shop
+from domain.commands import OrderLineRequest, PlaceOrder
+from domain.orders import Order
+from infrastructure.deadletters import DeadLetters
+from infrastructure.log import LoggedNotification
+from projections.projection import Context, Projection, Table, UnhandledEventError
+from tests.integration.projection_support import (
+    SKUS,
+    dump,
+    make_worker,
+    running,
+    settings_for,
+    stock_up,
+    wait_until_caught_up,
+)
+
+NOTIFICATION = LoggedNotification(
+    id=1,
+    originator_id=uuid4(),
+    originator_version=1,
+    topic="Tested",
+    state=b"{}",
+    transaction_id=1,
+    recorded_at=datetime.now(UTC),
+)
+
+
+@pytest.fixture
+def conn(database_url: str, schema: str) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
+    with psycopg.connect(database_url, autocommit=True) as connection:
+        connection.execute(
+            sql.SQL("CREATE TABLE {} (key text PRIMARY KEY, value bigint NOT NULL)").format(
+                sql.Identifier(schema, "kv")
+            )
+        )
+        yield connection
+
+
+def test_queued_statements_run_in_order_and_each_gets_its_own_result(
+    conn: psycopg.Connection[tuple[object, ...]], schema: str
+) -> None:
+    tables = {"kv": sql.Identifier(schema, "kv")}
+    insert = "INSERT INTO {kv} (key, value) VALUES (%s, %s)"
+    double = "UPDATE {kv} SET value = value * 2 WHERE key = %s RETURNING value"
+    with conn.transaction(), conn.pipeline():
+        context = Context(conn, tables, NOTIFICATION, deferred=True)
+        first = context.execute(insert, ("a", 1))
+        context.execute(insert, ("b", 2))
+        doubled_a = context.execute(double, ("a",))
+        context.execute(insert, ("c", 3))  # the same statement again, after another one
+        doubled_c = context.execute(double, ("c",))
+        missing = context.execute(double, ("nobody",))
+        # Nothing has been sent yet: reading a result sends everything queued so far.
+        assert doubled_c.fetchone() == (6,)
+        assert doubled_c.fetchone() is None
+        assert first.rowcount == 1
+        assert doubled_a.fetchall() == [(2,)]
+        assert (missing.rowcount, missing.fetchall()) == (0, [])
+        # The connection itself is handed out only after the queue has been sent.
+        context.execute(double, ("b",))
+        row = context.conn.execute(
+            sql.SQL("SELECT value FROM {} WHERE key = 'b'").format(tables["kv"])
+        ).fetchone()
+        assert row == (4,)
+        context.flush()
+    assert sorted(conn.execute(sql.SQL("SELECT * FROM {}").format(tables["kv"])).fetchall()) == [
+        ("a", 2),
+        ("b", 4),
+        ("c", 6),
+    ]
+
+
+def test_direct_and_queued_contexts_give_the_same_results(
+    conn: psycopg.Connection[tuple[object, ...]], schema: str
+) -> None:
+    tables = {"kv": sql.Identifier(schema, "kv")}
+    outcomes = []
+    for deferred in (False, True):
+        with conn.transaction():
+            context = Context(conn, tables, NOTIFICATION, deferred=deferred)
+            inserted = context.execute(
+                "INSERT INTO {kv} (key, value) VALUES (%s, 1), (%s, 2)", ("x", "y")
+            )
+            selected = context.execute("SELECT key, value FROM {kv} ORDER BY key")
+            outcomes.append((inserted.rowcount, selected.fetchone(), selected.fetchall()))
+            context.flush()
+            conn.execute(sql.SQL("DELETE FROM {}").format(tables["kv"]))
+    assert outcomes[0] == outcomes[1] == (2, ("x", 1), [("y", 2)])
+
+
+class PositiveQuantities(Projection):
+    """Writes without reading results, into a table whose CHECK rejects one order."""
+
+    name = "positive_quantities"
+    tables = (
+        Table(
+            "positive_quantities",
+            "CREATE TABLE {table} (order_id uuid PRIMARY KEY, customer text NOT NULL"
+            " CHECK (customer <> 'poison'))",
+        ),
+    )
+
+    @singledispatchmethod
+    def apply(self, event: object, context: Context) -> None:
+        raise UnhandledEventError(self, event)
+
+    @apply.register
+    def _(self, event: Order.Placed, context: Context) -> None:
+        context.execute(
+            "INSERT INTO {positive_quantities} (order_id, customer) VALUES (%s, %s)",
+            (event.originator_id, event.customer_id),
+        )
+
+
+def test_an_sql_error_seen_only_when_the_batch_is_sent_parks_exactly_its_event(
+    app_env: dict[str, str], database_url: str, schema: str, pool: psycopg_pool.ConnectionPool
+) -> None:
+    shop = Shop(env=app_env)
+    stock_up(shop)
+    line = (OrderLineRequest(sku=SKUS[0], quantity=1),)
+    placed = [
+        shop.place_order(PlaceOrder(customer_id=customer, lines=line))
+        for customer in ("c1", "c2", "poison", "c3", "c4")
+    ]
+    settings = settings_for(database_url, schema)
+    # One batch holds all five orders, so the CHECK fails only when the batch is sent.
+    with running(make_worker(PositiveQuantities(), settings, batch_size=1000)):
+        wait_until_caught_up(pool, schema, PositiveQuantities.name)
+    rows = dump(pool, schema, "positive_quantities")
+    assert sorted(r[1] for r in rows) == ["c1", "c2", "c3", "c4"]
+    with pool.connection() as conn:
+        [letter] = DeadLetters(schema).select(conn, projection=PositiveQuantities.name)
+    poison = placed[2]
+    assert (letter.originator_id, letter.originator_version) == (poison.order_id, 1)
+    assert (letter.topic, letter.reason) == (get_topic(Order.Placed), "failed")
+    assert letter.error_class == "CheckViolation"
