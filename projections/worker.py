@@ -21,6 +21,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import groupby
 from typing import Any
@@ -34,7 +35,7 @@ from infrastructure.deadletters import DeadLetter, DeadLetters
 from infrastructure.errors import EventDecodingError, PersistenceError
 from infrastructure.leases import holder, lease_name, try_acquire
 from infrastructure.log import LoggedNotification, Position
-from infrastructure.recorder import PostgresEventRecorder
+from infrastructure.recorder import PostgresEventRecorder, Scan
 from infrastructure.tracking import Tracking, TrackingConflictError
 from projections.projection import Context, Projection, create_tables, table_identifiers
 
@@ -88,6 +89,12 @@ class _Item:
     notification: LoggedNotification
     event: object | None
     decoding_error: EventDecodingError | None
+
+
+@dataclass(frozen=True)
+class _Read:
+    scan: Scan
+    items: list[_Item]
 
 
 class ProjectionWorker:
@@ -193,19 +200,50 @@ class ProjectionWorker:
 
     def _follow(self, conn: psycopg.Connection[Any], stop: threading.Event) -> None:
         interval = self.poll.min_interval_s
-        while not stop.is_set():
-            self._process_retries(conn)
-            scan = self.recorder.scan(self.position, self.batch_size, self.topics)
-            if scan.count < self.batch_size:
-                self.caught_up.set()  # this read reached the head of the log
-            if time.monotonic() - self._heartbeat_at > 1.0:
-                self._set_state(conn, self.state)
-            if scan.last is None:
-                self._idle(conn, stop, interval)
-                interval = min(interval * 2, self.poll.max_interval_s)
-                continue
-            interval = self.poll.min_interval_s
-            self._process(conn, scan.notifications, scan.last, stop)
+        reader = ThreadPoolExecutor(1, thread_name_prefix=f"eventkit-read-{self.name}")
+        ahead: tuple[Position, Future[_Read]] | None = None
+        try:
+            while not stop.is_set():
+                self._process_retries(conn)
+                read = self._take(ahead)
+                ahead = None
+                scan = read.scan
+                if scan.count < self.batch_size:
+                    self.caught_up.set()  # this read reached the head of the log
+                if time.monotonic() - self._heartbeat_at > 1.0:
+                    self._set_state(conn, self.state)
+                if scan.last is None:
+                    self._idle(conn, stop, interval)
+                    interval = min(interval * 2, self.poll.max_interval_s)
+                    continue
+                interval = self.poll.min_interval_s
+                if scan.count == self.batch_size:
+                    # Catching up: read and decode the next batch while this one is applied.
+                    ahead = (scan.last, reader.submit(self._read, scan.last))
+                self._process_items(conn, read.items, scan.last, stop)
+        finally:
+            reader.shutdown(wait=True, cancel_futures=True)
+
+    def _read(self, after: Position) -> _Read:
+        scan = self.recorder.scan(after, self.batch_size, self.topics)
+        return _Read(scan, [self._decode(n) for n in scan.notifications])
+
+    def _take(self, ahead: tuple[Position, Future[_Read]] | None) -> _Read:
+        """The batch read ahead if it starts where this worker is now, else a fresh read.
+
+        A worker stopped or failing mid-batch is behind where the read-ahead started; that
+        read is dropped (its error too: it is read again from the right place).
+        """
+        if ahead is not None:
+            after, future = ahead
+            if after == self.position:
+                return future.result()  # its error is this read's error
+            if not future.cancel():
+                try:
+                    future.result()
+                except Exception as e:  # read again below, from the right place
+                    logger.debug("projection %s: stale read-ahead failed: %s", self.name, e)
+        return self._read(self.position)
 
     def _idle(self, conn: psycopg.Connection[Any], stop: threading.Event, interval: float) -> None:
         """Wait ``interval``, or less when a notification hint says the log has grown.
@@ -229,7 +267,15 @@ class ProjectionWorker:
         stop: threading.Event,
     ) -> None:
         """Apply a batch, committing as much as possible per transaction."""
-        items = [self._decode(n) for n in batch]
+        self._process_items(conn, [self._decode(n) for n in batch], scanned_to, stop)
+
+    def _process_items(
+        self,
+        conn: psycopg.Connection[Any],
+        items: list[_Item],
+        scanned_to: Position,
+        stop: threading.Event,
+    ) -> None:
         start, end = 0, len(items)
         while start < len(items) or self.position < scanned_to:
             # The whole rest of the batch moves the position to the end of what was scanned

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Mapping
 
 from infrastructure.factory import shared_pool
@@ -30,3 +31,21 @@ def settings_with(overrides: Mapping[str, str]) -> Settings:
     import os
 
     return Settings.from_env({**os.environ, **overrides})
+
+
+#: The collector's thresholds in long-running worker processes (CPython's are 700, 10, 10).
+GC_THRESHOLDS = (10_000, 50, 50)
+
+
+def tune_gc() -> None:
+    """Tune the garbage collector for a process that decodes many short-lived events.
+
+    What start-up allocated (modules, classes) is moved out of the collector's sight
+    (``gc.freeze``), and the young generation may grow to 10,000 objects before it is
+    collected. ``eventkit workers`` and ``rebuild`` call it; ``./scripts/bench catchup``
+    and ``live`` too, in the one process that runs both systems' projections. Measured
+    here: +15% catch-up throughput.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)

@@ -15,6 +15,7 @@ from infrastructure.settings import Settings
 from infrastructure.transcoding import PydanticMapper
 from projections.rebuild import rebuild, reset
 from projections.worker import BatchReport
+from scripts.bootstrap import tune_gc
 from scripts.workers import default_worker_id, select_projections
 
 
@@ -64,6 +65,7 @@ class Progress:
 
 
 def _rebuild(args: argparse.Namespace) -> int:
+    tune_gc()
     settings = Settings.from_env()
     [projection] = select_projections([args.name])
     pool, url = shared_pool(settings)

@@ -20,6 +20,7 @@ from infrastructure.transcoding import PydanticMapper
 from projections.projection import Projection
 from projections.shop import PROJECTIONS
 from projections.worker import BatchReport, ProjectionWorker, RetryPolicy
+from scripts.bootstrap import tune_gc
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +93,7 @@ def run_until(workers: Sequence[ProjectionWorker], stop: threading.Event) -> Non
 
 
 def _run(args: argparse.Namespace) -> int:
+    tune_gc()
     settings = Settings.from_env()
     worker_id = args.worker_id or default_worker_id()
     workers = build_workers(

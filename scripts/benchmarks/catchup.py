@@ -54,6 +54,7 @@ from scripts.benchmarks.proj_systems import (
 from scripts.benchmarks.proj_writers import Load, Writers
 from scripts.benchmarks.report import format_rate, format_ratio, format_table, write_json
 from scripts.benchmarks.systems import drop_schemas
+from scripts.bootstrap import tune_gc
 
 QUICK_EVENTS = 20_000
 FULL_EVENTS = 200_000
@@ -109,6 +110,7 @@ def register(benchmarks: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
+    tune_gc()  # as `eventkit workers` does; both systems' projections run in this process
     events = QUICK_EVENTS if args.quick else FULL_EVENTS
     url = resolve_database_url(Settings.from_env())
     print(describe_server(url))
