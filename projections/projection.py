@@ -158,19 +158,33 @@ class Context:
             result._fill(cursor)
         return result
 
-    def flush(self) -> None:
-        """Send the queued statements, in order, and give each its result."""
+    def flush(self, *, results: bool = True) -> None:
+        """Send the queued statements, in order, and give each its result.
+
+        With ``results=False`` (the worker, once every handler of the batch has returned)
+        the results are not fetched: nothing can read them any more.
+        """
         pending, self._pending = self._pending, []
         if not pending:
             return
         with self._conn.pipeline(), self._conn.cursor() as cursor:
             for statement, group in groupby(pending, key=itemgetter(0)):
                 entries = list(group)
-                cursor.executemany(statement, [e[1] for e in entries], returning=True)
+                cursor.executemany(statement, [e[1] for e in entries], returning=results)
                 for i, entry in enumerate(entries):
+                    if not results:
+                        entry[2]._flush = _expired
+                        continue
                     if i:
                         cursor.nextset()
                     entry[2]._fill(cursor)
+
+
+def _expired() -> None:
+    raise EventkitError(
+        "a handler read a statement's result after its batch was sent; read results in "
+        "the handler that ran the statement"
+    )
 
 
 class Projection(ABC):

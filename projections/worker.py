@@ -350,7 +350,7 @@ class ProjectionWorker:
                     applied += 1
             if context is not None:
                 try:
-                    context.flush()
+                    context.flush(results=False)
                 except (psycopg.OperationalError, TrackingConflictError):
                     raise
                 except psycopg.Error as e:

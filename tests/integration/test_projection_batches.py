@@ -17,6 +17,7 @@ from domain.application import Shop
 from domain.commands import OrderLineRequest, PlaceOrder
 from domain.orders import Order
 from infrastructure.deadletters import DeadLetters
+from infrastructure.errors import EventkitError
 from infrastructure.log import LoggedNotification
 from projections.projection import Context, Projection, Table, UnhandledEventError
 from tests.integration.projection_support import (
@@ -149,3 +150,16 @@ def test_an_sql_error_seen_only_when_the_batch_is_sent_parks_exactly_its_event(
     assert (letter.originator_id, letter.originator_version) == (poison.order_id, 1)
     assert (letter.topic, letter.reason) == (get_topic(Order.Placed), "failed")
     assert letter.error_class == "CheckViolation"
+
+
+def test_a_result_kept_past_its_batch_cannot_be_read(
+    conn: psycopg.Connection[tuple[object, ...]], schema: str
+) -> None:
+    tables = {"kv": sql.Identifier(schema, "kv")}
+    with conn.transaction(), conn.pipeline():
+        context = Context(conn, tables, NOTIFICATION, deferred=True)
+        kept = context.execute("INSERT INTO {kv} (key, value) VALUES (%s, %s)", ("k", 1))
+        context.flush(results=False)  # what the worker does once every handler returned
+    with pytest.raises(EventkitError, match="after its batch was sent"):
+        _ = kept.rowcount
+    assert conn.execute(sql.SQL("SELECT value FROM {}").format(tables["kv"])).fetchall() == [(1,)]
