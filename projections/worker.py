@@ -63,6 +63,8 @@ class PollPolicy:
     min_interval_s: float = 0.002
     max_interval_s: float = 0.05
     lease_wait_s: float = 0.5
+    #: How often the worker looks for dead letters an operator asked to retry.
+    retry_check_s: float = 0.25
 
 
 @dataclass(frozen=True)
@@ -139,6 +141,8 @@ class ProjectionWorker:
         self.position = Position.ORIGIN
         self.caught_up = threading.Event()
         self._heartbeat_at = 0.0
+        self._retries_checked_at = 0.0
+        self._none_parked = False  # not known: read the dead letters
         self._statements: dict[str, bytes] = {}
         self._handlers: dict[type[Any], Callable[[Any, Any, Context], None]] = {}
 
@@ -193,6 +197,7 @@ class ProjectionWorker:
         with conn.transaction():
             create_tables(conn, self.schema, type(self.projection), self.table_suffix)
         self.position = self.tracking.position(conn, self.name)
+        self._none_parked = False
         if self.notify_channel is not None:
             conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.notify_channel)))
         self._set_state(conn, self.state)
@@ -204,7 +209,9 @@ class ProjectionWorker:
         ahead: tuple[Position, Future[_Read]] | None = None
         try:
             while not stop.is_set():
-                self._process_retries(conn)
+                if time.monotonic() - self._retries_checked_at >= self.poll.retry_check_s:
+                    self._process_retries(conn)
+                    self._retries_checked_at = time.monotonic()
                 read = self._take(ahead)
                 ahead = None
                 scan = read.scan
@@ -325,7 +332,14 @@ class ProjectionWorker:
     ) -> None:
         applied = parked = 0
         with conn.transaction():
-            parked_streams = self.dead_letters.parked_streams(conn, self.name) if items else set()
+            # Read the parked streams unless this worker knows there are none: letters are
+            # opened only by the lease holder (this worker), so that stays true until it
+            # parks one itself or takes the lease again.
+            parked_streams = (
+                self.dead_letters.parked_streams(conn, self.name)
+                if items and not self._none_parked
+                else set()
+            )
             context: Context | None = None
             for i, item in enumerate(items):
                 n = item.notification
@@ -358,6 +372,8 @@ class ProjectionWorker:
                     raise _HandlerFailure(offset + len(items) - 1, e) from e
             self._advance(conn, to)
         self.position = max(self.position, to)
+        if items:
+            self._none_parked = not parked_streams
         if self.on_batch is not None and items:
             self.on_batch(
                 BatchReport(self.name, applied, parked, to, [i.notification for i in items])
@@ -397,6 +413,7 @@ class ProjectionWorker:
         error: BaseException,
         tb: str | None = None,
     ) -> None:
+        self._none_parked = False
         dead_letter_id = self.dead_letters.park(
             conn,
             self.name,
@@ -483,6 +500,7 @@ class ProjectionWorker:
     def _retry_stream(
         self, conn: psycopg.Connection[Any], stream: UUID, letters: list[DeadLetter]
     ) -> None:
+        self._none_parked = False  # read the parked streams again after this
         by_id = {n.id: n for n in self.recorder.notifications([d.notification_id for d in letters])}
         try:
             with conn.transaction():
