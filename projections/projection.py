@@ -34,7 +34,7 @@ from typing import Any, ClassVar, LiteralString, cast
 
 import psycopg
 from eventsourcing.utils import get_topic
-from psycopg import sql
+from psycopg import pq, sql
 
 from infrastructure.errors import EventkitError
 from infrastructure.log import LoggedNotification
@@ -131,7 +131,7 @@ class Context:
         self.notification = notification
         self._deferred = deferred
         self._statements = {} if statements is None else statements
-        self._pending: list[tuple[bytes, Sequence[Any], Result]] = []
+        self._pending: list[tuple[bytes, Sequence[Any], Result, _Check | None]] = []
 
     @property
     def conn(self) -> psycopg.Connection[Any]:
@@ -142,42 +142,98 @@ class Context:
         self.flush()
         return self._conn
 
-    def execute(self, query: LiteralString, params: Sequence[Any] = ()) -> Result:
-        """Run ``query`` with ``{table}`` placeholders filled with the view's tables."""
+    def execute(
+        self,
+        query: LiteralString,
+        params: Sequence[Any] = (),
+        *,
+        expect_rows: int | None = None,
+        otherwise: Callable[[int], BaseException] | None = None,
+    ) -> Result:
+        """Run ``query`` with ``{table}`` placeholders filled with the view's tables.
+
+        ``expect_rows`` checks the statement's row count without waiting for it: when the
+        statement is sent (at once, or with the batch) and the count differs, the handler's
+        event fails with ``otherwise(count)``, or with :class:`UnexpectedRowCountError`.
+        """
         statement = self._statements.get(query)
         if statement is None:
             statement = sql.SQL(query).format(**self.tables).as_bytes(self._conn)
             self._statements[query] = statement
+        check = None if expect_rows is None else _Check(expect_rows, otherwise, self.notification)
         if self._deferred:
             result = Result(self.flush)
-            self._pending.append((statement, params, result))
+            self._pending.append((statement, params, result, check))
             return result
         result = Result()
         with self._conn.cursor() as cursor:
-            cursor.execute(statement, params)
+            if self._conn.info.pipeline_status == pq.PipelineStatus.OFF:
+                cursor.execute(statement, params)
+            else:
+                with self._conn.pipeline() as pipeline:
+                    cursor.execute(statement, params)
+                    pipeline.sync()  # the row count is known only once the result is in
             result._fill(cursor)
+        if check is not None:
+            check.verify(result._rowcount, statement)
         return result
 
     def flush(self, *, results: bool = True) -> None:
-        """Send the queued statements, in order, and give each its result.
+        """Send the queued statements, in order, give each its result and run the checks.
 
         With ``results=False`` (the worker, once every handler of the batch has returned)
-        the results are not fetched: nothing can read them any more.
+        only checked statements' results are fetched: nothing else can read them any more.
         """
         pending, self._pending = self._pending, []
         if not pending:
             return
-        with self._conn.pipeline(), self._conn.cursor() as cursor:
+        with self._conn.pipeline():
             for statement, group in groupby(pending, key=itemgetter(0)):
                 entries = list(group)
-                cursor.executemany(statement, [e[1] for e in entries], returning=results)
-                for i, entry in enumerate(entries):
-                    if not results:
-                        entry[2]._flush = _expired
-                        continue
-                    if i:
-                        cursor.nextset()
-                    entry[2]._fill(cursor)
+                fetch = results or any(e[3] is not None for e in entries)
+                # A cursor per group: in pipeline mode a cursor that ran an earlier
+                # executemany would also hand out that one's results.
+                with self._conn.cursor() as cursor:
+                    cursor.executemany(statement, [e[1] for e in entries], returning=fetch)
+                    for i, (_, _, result, check) in enumerate(entries):
+                        if not fetch:
+                            result._flush = _expired
+                            continue
+                        if i:
+                            cursor.nextset()
+                        result._fill(cursor)
+                        if check is not None:
+                            check.verify(result._rowcount, statement)
+
+
+@dataclass(frozen=True)
+class _Check:
+    expected: int
+    otherwise: Callable[[int], BaseException] | None
+    notification: LoggedNotification
+
+    def verify(self, rowcount: int, statement: bytes) -> None:
+        if rowcount == self.expected:
+            return
+        if self.otherwise is not None:
+            raise self.otherwise(rowcount)
+        raise UnexpectedRowCountError(self.expected, rowcount, self.notification, statement)
+
+
+class UnexpectedRowCountError(EventkitError):
+    """A handler's statement touched another number of rows than the handler expected."""
+
+    def __init__(
+        self, expected: int, actual: int, notification: LoggedNotification, statement: bytes
+    ) -> None:
+        n = notification
+        super().__init__(
+            f"stream {n.originator_id} version {n.originator_version} (position {n.position}, "
+            f"{n.topic}): a statement touched {actual} row(s), not {expected}: "
+            f"{statement.decode(errors='replace')}"
+        )
+        self.expected = expected
+        self.actual = actual
 
 
 def _expired() -> None:

@@ -367,8 +367,9 @@ class ProjectionWorker:
                     context.flush(results=False)
                 except (psycopg.OperationalError, TrackingConflictError):
                     raise
-                except psycopg.Error as e:
-                    # Only in a deferred batch, whose rerun names the failing event.
+                except Exception as e:
+                    # A statement or a row-count check of the queued batch failed: the
+                    # rerun, statement by statement, names the failing event.
                     raise _HandlerFailure(offset + len(items) - 1, e) from e
             self._advance(conn, to)
         self.position = max(self.position, to)

@@ -71,7 +71,7 @@ class OrderSummaries(Projection):
     def _set_status(
         context: Context, event: Order.Event, status: str, reason: str | None = None
     ) -> None:
-        cur = context.execute(
+        context.execute(
             "UPDATE {order_summaries} SET status = %s, updated_at = %s, version = %s,"
             " cancellation_reason = coalesce(%s, cancellation_reason)"
             " WHERE order_id = %s AND version = %s",
@@ -83,9 +83,10 @@ class OrderSummaries(Projection):
                 event.originator_id,
                 event.originator_version - 1,
             ),
+            # The order's previous version must be in the view: checked without a round trip.
+            expect_rows=1,
+            otherwise=lambda _: OutOfOrderError(event),
         )
-        if cur.rowcount != 1:
-            raise OutOfOrderError(event)
 
 
 class OutOfOrderError(Exception):

@@ -47,15 +47,17 @@ class RevenueByDay(Projection):
     @apply.register
     def _(self, event: Order.Paid, context: Context) -> None:
         day = event.timestamp.astimezone(UTC).date()
-        cur = context.execute(
+        context.execute(
             "INSERT INTO {revenue_by_day} AS r (day, currency, paid_orders, revenue)"
             " SELECT %s, currency, 1, total FROM {revenue_order_totals} WHERE order_id = %s"
             " ON CONFLICT (day, currency) DO UPDATE SET"
             " paid_orders = r.paid_orders + 1, revenue = r.revenue + excluded.revenue",
             (day, event.originator_id),
+            expect_rows=1,
+            otherwise=lambda _: LookupError(
+                f"order {event.originator_id} was paid but never placed"
+            ),
         )
-        if cur.rowcount != 1:
-            raise LookupError(f"order {event.originator_id} was paid but never placed")
 
 
 @dataclass(frozen=True)

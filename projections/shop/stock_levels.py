@@ -63,7 +63,7 @@ class StockLevels(Projection):
 
     @staticmethod
     def _change(context: Context, event: StockItem.Event, *, on_hand: int, reserved: int) -> None:
-        cur = context.execute(
+        context.execute(
             "UPDATE {stock_levels} SET on_hand = on_hand + %s, reserved = reserved + %s,"
             " version = %s WHERE stock_item_id = %s AND version = %s",
             (
@@ -73,12 +73,12 @@ class StockLevels(Projection):
                 event.originator_id,
                 event.originator_version - 1,
             ),
-        )
-        if cur.rowcount != 1:
-            raise LookupError(
+            expect_rows=1,
+            otherwise=lambda _: LookupError(
                 f"stock item {event.originator_id}: {type(event).__qualname__} at version "
                 f"{event.originator_version} does not follow the version in the view"
-            )
+            ),
+        )
 
 
 @dataclass(frozen=True)

@@ -14,12 +14,18 @@ from eventsourcing.utils import get_topic
 from psycopg import sql
 
 from domain.application import Shop
-from domain.commands import OrderLineRequest, PlaceOrder
+from domain.commands import CapturePayment, OrderLineRequest, PlaceOrder
 from domain.orders import Order
 from infrastructure.deadletters import DeadLetters
 from infrastructure.errors import EventkitError
 from infrastructure.log import LoggedNotification
-from projections.projection import Context, Projection, Table, UnhandledEventError
+from projections.projection import (
+    Context,
+    Projection,
+    Table,
+    UnexpectedRowCountError,
+    UnhandledEventError,
+)
 from tests.integration.projection_support import (
     SKUS,
     dump,
@@ -163,3 +169,97 @@ def test_a_result_kept_past_its_batch_cannot_be_read(
     with pytest.raises(EventkitError, match="after its batch was sent"):
         _ = kept.rowcount
     assert conn.execute(sql.SQL("SELECT value FROM {}").format(tables["kv"])).fetchall() == [(1,)]
+
+
+def test_row_count_checks_fail_the_statement_s_event_queued_or_not(
+    conn: psycopg.Connection[tuple[object, ...]], schema: str
+) -> None:
+    tables = {"kv": sql.Identifier(schema, "kv")}
+    bump = "UPDATE {kv} SET value = value + 1 WHERE key = %s"
+    conn.execute(sql.SQL("INSERT INTO {} VALUES ('there', 1)").format(tables["kv"]))
+    for deferred in (False, True):
+        with (  # noqa: PT012 - the whole batch
+            pytest.raises(UnexpectedRowCountError) as raised,
+            conn.transaction(),
+            conn.pipeline(),
+        ):
+            context = Context(conn, tables, NOTIFICATION, deferred=deferred)
+            context.execute(bump, ("there",), expect_rows=1)
+            context.execute(bump, ("missing",), expect_rows=1)
+            context.flush(results=False)
+        message = str(raised.value)
+        assert f"stream {NOTIFICATION.originator_id} version 1" in message
+        assert "touched 0 row(s), not 1" in message
+        with (  # noqa: PT012 - the whole batch
+            pytest.raises(LookupError, match="no row for 'missing'"),
+            conn.transaction(),
+            conn.pipeline(),
+        ):
+            context = Context(conn, tables, NOTIFICATION, deferred=deferred)
+            context.execute(
+                bump,
+                ("missing",),
+                expect_rows=1,
+                otherwise=lambda n: LookupError(f"no row for 'missing' ({n} rows)"),
+            )
+            context.flush(results=False)
+    # Every attempt rolled back.
+    assert conn.execute(sql.SQL("SELECT value FROM {}").format(tables["kv"])).fetchall() == [(1,)]
+
+
+class PaidOrders(Projection):
+    """Counts payments of placed orders; an order placed by 'ghost' is never recorded."""
+
+    name = "paid_orders"
+    tables = (
+        Table(
+            "paid_orders",
+            "CREATE TABLE {table} (order_id uuid PRIMARY KEY, paid boolean NOT NULL)",
+        ),
+    )
+
+    @singledispatchmethod
+    def apply(self, event: object, context: Context) -> None:
+        raise UnhandledEventError(self, event)
+
+    @apply.register
+    def _(self, event: Order.Placed, context: Context) -> None:
+        if event.customer_id != "ghost":
+            context.execute(
+                "INSERT INTO {paid_orders} (order_id, paid) VALUES (%s, false)",
+                (event.originator_id,),
+            )
+
+    @apply.register
+    def _(self, event: Order.Paid, context: Context) -> None:
+        context.execute(
+            "UPDATE {paid_orders} SET paid = true WHERE order_id = %s",
+            (event.originator_id,),
+            expect_rows=1,
+            otherwise=lambda _: LookupError(f"order {event.originator_id} was never placed"),
+        )
+
+
+def test_a_failed_row_count_check_in_a_batch_parks_exactly_its_event(
+    app_env: dict[str, str], database_url: str, schema: str, pool: psycopg_pool.ConnectionPool
+) -> None:
+    shop = Shop(env=app_env)
+    stock_up(shop)
+    line = (OrderLineRequest(sku=SKUS[0], quantity=1),)
+    placed = [
+        shop.place_order(PlaceOrder(customer_id=customer, lines=line))
+        for customer in ("c1", "ghost", "c2")
+    ]
+    for order in placed:
+        shop.capture_payment(CapturePayment(payment_id=order.payment_id))
+    settings = settings_for(database_url, schema)
+    with running(make_worker(PaidOrders(), settings, batch_size=1000)):
+        wait_until_caught_up(pool, schema, PaidOrders.name)
+    ghost = placed[1].order_id
+    rows = dump(pool, schema, "paid_orders")
+    assert sorted(rows) == sorted((o.order_id, True) for o in (placed[0], placed[2]))
+    with pool.connection() as conn:
+        [letter] = DeadLetters(schema).select(conn, projection=PaidOrders.name)
+    assert (letter.originator_id, letter.topic) == (ghost, get_topic(Order.Paid))
+    assert letter.error_class == "LookupError"
+    assert f"order {ghost} was never placed" in (letter.error or "")
