@@ -43,6 +43,8 @@ class DeadLetter:
     traceback: str | None
     created_at: datetime
     updated_at: datetime
+    #: The reaction message's id, for dead letters of reactions.
+    message_id: UUID | None = None
 
     def summary(self) -> str:
         text = (
@@ -108,13 +110,14 @@ class DeadLetters:
         attempts: int,
         error: BaseException | None = None,
         traceback: str | None = None,
+        message_id: UUID | None = None,
     ) -> int:
         """Park one event (or park it again after a failed retry); return its id."""
         row = conn.execute(
             sql.SQL(
                 "INSERT INTO {} (projection, originator_id, originator_version, notification_id,"
-                " transaction_id, topic, reason, status, attempts, error_class, error, traceback)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, 'parked', %s, %s, %s, %s)"
+                " transaction_id, topic, reason, status, attempts, error_class, error, traceback,"
+                " message_id) VALUES (%s, %s, %s, %s, %s, %s, %s, 'parked', %s, %s, %s, %s, %s)"
                 " ON CONFLICT (projection, originator_id, originator_version) DO UPDATE SET"
                 " status = 'parked', reason = excluded.reason,"
                 " attempts = {}.attempts + excluded.attempts,"
@@ -134,6 +137,7 @@ class DeadLetters:
                 None if error is None else type(error).__qualname__,
                 None if error is None else str(error),
                 traceback,
+                message_id,
             ),
         ).fetchone()
         assert row is not None

@@ -33,6 +33,9 @@ class Settings:
     #: followers wake at once. Off by default: NOTIFY takes a server-wide lock at commit
     #: (see docs/architecture.md); followers always poll as well.
     notify: bool = False
+    #: Where reaction messages go (``BROKER_URL``): ``amqp://`` for RabbitMQ, ``redis://``
+    #: for Redis; unset (or ``postgres``) for the PostgreSQL broker in eventkit's schema.
+    broker_url: str | None = None
 
     def __post_init__(self) -> None:
         if not _SCHEMA_NAME.match(self.schema):
@@ -57,6 +60,7 @@ class Settings:
             pool_min_size=_int(env, "EVENTKIT_POOL_MIN_SIZE", 1),
             pool_max_size=_int(env, "EVENTKIT_POOL_MAX_SIZE", 16),
             notify=env.get("EVENTKIT_NOTIFY", "").lower() in {"1", "true", "yes", "on"},
+            broker_url=env.get("BROKER_URL") or None,
         )
 
     @property

@@ -54,12 +54,11 @@ class Table:
 
 
 class UnhandledEventError(EventkitError):
-    """A projection was given an event type it has no handler for."""
+    """A projection or reaction was given an event type it has no handler for."""
 
-    def __init__(self, projection: Projection, event: object) -> None:
-        super().__init__(
-            f"projection {projection.name!r} has no handler for {type(event).__qualname__}"
-        )
+    def __init__(self, consumer: Handlers, event: object) -> None:
+        kind = "projection" if isinstance(consumer, Projection) else "reaction"
+        super().__init__(f"{kind} {consumer.name!r} has no handler for {type(event).__qualname__}")
 
 
 class Result:
@@ -243,57 +242,69 @@ def _expired() -> None:
     )
 
 
-class Projection(ABC):
-    """A read model: a name, the tables of its view, and a handler per event type."""
+class Handlers:
+    """One handler per event type, registered on a ``functools.singledispatchmethod``.
+
+    The method's name is :attr:`dispatch_method` (``apply`` for projections, ``react`` for
+    reactions); the event types with a registered handler are what the follower reads.
+    """
 
     name: ClassVar[str]
+    dispatch_method: ClassVar[str]
+    #: The tables the handlers write, created by the runtime when they do not exist.
     tables: ClassVar[tuple[Table, ...]]
-
-    @singledispatchmethod
-    def apply(self, event: object, context: Context) -> None:
-        raise UnhandledEventError(self, event)
 
     @classmethod
     def event_types(cls) -> list[type[Any]]:
-        """The event classes this projection has handlers for."""
+        """The event classes this consumer has handlers for."""
         return [t for t in cls._registry().dispatcher.registry if t is not object]
 
     @classmethod
-    def handler(cls, event_type: type[Any]) -> Callable[[Any, Any, Context], None]:
-        """The function ``apply`` dispatches an event of ``event_type`` to.
+    def handler(cls, event_type: type[Any]) -> Callable[[Any, Any, Any], None]:
+        """The function the dispatch method sends an event of ``event_type`` to.
 
-        Call it as ``handler(projection, event, context)``; workers look it up once per
+        Call it as ``handler(consumer, event, context)``; workers look it up once per
         type rather than dispatching on every event.
         """
         return cast(
-            "Callable[[Any, Any, Context], None]", cls._registry().dispatcher.dispatch(event_type)
+            "Callable[[Any, Any, Any], None]", cls._registry().dispatcher.dispatch(event_type)
         )
 
     @classmethod
     def _registry(cls) -> singledispatchmethod[Any]:
-        registry = getattr_static(cls, "apply")
+        registry = getattr_static(cls, cls.dispatch_method)
         if not isinstance(registry, singledispatchmethod):
             raise TypeError(
-                f"{cls.__qualname__}.apply must be a functools.singledispatchmethod, with one "
-                "registered handler per event type"
+                f"{cls.__qualname__}.{cls.dispatch_method} must be a "
+                "functools.singledispatchmethod, with one registered handler per event type"
             )
         return registry
 
     @classmethod
     def topics(cls) -> list[str]:
-        """The topics of :meth:`event_types`: what the follower reads for this projection."""
+        """The topics of :meth:`event_types`: what the follower reads for this consumer."""
         return sorted(get_topic(t) for t in cls.event_types())
 
 
+class Projection(Handlers, ABC):
+    """A read model: a name, the tables of its view, and a handler per event type."""
+
+    dispatch_method = "apply"
+
+    @singledispatchmethod
+    def apply(self, event: object, context: Context) -> None:
+        raise UnhandledEventError(self, event)
+
+
 def table_identifiers(
-    schema: str, projection: type[Projection], suffix: str = ""
+    schema: str, projection: type[Handlers], suffix: str = ""
 ) -> dict[str, sql.Identifier]:
     """The qualified names of a projection's tables (with ``suffix`` for a rebuild's copy)."""
     return {t.name: sql.Identifier(schema, t.name + suffix) for t in projection.tables}
 
 
 def create_tables(
-    conn: psycopg.Connection[Any], schema: str, projection: type[Projection], suffix: str = ""
+    conn: psycopg.Connection[Any], schema: str, projection: type[Handlers], suffix: str = ""
 ) -> None:
     """Create those of the projection's tables that do not exist yet."""
     names = table_identifiers(schema, projection, suffix)

@@ -119,7 +119,15 @@ class ProjectionWorker:
         on_batch: Callable[[BatchReport], None] | None = None,
         state: str = "running",
         notify_channel: str | None = None,
+        tables: dict[str, sql.Identifier] | None = None,
+        decode: bool = True,
+        sequenced: bool = True,
     ) -> None:
+        """``decode=False`` hands handlers the notification itself rather than the decoded
+        event (the reaction follower, which only forwards ids and positions);
+        ``sequenced=False`` turns off parking a stream's later events behind its dead
+        letter (reactions are not ordered per stream; their dead letters are retried by
+        ``eventkit dlq`` directly). ``tables`` overrides the projection's table names."""
         self.projection = projection
         self.url = url
         self.schema = schema
@@ -134,7 +142,11 @@ class ProjectionWorker:
         self.on_batch = on_batch
         self.state = state
         self.notify_channel = notify_channel
-        self.tables = table_identifiers(schema, type(projection), table_suffix)
+        self.tables = (
+            table_identifiers(schema, type(projection), table_suffix) if tables is None else tables
+        )
+        self.decode = decode
+        self.sequenced = sequenced
         self.topics = type(projection).topics()
         self.tracking = Tracking(schema)
         self.dead_letters = DeadLetters(schema)
@@ -197,7 +209,7 @@ class ProjectionWorker:
         with conn.transaction():
             create_tables(conn, self.schema, type(self.projection), self.table_suffix)
         self.position = self.tracking.position(conn, self.name)
-        self._none_parked = False
+        self._none_parked = not self.sequenced
         if self.notify_channel is not None:
             conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.notify_channel)))
         self._set_state(conn, self.state)
@@ -209,7 +221,10 @@ class ProjectionWorker:
         ahead: tuple[Position, Future[_Read]] | None = None
         try:
             while not stop.is_set():
-                if time.monotonic() - self._retries_checked_at >= self.poll.retry_check_s:
+                if (
+                    self.sequenced
+                    and time.monotonic() - self._retries_checked_at >= self.poll.retry_check_s
+                ):
                     self._process_retries(conn)
                     self._retries_checked_at = time.monotonic()
                 read = self._take(ahead)
@@ -374,7 +389,7 @@ class ProjectionWorker:
             self._advance(conn, to)
         self.position = max(self.position, to)
         if items:
-            self._none_parked = not parked_streams
+            self._none_parked = not self.sequenced or not parked_streams
         if self.on_batch is not None and items:
             self.on_batch(
                 BatchReport(self.name, applied, parked, to, [i.notification for i in items])
@@ -399,6 +414,8 @@ class ProjectionWorker:
             self.tracking.advance(conn, self.name, self.position, to)
 
     def _decode(self, n: LoggedNotification) -> _Item:
+        if not self.decode:
+            return _Item(n, n, None)
         try:
             return _Item(n, self.mapper.to_domain_event(n), None)
         except EventDecodingError as e:
@@ -414,7 +431,7 @@ class ProjectionWorker:
         error: BaseException,
         tb: str | None = None,
     ) -> None:
-        self._none_parked = False
+        self._none_parked = not self.sequenced
         dead_letter_id = self.dead_letters.park(
             conn,
             self.name,

@@ -1,0 +1,264 @@
+"""Reaction messages and the dramatiq broker that carries them.
+
+A reaction message names one (reaction, event) pair. Its id is a UUID5 of the reaction's
+name and the event's stream and version, so every follower run, replay and redelivery of
+that pair carries the same id, and the idempotency ledger can recognise it. The message
+carries the event's stream, version and position, not its body: the actor loads the event.
+
+The follower hands messages over without a second write that could be lost:
+
+- with the PostgreSQL broker (the default), it inserts them straight into the broker's
+  queue table (``dramatiq_queue``, dramatiq-postgres 1.4's layout, created by eventkit's
+  migrations) in the transaction that records its position;
+- with RabbitMQ or Redis (``BROKER_URL``), it inserts them into ``reaction_outbox`` in that
+  transaction, and an :class:`OutboxRelay` publishes each row and deletes it afterwards.
+  RabbitMQ publishes wait for the broker's confirmation (dramatiq's ``confirm_delivery``,
+  off by default, is turned on). A crash between publish and delete publishes the row again
+  with the same id; the ledger absorbs the duplicate.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, LiteralString
+from uuid import UUID, uuid5
+
+import dramatiq
+import psycopg
+from dramatiq.middleware import CurrentMessage
+from psycopg import sql
+from psycopg.types.json import Jsonb
+
+from infrastructure.errors import ConfigurationError
+from infrastructure.log import LoggedNotification
+from infrastructure.settings import redact
+
+logger = logging.getLogger(__name__)
+
+#: The namespace of reaction message ids (a UUID5 of the reaction and the event).
+MESSAGE_NAMESPACE = UUID("0b8a5f3e-7c1d-4d2e-9f60-5e3c2a1b9d47")
+#: dramatiq-postgres's table prefix inside eventkit's schema.
+DRAMATIQ_PREFIX = "dramatiq_"
+
+
+def message_id(reaction: str, originator_id: UUID, originator_version: int) -> UUID:
+    """The id of ``reaction``'s message for the event at ``originator_version`` of a stream."""
+    return uuid5(MESSAGE_NAMESPACE, f"{reaction}/{originator_id}/{originator_version}")
+
+
+def queue_name(schema: str, reaction: str) -> str:
+    """The dramatiq queue of one reaction in one schema."""
+    return f"eventkit.{schema}.{reaction}"
+
+
+def actor_name(schema: str, reaction: str) -> str:
+    """The dramatiq actor that executes one reaction's messages."""
+    return f"eventkit.{schema}.{reaction}"
+
+
+def reaction_message(schema: str, reaction: str, notification: LoggedNotification) -> Any:
+    """The dramatiq message (as JSON-ready data) for ``reaction`` and one event."""
+    n = notification
+    stream = n.originator_id if isinstance(n.originator_id, UUID) else UUID(str(n.originator_id))
+    return {
+        "queue_name": queue_name(schema, reaction),
+        "actor_name": actor_name(schema, reaction),
+        "args": [],
+        "kwargs": {
+            "stream": str(stream),
+            "version": n.originator_version,
+            "notification_id": n.id,
+            "transaction_id": n.transaction_id,
+        },
+        "options": {},
+        "message_id": str(message_id(reaction, stream, n.originator_version)),
+        "message_timestamp": int(time.time() * 1000),
+    }
+
+
+class BrokerKind(enum.Enum):
+    POSTGRES = "postgres"
+    RABBITMQ = "rabbitmq"
+    REDIS = "redis"
+
+
+def broker_kind(broker_url: str | None) -> BrokerKind:
+    """Which broker ``BROKER_URL`` names; unset means the PostgreSQL broker."""
+    if not broker_url or broker_url in {"postgres", "postgresql"}:
+        return BrokerKind.POSTGRES
+    if broker_url.startswith(("amqp://", "amqps://")):
+        return BrokerKind.RABBITMQ
+    if broker_url.startswith(("redis://", "rediss://", "unix://")):
+        return BrokerKind.REDIS
+    raise ConfigurationError(
+        f"BROKER_URL={redact(broker_url)!r} names no broker eventkit knows: use amqp://... "
+        "(RabbitMQ), redis://... (Redis), or leave it unset for the PostgreSQL broker"
+    )
+
+
+@dataclass(frozen=True)
+class BrokerOptions:
+    """Timings of the PostgreSQL broker (dramatiq-postgres).
+
+    A worker process that dies leaves the messages it had claimed marked as consumed; they
+    are queued again once its heartbeat is ``heartbeat_ttl_s`` old, by the next maintenance
+    pass (every ``maintenance_interval_s``, with jitter).
+    """
+
+    poll_interval_s: float = 0.2
+    heartbeat_interval_s: float = 2.0
+    heartbeat_ttl_s: float = 10.0
+    maintenance_interval_s: float = 5.0
+
+
+def create_broker(
+    kind: BrokerKind,
+    *,
+    database_url: str,
+    schema: str,
+    broker_url: str | None,
+    options: BrokerOptions | None = None,
+) -> dramatiq.Broker:
+    """A dramatiq broker of ``kind``, with the middleware reactions rely on."""
+    broker: dramatiq.Broker
+    if kind is BrokerKind.POSTGRES:
+        from dramatiq_postgres import PostgresBroker
+
+        o = options or BrokerOptions()
+        broker = PostgresBroker(
+            url=database_url,
+            results=False,
+            schema=schema,
+            prefix=DRAMATIQ_PREFIX,
+            poll_interval=o.poll_interval_s,
+            heartbeat_interval=o.heartbeat_interval_s,
+            heartbeat_ttl=o.heartbeat_ttl_s,
+            maintenance_interval=o.maintenance_interval_s,
+        )
+    elif kind is BrokerKind.RABBITMQ:
+        from dramatiq.brokers.rabbitmq import RabbitmqBroker
+
+        broker = RabbitmqBroker(url=broker_url, confirm_delivery=True)
+    else:
+        from dramatiq.brokers.redis import RedisBroker
+
+        broker = RedisBroker(url=broker_url)  # type: ignore[no-untyped-call]
+    broker.add_middleware(CurrentMessage())
+    return broker
+
+
+# -- handing messages over, in the follower's transaction ---------------------------------------
+
+_TO_QUEUE: LiteralString = (
+    "WITH m AS (INSERT INTO {target} (queue_name, message_id, state, message)"
+    " VALUES (%s, %s, 'queued', %s) ON CONFLICT (message_id) DO NOTHING RETURNING queue_name)"
+    " SELECT pg_notify('dramatiq.' || queue_name || '.enqueue', '') FROM m"
+)
+_TO_OUTBOX: LiteralString = (
+    "INSERT INTO {target} (queue_name, message_id, message) VALUES (%s, %s, %s)"
+    " ON CONFLICT (message_id) DO NOTHING"
+)
+# An operator's retry of a dead letter: queued again with a fresh count of tries.
+_REQUEUE: LiteralString = (
+    "WITH m AS (INSERT INTO {target} (queue_name, message_id, state, message)"
+    " VALUES (%s, %s, 'queued', %s) ON CONFLICT (message_id) DO UPDATE SET"
+    " state = 'queued', message = excluded.message, queue_name = excluded.queue_name,"
+    " available_at = now(), worker_id = NULL, consumed_at = NULL, mtime = now()"
+    " RETURNING queue_name)"
+    " SELECT pg_notify('dramatiq.' || queue_name || '.enqueue', '') FROM m"
+)
+
+
+@dataclass(frozen=True)
+class Handover:
+    """Where the follower writes reaction messages for ``kind`` of broker."""
+
+    kind: BrokerKind
+    schema: str
+
+    @property
+    def target(self) -> sql.Identifier:
+        table = DRAMATIQ_PREFIX + "queue" if self.kind is BrokerKind.POSTGRES else "reaction_outbox"
+        return sql.Identifier(self.schema, table)
+
+    @property
+    def statement(self) -> LiteralString:
+        """The statement a follower runs per message, with ``{target}`` for the table."""
+        return _TO_QUEUE if self.kind is BrokerKind.POSTGRES else _TO_OUTBOX
+
+    @staticmethod
+    def params(message: Any) -> tuple[Any, ...]:
+        return (message["queue_name"], message["message_id"], Jsonb(message))
+
+    def requeue(self, conn: psycopg.Connection[Any], messages: Sequence[Any]) -> None:
+        """Queue ``messages`` again in the caller's transaction (operators' retries)."""
+        template = _REQUEUE if self.kind is BrokerKind.POSTGRES else _TO_OUTBOX
+        statement = sql.SQL(template).format(target=self.target)
+        with conn.cursor() as cur:
+            cur.executemany(statement, [self.params(m) for m in messages])
+
+
+class OutboxRelay:
+    """Publishes ``reaction_outbox`` rows to RabbitMQ or Redis, then deletes them.
+
+    Rows are taken with ``FOR UPDATE SKIP LOCKED``, so relays in several processes share
+    the work; the delete commits only after every publish of the batch returned (with
+    RabbitMQ, after the broker confirmed it).
+    """
+
+    def __init__(
+        self,
+        broker: dramatiq.Broker,
+        *,
+        database_url: str,
+        schema: str,
+        batch_size: int = 500,
+        idle_s: float = 0.05,
+    ) -> None:
+        self.broker = broker
+        self.database_url = database_url
+        self.batch_size = batch_size
+        self.idle_s = idle_s
+        table = sql.Identifier(schema, "reaction_outbox")
+        self._take = sql.SQL(
+            "SELECT seq, message FROM {} ORDER BY seq LIMIT %s FOR UPDATE SKIP LOCKED"
+        ).format(table)
+        self._delete = sql.SQL("DELETE FROM {} WHERE seq = ANY(%s)").format(table)
+        self.relayed = 0
+
+    def run(self, stop: threading.Event) -> None:
+        delay = 0.1
+        while not stop.is_set():
+            try:
+                with psycopg.connect(self.database_url, autocommit=True) as conn:
+                    while not stop.is_set():
+                        if self.relay_once(conn) == 0:
+                            stop.wait(self.idle_s)
+                        delay = 0.1
+            except Exception as e:  # the database or the broker: both come back
+                logger.warning(
+                    "reaction outbox relay: %s: %s; trying again in %.1f s",
+                    type(e).__name__,
+                    e,
+                    delay,
+                )
+                stop.wait(delay)
+                delay = min(delay * 2, 5.0)
+
+    def relay_once(self, conn: psycopg.Connection[Any]) -> int:
+        """Publish one batch of outbox rows and delete them; return how many."""
+        with conn.transaction():
+            rows = conn.execute(self._take, (self.batch_size,)).fetchall()
+            for _, data in rows:
+                message = data if isinstance(data, dict) else json.loads(data)
+                self.broker.enqueue(dramatiq.Message(**message))
+            if rows:
+                conn.execute(self._delete, ([seq for seq, _ in rows],))
+        self.relayed += len(rows)
+        return len(rows)

@@ -1,0 +1,425 @@
+"""The reaction runtime: followers that record messages, and actors that execute them.
+
+For each reaction, a **follower** (a :class:`~projections.worker.ProjectionWorker` under
+the reaction's name, with its lease and its compare-and-set position) reads the events the
+reaction handles and writes one message per event into the broker's queue table (or the
+outbox), in the transaction that records its position. A crash at any point loses no
+message and writes none twice: both commit or neither does.
+
+A dramatiq **actor** per reaction executes the messages: it loads the event named by the
+message, records the message in the idempotency ledger and runs the handler in one
+transaction (a message already in the ledger is acknowledged and skipped), and on failure
+lets dramatiq try again with the reaction's backoff. After the last try it parks the
+message as a dead letter; if even that fails (the database is down) the message stays with
+the broker and is tried again later: nothing is dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID
+
+import dramatiq
+import psycopg
+import psycopg_pool
+from dramatiq.middleware import CurrentMessage
+from eventsourcing.persistence import Mapper
+from psycopg import sql
+
+from infrastructure.broker import (
+    BrokerKind,
+    Handover,
+    OutboxRelay,
+    actor_name,
+    queue_name,
+    reaction_message,
+)
+from infrastructure.deadletters import DeadLetters
+from infrastructure.errors import EventDecodingError, EventkitError
+from infrastructure.log import LoggedNotification
+from infrastructure.recorder import PostgresEventRecorder
+from projections.projection import Context, Projection, create_tables, table_identifiers
+from projections.reaction import Reaction, ReactionContext
+from projections.worker import BatchReport, PollPolicy, ProjectionWorker
+
+logger = logging.getLogger(__name__)
+
+
+class MissingEventError(EventkitError):
+    """A reaction message names an event the store does not hold."""
+
+
+# -- the follower ------------------------------------------------------------------------------
+
+
+def follower_projection(reaction: type[Reaction], schema: str, handover: Handover) -> Projection:
+    """A projection whose only "view write" is one message per event of ``reaction``."""
+    statement = handover.statement
+    name = reaction.name
+
+    def enqueue(self: Projection, notification: LoggedNotification, context: Context) -> None:
+        context.execute(statement, handover.params(reaction_message(schema, name, notification)))
+
+    def topics(cls: type[Projection]) -> list[str]:
+        return reaction.topics()
+
+    def handler(cls: type[Projection], event_type: type[Any]) -> Callable[[Any, Any, Any], None]:
+        return enqueue
+
+    follower = type(
+        f"{reaction.__name__}Follower",
+        (Projection,),
+        {
+            "name": name,
+            "tables": (),
+            "topics": classmethod(topics),
+            "handler": classmethod(handler),
+            "__module__": __name__,
+        },
+    )
+    instance: Projection = follower()
+    return instance
+
+
+def build_follower(
+    reaction: type[Reaction],
+    *,
+    handover: Handover,
+    url: str,
+    schema: str,
+    recorder: PostgresEventRecorder,
+    mapper: Mapper[UUID],
+    worker_id: str,
+    batch_size: int = 1000,
+    poll: PollPolicy | None = None,
+    notify_channel: str | None = None,
+    tracking_name: str | None = None,
+    on_batch: Callable[[BatchReport], None] | None = None,
+) -> ProjectionWorker:
+    """The follower of one reaction: its position is tracked under the reaction's name."""
+    return ProjectionWorker(
+        follower_projection(reaction, schema, handover),
+        url=url,
+        schema=schema,
+        recorder=recorder,
+        mapper=mapper,
+        worker_id=worker_id,
+        tracking_name=tracking_name,
+        batch_size=batch_size,
+        poll=poll,
+        notify_channel=notify_channel,
+        tables={"target": handover.target},
+        decode=False,
+        sequenced=False,
+        on_batch=on_batch,
+    )
+
+
+# -- the actor ---------------------------------------------------------------------------------
+
+
+@dataclass
+class ExecutorCounts:
+    """What one reaction's actor did in this process."""
+
+    executed: int = 0
+    duplicates: int = 0
+    failures: int = 0
+    parked: int = 0
+
+
+class ReactionExecutor:
+    """Executes one reaction's messages: the body of its dramatiq actor."""
+
+    def __init__(
+        self,
+        reaction: Reaction,
+        *,
+        pool: psycopg_pool.ConnectionPool,
+        schema: str,
+        recorder: PostgresEventRecorder,
+        mapper: Mapper[UUID],
+    ) -> None:
+        self.reaction = reaction
+        self.name = reaction.name
+        self.pool = pool
+        self.schema = schema
+        self.recorder = recorder
+        self.mapper = mapper
+        self.dead_letters = DeadLetters(schema)
+        self.tables = table_identifiers(schema, type(reaction))
+        self.counts = ExecutorCounts()
+        self._lock = threading.Lock()
+        self._handlers: dict[type[Any], Callable[[Any, Any, Any], None]] = {}
+        self._claim = sql.SQL(
+            "INSERT INTO {} (message_id, reaction, notification_id, attempt) "
+            "VALUES (%s, %s, %s, %s) ON CONFLICT (message_id) DO NOTHING RETURNING 1"
+        ).format(sql.Identifier(schema, "reaction_ledger"))
+
+    def create_tables(self, conn: psycopg.Connection[Any]) -> None:
+        with conn.transaction():
+            create_tables(conn, self.schema, type(self.reaction))
+
+    def __call__(
+        self, stream: str, version: int, notification_id: int, transaction_id: int
+    ) -> None:
+        message = CurrentMessage.get_current_message()
+        if message is None:
+            raise EventkitError(
+                f"reaction {self.name!r}: no current message; add dramatiq's CurrentMessage "
+                "middleware to the broker"
+            )
+        self.execute(
+            UUID(message.message_id),
+            int(message.options.get("retries", 0)) + 1,
+            stream=UUID(stream),
+            version=version,
+            notification_id=notification_id,
+            transaction_id=transaction_id,
+        )
+
+    def execute(
+        self,
+        message_id: UUID,
+        attempt: int,
+        *,
+        stream: UUID,
+        version: int,
+        notification_id: int,
+        transaction_id: int,
+    ) -> None:
+        """Run the reaction for one message, or raise to have dramatiq try it again."""
+        found = self.recorder.notifications([notification_id])
+        if not found:
+            n = LoggedNotification(
+                id=notification_id,
+                originator_id=stream,
+                originator_version=version,
+                topic="(missing)",
+                state=b"",
+                transaction_id=transaction_id,
+                recorded_at=datetime.now(UTC),
+            )
+            error = MissingEventError(
+                f"reaction {self.name!r}: message {message_id} names stream {stream} version "
+                f"{version} (position {transaction_id}/{notification_id}), which the store "
+                "does not hold"
+            )
+            self._park(n, message_id=message_id, attempt=attempt, reason="failed", error=error)
+            return
+        n = found[0]
+        try:
+            event = self.mapper.to_domain_event(n)
+        except EventDecodingError as e:
+            self._park(n, message_id=message_id, attempt=attempt, reason="undecodable", error=e)
+            return
+        try:
+            with self.pool.connection() as conn, conn.transaction():
+                if (
+                    conn.execute(self._claim, (message_id, self.name, n.id, attempt)).fetchone()
+                    is None
+                ):
+                    with self._lock:
+                        self.counts.duplicates += 1
+                    logger.info(
+                        "reaction %s: message %s (stream %s version %s) already executed; skipped",
+                        self.name,
+                        message_id,
+                        n.originator_id,
+                        n.originator_version,
+                    )
+                    return
+                handler = self._handler(type(event))
+                context = ReactionContext(self.name, message_id, n, attempt, conn, self.tables)
+                handler(self.reaction, event, context)
+        except Exception as error:
+            with self._lock:
+                self.counts.failures += 1
+            if attempt < type(self.reaction).max_attempts:
+                logger.warning(
+                    "reaction %s failed on stream %s version %s (position %s, message %s, "
+                    "attempt %d of %d): %s: %s; trying again",
+                    self.name,
+                    n.originator_id,
+                    n.originator_version,
+                    n.position,
+                    message_id,
+                    attempt,
+                    type(self.reaction).max_attempts,
+                    type(error).__name__,
+                    error,
+                )
+                raise
+            self._park(
+                n,
+                message_id=message_id,
+                attempt=attempt,
+                reason="failed",
+                error=error,
+                tb=traceback.format_exc(),
+            )
+            return
+        with self._lock:
+            self.counts.executed += 1
+
+    def _handler(self, event_type: type[Any]) -> Callable[[Any, Any, Any], None]:
+        handler = self._handlers.get(event_type)
+        if handler is None:
+            handler = self._handlers[event_type] = type(self.reaction).handler(event_type)
+        return handler
+
+    def _park(
+        self,
+        n: LoggedNotification,
+        *,
+        message_id: UUID,
+        attempt: int,
+        reason: str,
+        error: BaseException,
+        tb: str | None = None,
+    ) -> None:
+        """Park the message as a dead letter; if that fails, raise so the broker keeps it."""
+        with self.pool.connection() as conn, conn.transaction():
+            dead_letter_id = self.dead_letters.park(
+                conn,
+                self.name,
+                n,
+                reason=reason,
+                attempts=attempt,
+                error=error,
+                traceback=tb or "".join(traceback.format_exception(error)),
+                message_id=message_id,
+            )
+        with self._lock:
+            self.counts.parked += 1
+        logger.error(
+            "reaction %s parked message %s (stream %s version %s, position %s, %s) as dead "
+            "letter #%s after %d attempt(s): %s: %s",
+            self.name,
+            message_id,
+            n.originator_id,
+            n.originator_version,
+            n.position,
+            n.topic,
+            dead_letter_id,
+            attempt,
+            type(error).__name__,
+            error,
+        )
+
+
+def declare_actor(broker: dramatiq.Broker, schema: str, executor: ReactionExecutor) -> Any:
+    """Register ``executor`` as the dramatiq actor of its reaction on ``broker``.
+
+    dramatiq's own retry limit is off (``max_retries=None``): the executor counts tries and
+    parks the message after the reaction's last one, so a message is never dropped by the
+    broker. Backoff (exponential, with jitter) is dramatiq's, with the reaction's bounds.
+    """
+    r = type(executor.reaction)
+    return dramatiq.actor(
+        broker=broker,
+        actor_name=actor_name(schema, r.name),
+        queue_name=queue_name(schema, r.name),
+        max_retries=None,
+        min_backoff=r.min_backoff_ms,
+        max_backoff=r.max_backoff_ms,
+        time_limit=r.time_limit_ms,
+    )(executor)
+
+
+# -- running everything in one process ---------------------------------------------------------
+
+
+class ReactionRuntime:
+    """The followers, the dramatiq worker and (with RabbitMQ or Redis) the outbox relay
+    of a set of reactions, in one process."""
+
+    def __init__(
+        self,
+        reactions: Sequence[Reaction],
+        *,
+        broker: dramatiq.Broker,
+        kind: BrokerKind,
+        url: str,
+        schema: str,
+        pool: psycopg_pool.ConnectionPool,
+        recorder: PostgresEventRecorder,
+        mapper: Mapper[UUID],
+        worker_id: str,
+        worker_threads: int = 8,
+        batch_size: int = 1000,
+        poll: PollPolicy | None = None,
+        notify_channel: str | None = None,
+        follow: bool = True,
+    ) -> None:
+        names = [r.name for r in reactions]
+        if len(set(names)) != len(names):
+            raise EventkitError(f"two reactions share a name: {names}")
+        self.broker = broker
+        self.kind = kind
+        self.url = url
+        self.schema = schema
+        self.worker_threads = worker_threads
+        handover = Handover(kind, schema)
+        self.executors = {
+            r.name: ReactionExecutor(r, pool=pool, schema=schema, recorder=recorder, mapper=mapper)
+            for r in reactions
+        }
+        for executor in self.executors.values():
+            declare_actor(broker, schema, executor)
+        self.followers = (
+            [
+                build_follower(
+                    type(r),
+                    handover=handover,
+                    url=url,
+                    schema=schema,
+                    recorder=recorder,
+                    mapper=mapper,
+                    worker_id=worker_id,
+                    batch_size=batch_size,
+                    poll=poll,
+                    notify_channel=notify_channel,
+                )
+                for r in reactions
+            ]
+            if follow
+            else []
+        )
+        self.relay = (
+            None
+            if kind is BrokerKind.POSTGRES
+            else OutboxRelay(broker, database_url=url, schema=schema)
+        )
+        self.pool = pool
+
+    def run(self, stop: threading.Event) -> None:
+        """Run until ``stop`` is set; then finish the batches and messages in hand."""
+        with self.pool.connection() as conn:
+            for executor in self.executors.values():
+                executor.create_tables(conn)
+        worker = dramatiq.Worker(self.broker, worker_threads=self.worker_threads)
+        worker.start()
+        threads = [
+            threading.Thread(target=f.run, args=(stop,), name=f"follower-{f.name}", daemon=True)
+            for f in self.followers
+        ]
+        if self.relay is not None:
+            threads.append(
+                threading.Thread(target=self.relay.run, args=(stop,), name="relay", daemon=True)
+            )
+        for t in threads:
+            t.start()
+        try:
+            stop.wait()
+        finally:
+            for t in threads:
+                t.join()
+            worker.stop()
+            self.broker.close()
