@@ -20,6 +20,7 @@ The follower hands messages over without a second write that could be lost:
 from __future__ import annotations
 
 import enum
+import hashlib
 import json
 import logging
 import threading
@@ -53,8 +54,17 @@ def message_id(reaction: str, originator_id: UUID, originator_version: int) -> U
 
 
 def queue_name(schema: str, reaction: str) -> str:
-    """The dramatiq queue of one reaction in one schema."""
-    return f"eventkit.{schema}.{reaction}"
+    """The dramatiq queue of one reaction in one schema.
+
+    ``SCHEMA.REACTION`` when short enough: the PostgreSQL broker notifies on a channel
+    named after the queue (``dramatiq.QUEUE.DQ.enqueue``), and PostgreSQL's channel names
+    stop at 63 bytes. Longer names are shortened with a hash.
+    """
+    name = f"{schema}.{reaction}"
+    if len(name) <= 40:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:12]
+    return f"{reaction[:27]}.{digest}"
 
 
 def actor_name(schema: str, reaction: str) -> str:
@@ -66,18 +76,38 @@ def reaction_message(schema: str, reaction: str, notification: LoggedNotificatio
     """The dramatiq message (as JSON-ready data) for ``reaction`` and one event."""
     n = notification
     stream = n.originator_id if isinstance(n.originator_id, UUID) else UUID(str(n.originator_id))
+    return message_for(
+        schema,
+        reaction,
+        stream=stream,
+        version=n.originator_version,
+        notification_id=n.id,
+        transaction_id=n.transaction_id,
+    )
+
+
+def message_for(
+    schema: str,
+    reaction: str,
+    *,
+    stream: UUID,
+    version: int,
+    notification_id: int,
+    transaction_id: int,
+) -> Any:
+    """The dramatiq message for ``reaction`` and the event at ``version`` of ``stream``."""
     return {
         "queue_name": queue_name(schema, reaction),
         "actor_name": actor_name(schema, reaction),
         "args": [],
         "kwargs": {
             "stream": str(stream),
-            "version": n.originator_version,
-            "notification_id": n.id,
-            "transaction_id": n.transaction_id,
+            "version": version,
+            "notification_id": notification_id,
+            "transaction_id": transaction_id,
         },
         "options": {},
-        "message_id": str(message_id(reaction, stream, n.originator_version)),
+        "message_id": str(message_id(reaction, stream, version)),
         "message_timestamp": int(time.time() * 1000),
     }
 

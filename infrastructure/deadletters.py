@@ -52,6 +52,8 @@ class DeadLetter:
             f"v{self.originator_version} (notification {self.notification_id}, {self.topic}) "
             f"{self.status}/{self.reason} after {self.attempts} attempt(s)"
         )
+        if self.message_id is not None:
+            text += f" reaction message {self.message_id}"
         if self.reason == "behind":
             return text + ": waits behind an earlier dead letter of its stream"
         return text + f": {self.error_class}: {self.error}"
@@ -171,7 +173,8 @@ class DeadLetters:
             ).fetchone()
 
     def request_retry(self, conn: psycopg.Connection[Any], selector: Selector) -> int:
-        """Ask for the selected dead letters' whole streams to be reprocessed in order.
+        """Ask for the selected projection dead letters' whole streams to be reprocessed in
+        order (reactions' letters are not touched: see :meth:`parked_messages`).
 
         Returns how many dead letters are now waiting for their worker.
         """
@@ -179,12 +182,26 @@ class DeadLetters:
         cur = conn.execute(
             sql.SQL(
                 "UPDATE {t} SET status = 'retry_requested', updated_at = clock_timestamp() "
-                "WHERE status = 'parked' AND (projection, originator_id) IN "
-                "(SELECT projection, originator_id FROM {t} WHERE {w} AND status = 'parked')"
+                "WHERE status = 'parked' AND message_id IS NULL AND (projection, originator_id)"
+                " IN (SELECT projection, originator_id FROM {t} WHERE {w} AND status = 'parked')"
             ).format(t=self._table, w=where),
             params,
         )
         return cur.rowcount
+
+    def parked_messages(
+        self, conn: psycopg.Connection[Any], selector: Selector, *, lock: bool = False
+    ) -> list[DeadLetter]:
+        """The selected parked dead letters of reactions (those that name a message)."""
+        where, params = selector.where()
+        query = sql.SQL(
+            "SELECT * FROM {} WHERE {} AND status = 'parked' AND message_id IS NOT NULL "
+            "ORDER BY dead_letter_id"
+        ).format(self._table, where)
+        if lock:
+            query += sql.SQL(" FOR UPDATE")
+        with conn.cursor(row_factory=class_row(DeadLetter)) as cur:
+            return cur.execute(query, params).fetchall()
 
     def retry_requested(self, conn: psycopg.Connection[Any], projection: str) -> list[DeadLetter]:
         """Open dead letters of the streams of ``projection`` with a retry requested.

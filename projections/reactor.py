@@ -37,10 +37,11 @@ from infrastructure.broker import (
     Handover,
     OutboxRelay,
     actor_name,
+    message_for,
     queue_name,
     reaction_message,
 )
-from infrastructure.deadletters import DeadLetters
+from infrastructure.deadletters import DeadLetter, DeadLetters, Selector
 from infrastructure.errors import EventDecodingError, EventkitError
 from infrastructure.log import LoggedNotification
 from infrastructure.recorder import PostgresEventRecorder
@@ -331,6 +332,44 @@ def declare_actor(broker: dramatiq.Broker, schema: str, executor: ReactionExecut
         max_backoff=r.max_backoff_ms,
         time_limit=r.time_limit_ms,
     )(executor)
+
+
+# -- operators' retries of dead letters --------------------------------------------------------
+
+
+def requeue_dead_letters(
+    conn: psycopg.Connection[Any], schema: str, handover: Handover, selector: Selector
+) -> list[DeadLetter]:
+    """Queue the selected parked reaction messages again, with a fresh count of tries, and
+    mark their dead letters retried, in one transaction. Returns the letters."""
+    dead_letters = DeadLetters(schema)
+    with conn.transaction():
+        letters = dead_letters.parked_messages(conn, selector, lock=True)
+        messages = [
+            message_for(
+                schema,
+                d.projection,
+                stream=d.originator_id,
+                version=d.originator_version,
+                notification_id=d.notification_id,
+                transaction_id=d.transaction_id,
+            )
+            for d in letters
+        ]
+        handover.requeue(conn, messages)
+        dead_letters.mark(conn, [d.dead_letter_id for d in letters], "retried")
+    return letters
+
+
+def executed(conn: psycopg.Connection[Any], schema: str, message_ids: Sequence[UUID]) -> set[UUID]:
+    """Which of ``message_ids`` the idempotency ledger holds."""
+    rows = conn.execute(
+        sql.SQL("SELECT message_id FROM {} WHERE message_id = ANY(%s)").format(
+            sql.Identifier(schema, "reaction_ledger")
+        ),
+        (list(message_ids),),
+    ).fetchall()
+    return {r[0] for r in rows}
 
 
 # -- running everything in one process ---------------------------------------------------------

@@ -13,11 +13,13 @@ from datetime import datetime
 from typing import Any
 
 import psycopg_pool
+from dramatiq.common import dq_name
 from psycopg import sql
 
+from infrastructure.broker import queue_name
 from infrastructure.deadletters import DeadLetters
 from infrastructure.log import Position
-from projections.projection import Projection
+from projections.projection import Handlers
 
 #: A worker whose heartbeat is older than this is reported as stopped.
 HEARTBEAT_TIMEOUT_S = 10.0
@@ -43,9 +45,10 @@ class ProjectionStatus:
 
 
 def projection_status(
-    pool: psycopg_pool.ConnectionPool, schema: str, projections: Sequence[type[Projection]]
+    pool: psycopg_pool.ConnectionPool, schema: str, projections: Sequence[type[Handlers]]
 ) -> list[ProjectionStatus]:
-    """The status of each projection in ``projections`` (and of any rebuild under way)."""
+    """The status of each projection in ``projections`` (and of any rebuild under way);
+    for reactions, the status of their followers."""
     events = sql.Identifier(schema, "stored_events")
     tracking = sql.Identifier(schema, "tracking")
     workers = sql.Identifier(schema, "projection_workers")
@@ -108,4 +111,101 @@ def projection_status(
                     heartbeat_at=row[5],
                 )
             )
+    return result
+
+
+@dataclass(frozen=True)
+class ReactionStatus:
+    """A reaction: its follower's position and lag, and its messages.
+
+    ``queued``, ``in_flight`` and ``retrying`` are read from the PostgreSQL broker's queue
+    table (with RabbitMQ or Redis, the broker's own tools show them; ``queued`` then counts
+    messages still in the outbox); ``executed`` counts the ledger's records.
+    """
+
+    reaction: str
+    state: str
+    worker_id: str | None
+    position: str
+    head: str | None
+    lag_events: int
+    lag_seconds: float
+    queued: int
+    in_flight: int | None
+    retrying: int | None
+    executed: int
+    dead_letters: int
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def reaction_status(
+    pool: psycopg_pool.ConnectionPool,
+    schema: str,
+    reactions: Sequence[type[Handlers]],
+    *,
+    postgres_broker: bool = True,
+) -> list[ReactionStatus]:
+    """The status of each reaction in ``reactions``."""
+    followers = {s.projection: s for s in projection_status(pool, schema, reactions)}
+    queues: dict[str, str] = {}
+    for r in reactions:
+        queues[queue_name(schema, r.name)] = r.name
+        queues[dq_name(queue_name(schema, r.name))] = r.name
+    queue: dict[str, tuple[int, int, int]] = {}
+    with pool.connection() as conn:
+        if postgres_broker:
+            found = conn.execute(
+                sql.SQL(
+                    "SELECT queue_name, count(*) FILTER (WHERE state = 'queued'), "
+                    "count(*) FILTER (WHERE state = 'consumed'), "
+                    "count(*) FILTER (WHERE coalesce((message->'options'->>'retries')::int, 0)"
+                    " > 0) FROM {} WHERE queue_name = ANY(%s) GROUP BY 1"
+                ).format(sql.Identifier(schema, "dramatiq_queue")),
+                (list(queues),),
+            ).fetchall()
+        else:
+            found = conn.execute(
+                sql.SQL(
+                    "SELECT queue_name, count(*), 0, 0 FROM {} WHERE queue_name = ANY(%s) "
+                    "GROUP BY 1"
+                ).format(sql.Identifier(schema, "reaction_outbox")),
+                (list(queues),),
+            ).fetchall()
+        for q, queued, in_flight, retrying in found:
+            before = queue.get(queues[q], (0, 0, 0))
+            queue[queues[q]] = (
+                before[0] + int(queued),
+                before[1] + int(in_flight),
+                before[2] + int(retrying),
+            )
+        done = {
+            r[0]: int(r[1])
+            for r in conn.execute(
+                sql.SQL("SELECT reaction, count(*) FROM {} GROUP BY reaction").format(
+                    sql.Identifier(schema, "reaction_ledger")
+                )
+            ).fetchall()
+        }
+    result = []
+    for r in reactions:
+        f = followers[r.name]
+        queued, in_flight, retrying = queue.get(r.name, (0, 0, 0))
+        result.append(
+            ReactionStatus(
+                reaction=r.name,
+                state=f.state,
+                worker_id=f.worker_id,
+                position=f.position,
+                head=f.head,
+                lag_events=f.lag_events,
+                lag_seconds=f.lag_seconds,
+                queued=queued,
+                in_flight=in_flight if postgres_broker else None,
+                retrying=retrying if postgres_broker else None,
+                executed=done.get(r.name, 0),
+                dead_letters=f.dead_letters,
+            )
+        )
     return result

@@ -234,6 +234,8 @@ class ProjectionWorker:
                     self.caught_up.set()  # this read reached the head of the log
                 if time.monotonic() - self._heartbeat_at > 1.0:
                     self._set_state(conn, self.state)
+                    if self._position_moved(conn):
+                        continue  # an operator moved it (a replay): read from there
                 if scan.last is None:
                     self._idle(conn, stop, interval)
                     interval = min(interval * 2, self.poll.max_interval_s)
@@ -245,6 +247,21 @@ class ProjectionWorker:
                 self._process_items(conn, read.items, scan.last, stop)
         finally:
             reader.shutdown(wait=True, cancel_futures=True)
+
+    def _position_moved(self, conn: psycopg.Connection[Any]) -> bool:
+        """Adopt the recorded position if an operator moved it (``reactions replay``)."""
+        recorded = self.tracking.position(conn, self.name)
+        if recorded == self.position:
+            return False
+        logger.warning(
+            "projection %s: recorded position moved from %s to %s outside this worker; "
+            "following from there",
+            self.name,
+            self.position,
+            recorded,
+        )
+        self.position = recorded
+        return True
 
     def _read(self, after: Position) -> _Read:
         scan = self.recorder.scan(after, self.batch_size, self.topics)

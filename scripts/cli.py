@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from infrastructure.errors import EventkitError
-from scripts import benchmarks, db, demo, dlq, rebuild, status, workers
+from scripts import benchmarks, db, demo, dlq, reactions, rebuild, status, workers
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.register(commands)
     dlq.register(commands)
     rebuild.register(commands)
+    reactions.register(commands)
     return parser
 
 

@@ -10,11 +10,13 @@ from uuid import UUID
 
 import psycopg
 
-from infrastructure.deadletters import DeadLetters, Selector
+from infrastructure.broker import Handover, broker_kind
+from infrastructure.deadletters import DeadLetter, DeadLetters, Selector
 from infrastructure.errors import ConfigurationError
 from infrastructure.factory import shared_pool
 from infrastructure.leases import lease_name, release, try_acquire
 from infrastructure.settings import Settings
+from projections.reactor import executed, requeue_dead_letters
 from projections.shop import PROJECTIONS
 from scripts.workers import build_workers, default_worker_id, select_projections
 
@@ -88,12 +90,19 @@ def _retry(args: argparse.Namespace) -> int:
     pool, url = shared_pool(settings)
     selector = _selector(args)
     store = DeadLetters(settings.schema)
+    handover = Handover(broker_kind(settings.broker_url), settings.schema)
     with pool.connection() as conn:
+        messages = requeue_dead_letters(conn, settings.schema, handover, selector)
         requested = store.request_retry(conn, selector)
         waiting = store.select(conn, projection=args.projection, statuses=("retry_requested",))
-    if requested == 0:
+    if requested == 0 and not messages:
         print("nothing to retry: no parked dead letters match")
         return 1
+    ok = True
+    if messages:
+        ok = _wait_for_messages(pool, settings.schema, messages, args.timeout)
+    if requested == 0:
+        return 0 if ok else 1
     projections = sorted({d.projection for d in waiting})
     print(f"{requested} dead letter(s) of {', '.join(projections)} queued for retry")
     # Where no worker owns a projection this command knows, process its retries here,
@@ -131,7 +140,40 @@ def _retry(args: argparse.Namespace) -> int:
     print(f"retried {len(retried)}; still parked {len(failed)}")
     for d in failed:
         print("  " + d.summary())
-    return 0 if not failed else 1
+    return 0 if not failed and ok else 1
+
+
+def _wait_for_messages(pool: Any, schema: str, letters: list[DeadLetter], timeout: float) -> bool:
+    """Wait until each requeued reaction message has run, or been parked again."""
+    names = sorted({d.projection for d in letters})
+    print(
+        f"{len(letters)} reaction message(s) of {', '.join(names)} queued again; the reaction "
+        "workers run them"
+    )
+    store = DeadLetters(schema)
+    ids = {d.message_id: d.dead_letter_id for d in letters if d.message_id is not None}
+    deadline = time.monotonic() + timeout
+    while True:
+        with pool.connection() as conn:
+            done = executed(conn, schema, list(ids))
+            again = [
+                d
+                for d in (store.get(conn, i) for i in ids.values())
+                if d is not None and d.status == "parked"
+            ]
+        if len(done) + len(again) >= len(ids):
+            break
+        if time.monotonic() > deadline:
+            print(
+                f"{len(ids) - len(done) - len(again)} reaction message(s) not run within "
+                f"{timeout} s: are reaction workers running (`eventkit workers`)?"
+            )
+            return False
+        time.sleep(0.2)
+    print(f"reaction messages run: {len(done)}; failed again and parked: {len(again)}")
+    for d in again:
+        print("  " + d.summary())
+    return not again
 
 
 def _discard(args: argparse.Namespace) -> int:

@@ -6,14 +6,24 @@ import argparse
 import json
 from typing import Any
 
+from infrastructure.broker import BrokerKind, broker_kind
 from infrastructure.factory import shared_pool
 from infrastructure.settings import Settings
-from projections.status import ProjectionStatus, projection_status
-from scripts.workers import select_projections
+from projections.shop import PROJECTIONS
+from projections.shop.reactions import REACTION_TYPES
+from projections.status import (
+    ProjectionStatus,
+    ReactionStatus,
+    projection_status,
+    reaction_status,
+)
+from scripts.workers import select_projections, split_names
 
 
 def register(commands: Any) -> None:
-    parser = commands.add_parser("status", help="where each projection is, and its lag")
+    parser = commands.add_parser(
+        "status", help="where each projection and reaction is, its lag, its messages"
+    )
     parser.add_argument("names", nargs="*", metavar="NAME")
     parser.add_argument("--json", action="store_true", help="print JSON for machines")
     parser.set_defaults(run=_run)
@@ -40,12 +50,76 @@ def render(rows: list[ProjectionStatus]) -> str:
     )
 
 
+def render_reactions(rows: list[ReactionStatus]) -> str:
+    header = (
+        "reaction",
+        "state",
+        "position",
+        "lag",
+        "lag s",
+        "queued",
+        "in flight",
+        "retrying",
+        "executed",
+        "dead",
+    )
+
+    def n(value: int | None) -> str:
+        return "-" if value is None else str(value)
+
+    lines = [header] + [
+        (
+            r.reaction,
+            r.state,
+            r.position,
+            str(r.lag_events),
+            f"{r.lag_seconds:.1f}",
+            str(r.queued),
+            n(r.in_flight),
+            n(r.retrying),
+            str(r.executed),
+            str(r.dead_letters),
+        )
+        for r in rows
+    ]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in lines
+    )
+
+
 def _run(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     pool, _ = shared_pool(settings)
-    rows = projection_status(pool, settings.schema, select_projections(args.names))
+    projection_names, reaction_names = split_names(args.names)
+    if not args.names:
+        projection_names, reaction_names = list(PROJECTIONS), list(REACTION_TYPES)
+    rows = (
+        projection_status(pool, settings.schema, select_projections(projection_names))
+        if projection_names
+        else []
+    )
+    reactions = reaction_status(
+        pool,
+        settings.schema,
+        [REACTION_TYPES[n] for n in reaction_names],
+        postgres_broker=broker_kind(settings.broker_url) is BrokerKind.POSTGRES,
+    )
     if args.json:
-        print(json.dumps([r.as_json() for r in rows], indent=2))
+        print(
+            json.dumps(
+                {
+                    "projections": [r.as_json() for r in rows],
+                    "reactions": [r.as_json() for r in reactions],
+                },
+                indent=2,
+            )
+        )
     else:
-        print(render(rows))
+        if rows:
+            print(render(rows))
+        if rows and reactions:
+            print()
+        if reactions:
+            print(render_reactions(reactions))
     return 0

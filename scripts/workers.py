@@ -1,4 +1,4 @@
-"""``eventkit workers``: run projection workers until SIGTERM or Ctrl-C."""
+"""``eventkit workers``: run projection workers and reactions until SIGTERM or Ctrl-C."""
 
 from __future__ import annotations
 
@@ -12,32 +12,102 @@ from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import Any
 
+from domain.application import Shop
+from infrastructure.broker import BrokerOptions, broker_kind, create_broker
 from infrastructure.errors import ConfigurationError
 from infrastructure.factory import shared_pool
 from infrastructure.recorder import PostgresEventRecorder
 from infrastructure.settings import Settings
 from infrastructure.transcoding import PydanticMapper
 from projections.projection import Projection
+from projections.reactor import ReactionRuntime
 from projections.shop import PROJECTIONS
-from projections.worker import BatchReport, ProjectionWorker, RetryPolicy
-from scripts.bootstrap import tune_gc
+from projections.shop.reactions import REACTION_TYPES, shop_reactions
+from projections.worker import BatchReport, PollPolicy, ProjectionWorker, RetryPolicy
+from scripts.bootstrap import application_env, tune_gc
 
 logger = logging.getLogger(__name__)
 
 
 def register(commands: Any) -> None:
     parser = commands.add_parser(
-        "workers", help="run projection workers (all by default) until SIGTERM or Ctrl-C"
+        "workers",
+        help="run projection workers and reactions (all by default) until SIGTERM or Ctrl-C",
     )
-    parser.add_argument("names", nargs="*", metavar="NAME", help=f"of {', '.join(PROJECTIONS)}")
+    parser.add_argument(
+        "names",
+        nargs="*",
+        metavar="NAME",
+        help=f"projections ({', '.join(PROJECTIONS)}) and reactions ({', '.join(REACTION_TYPES)})",
+    )
+    only = parser.add_mutually_exclusive_group()
+    only.add_argument("--projections-only", action="store_true", help="run no reactions")
+    only.add_argument("--reactions-only", action="store_true", help="run no projections")
     parser.add_argument("--id", dest="worker_id", help="worker id (default: HOST:PID)")
     parser.add_argument("--batch-size", type=int, default=1000)
     parser.add_argument("--max-attempts", type=int, default=5, help="tries before parking")
+    parser.add_argument(
+        "--threads", type=int, default=8, help="dramatiq worker threads for reactions"
+    )
     parser.set_defaults(run=_run)
 
 
 def default_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def split_names(names: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Named projections and reactions, or an error naming the unknown ones."""
+    unknown = [n for n in names if n not in PROJECTIONS and n not in REACTION_TYPES]
+    if unknown:
+        raise ConfigurationError(
+            f"unknown projection or reaction name(s) {', '.join(unknown)}; projections: "
+            f"{', '.join(PROJECTIONS)}; reactions: {', '.join(REACTION_TYPES)}"
+        )
+    return [n for n in names if n in PROJECTIONS], [n for n in names if n in REACTION_TYPES]
+
+
+def build_reactions(
+    names: Sequence[str],
+    settings: Settings,
+    *,
+    worker_id: str,
+    threads: int = 8,
+    batch_size: int = 1000,
+    gateway_url: str | None = None,
+    poll: PollPolicy | None = None,
+    broker_options: BrokerOptions | None = None,
+    follow: bool = True,
+) -> ReactionRuntime:
+    """The shop's named reactions with their followers, broker and dramatiq worker."""
+    pool, url = shared_pool(settings)
+    kind = broker_kind(settings.broker_url)
+    shop = Shop(application_env(settings))
+    gateway_url = gateway_url or os.environ.get("PAYMENT_GATEWAY_URL")
+    reactions = shop_reactions(shop, gateway_url, list(names))
+    broker = create_broker(
+        kind,
+        database_url=url,
+        schema=settings.schema,
+        broker_url=settings.broker_url,
+        options=broker_options,
+    )
+    return ReactionRuntime(
+        reactions,
+        broker=broker,
+        kind=kind,
+        url=url,
+        schema=settings.schema,
+        pool=pool,
+        recorder=PostgresEventRecorder(pool, settings.schema),
+        mapper=PydanticMapper(),
+        worker_id=worker_id,
+        worker_threads=threads,
+        batch_size=batch_size,
+        poll=poll,
+        notify_channel=settings.notify_channel,
+        follow=follow,
+    )
 
 
 def select_projections(names: Sequence[str]) -> list[type[Projection]]:
@@ -96,13 +166,37 @@ def _run(args: argparse.Namespace) -> int:
     tune_gc()
     settings = Settings.from_env()
     worker_id = args.worker_id or default_worker_id()
-    workers = build_workers(
-        select_projections(args.names),
-        settings,
-        worker_id=worker_id,
-        batch_size=args.batch_size,
-        retry=RetryPolicy(max_attempts=args.max_attempts),
+    projection_names, reaction_names = split_names(args.names)
+    if not args.names:
+        projection_names, reaction_names = list(PROJECTIONS), list(REACTION_TYPES)
+    if args.reactions_only:
+        projection_names = []
+    if args.projections_only:
+        reaction_names = []
+    workers = (
+        build_workers(
+            select_projections(projection_names),
+            settings,
+            worker_id=worker_id,
+            batch_size=args.batch_size,
+            retry=RetryPolicy(max_attempts=args.max_attempts),
+        )
+        if projection_names
+        else []
     )
+    runtime = (
+        build_reactions(
+            reaction_names,
+            settings,
+            worker_id=worker_id,
+            threads=args.threads,
+            batch_size=args.batch_size,
+        )
+        if reaction_names
+        else None
+    )
+    if not workers and runtime is None:
+        raise ConfigurationError("nothing to run: name a projection or a reaction")
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -112,11 +206,19 @@ def _run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     logger.info(
-        "worker %s running %s on schema %s",
+        "worker %s running projections %s and reactions %s (broker: %s) on schema %s",
         worker_id,
-        ", ".join(w.name for w in workers),
+        ", ".join(w.name for w in workers) or "none",
+        ", ".join(reaction_names) or "none",
+        broker_kind(settings.broker_url).value,
         settings.schema,
     )
-    run_until(workers, stop)
+    threads = [threading.Thread(target=run_until, args=(workers, stop), name="projections")]
+    if runtime is not None:
+        threads.append(threading.Thread(target=runtime.run, args=(stop,), name="reactions"))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
     logger.info("worker %s stopped", worker_id)
     return 0

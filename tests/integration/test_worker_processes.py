@@ -39,7 +39,15 @@ def start_workers(settings: Settings) -> subprocess.Popen[bytes]:
         "EVENTKIT_SCHEMA": settings.schema,
     }
     return subprocess.Popen(
-        [sys.executable, "-m", "scripts.cli", "workers", "--batch-size", "50"],
+        [
+            sys.executable,
+            "-m",
+            "scripts.cli",
+            "workers",
+            "--projections-only",
+            "--batch-size",
+            "50",
+        ],
         cwd=ROOT,
         env=env,
         stdout=subprocess.DEVNULL,

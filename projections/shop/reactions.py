@@ -1,0 +1,187 @@
+"""The example shop's reactions: the payment process and the customer mails.
+
+An order is placed with its stock reserved and its payment requested in one command. From
+there the process runs on reactions:
+
+- ``charge_payments``: a requested payment is charged at the payment gateway (an HTTP
+  service), with the message id as the idempotency key; the gateway's answer captures or
+  fails the payment (a command on the Payment and Order aggregates, and for a decline on
+  the StockItems, whose reservations are released);
+- ``ship_paid_orders``: a paid order is shipped (Order and StockItem aggregates);
+- ``order_mails``: a shipped or cancelled order gets a mail, written to the ``order_mails``
+  table in the ledger's transaction: exactly once.
+
+Commands are checked against the aggregate's state first: a redelivered message finds the
+payment captured or the order shipped and does nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from functools import singledispatchmethod
+from typing import Any
+
+from domain.application import Shop
+from domain.commands import CapturePayment, FailPayment, ShipOrder
+from domain.orders import Order, OrderStatus
+from domain.payments import Payment, PaymentStatus
+from infrastructure.errors import ConfigurationError
+from projections.projection import Table
+from projections.reaction import Reaction, ReactionContext, UnhandledEventError
+
+
+class GatewayError(Exception):
+    """The payment gateway did not answer, or answered with an error."""
+
+
+class PaymentGatewayClient:
+    """Charges payments at an HTTP payment gateway: ``POST {url}/charges``."""
+
+    def __init__(self, url: str, timeout_s: float = 5.0) -> None:
+        self.url = url.rstrip("/")
+        self.timeout_s = timeout_s
+
+    def charge(self, payment: Payment.Requested, idempotency_key: str) -> dict[str, Any]:
+        """The gateway's decision: ``{"status": "captured"}`` or ``{"status": "declined",
+        "reason": ...}``. Raises :class:`GatewayError` when there is none."""
+        body = json.dumps(
+            {
+                "payment_id": str(payment.originator_id),
+                "order_id": str(payment.order_id),
+                "amount": str(payment.amount),
+                "currency": payment.currency.value,
+            }
+        ).encode()
+        request = urllib.request.Request(
+            f"{self.url}/charges",
+            data=body,
+            method="POST",
+            headers={"Content-Type": "application/json", "Idempotency-Key": idempotency_key},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+                answer: dict[str, Any] = json.loads(response.read())
+        except urllib.error.HTTPError as e:
+            raise GatewayError(
+                f"payment gateway {self.url} answered {e.code} for payment "
+                f"{payment.originator_id} (idempotency key {idempotency_key})"
+            ) from e
+        except (urllib.error.URLError, TimeoutError, OSError) as e:
+            raise GatewayError(
+                f"payment gateway {self.url} unreachable for payment {payment.originator_id}: {e}"
+            ) from e
+        if answer.get("status") not in {"captured", "declined"}:
+            raise GatewayError(f"payment gateway {self.url} answered {answer!r}")
+        return answer
+
+
+class ChargePayments(Reaction):
+    """Charges each requested payment, then captures or fails it."""
+
+    name = "charge_payments"
+    max_attempts = 5
+    min_backoff_ms = 200
+    max_backoff_ms = 10_000
+
+    def __init__(self, shop: Shop, gateway: PaymentGatewayClient) -> None:
+        self.shop = shop
+        self.gateway = gateway
+
+    @singledispatchmethod
+    def react(self, event: object, context: ReactionContext) -> None:
+        raise UnhandledEventError(self, event)
+
+    @react.register
+    def _(self, event: Payment.Requested, context: ReactionContext) -> None:
+        payment_id = event.originator_id
+        if self.shop.get_payment(payment_id).status is not PaymentStatus.REQUESTED:
+            return  # decided already (a redelivery, or the order was cancelled)
+        answer = self.gateway.charge(event, str(context.message_id))
+        if self.shop.get_payment(payment_id).status is not PaymentStatus.REQUESTED:
+            return  # cancelled while the gateway answered
+        if answer["status"] == "captured":
+            self.shop.capture_payment(CapturePayment(payment_id=payment_id))
+        else:
+            reason = str(answer.get("reason") or "declined by the gateway")
+            self.shop.fail_payment(FailPayment(payment_id=payment_id, reason=reason))
+
+
+class ShipPaidOrders(Reaction):
+    """Ships each paid order."""
+
+    name = "ship_paid_orders"
+
+    def __init__(self, shop: Shop) -> None:
+        self.shop = shop
+
+    @singledispatchmethod
+    def react(self, event: object, context: ReactionContext) -> None:
+        raise UnhandledEventError(self, event)
+
+    @react.register
+    def _(self, event: Order.Paid, context: ReactionContext) -> None:
+        if self.shop.get_order(event.originator_id).status is OrderStatus.PAID:
+            self.shop.ship_order(ShipOrder(order_id=event.originator_id))
+
+
+class OrderMails(Reaction):
+    """Writes the customer's mail for each shipped or cancelled order, exactly once."""
+
+    name = "order_mails"
+    tables = (
+        Table(
+            "order_mails",
+            "CREATE TABLE {table} (message_id uuid PRIMARY KEY, order_id uuid NOT NULL,"
+            " kind text NOT NULL, body text NOT NULL,"
+            " sent_at timestamptz NOT NULL DEFAULT clock_timestamp())",
+        ),
+    )
+
+    @singledispatchmethod
+    def react(self, event: object, context: ReactionContext) -> None:
+        raise UnhandledEventError(self, event)
+
+    @react.register
+    def _(self, event: Order.Shipped, context: ReactionContext) -> None:
+        self._mail(context, event.originator_id, "shipped", "Your order is on its way.")
+
+    @react.register
+    def _(self, event: Order.Cancelled, context: ReactionContext) -> None:
+        self._mail(context, event.originator_id, "cancelled", f"Order cancelled: {event.reason}.")
+
+    @staticmethod
+    def _mail(context: ReactionContext, order_id: Any, kind: str, body: str) -> None:
+        context.execute(
+            "INSERT INTO {order_mails} (message_id, order_id, kind, body) VALUES (%s, %s, %s, %s)",
+            (context.message_id, order_id, kind, body),
+        )
+
+
+#: The shop's reactions, by name.
+REACTION_TYPES: dict[str, type[Reaction]] = {
+    r.name: r for r in (ChargePayments, ShipPaidOrders, OrderMails)
+}
+
+
+def shop_reactions(shop: Shop, gateway_url: str | None, names: list[str]) -> list[Reaction]:
+    """The named reactions, constructed with what they need."""
+    built: list[Reaction] = []
+    for name in names:
+        if name == ChargePayments.name:
+            if not gateway_url:
+                raise ConfigurationError(
+                    "reaction charge_payments calls the payment gateway at PAYMENT_GATEWAY_URL,"
+                    " which is unset: set it, or name the reactions to run"
+                )
+            built.append(ChargePayments(shop, PaymentGatewayClient(gateway_url)))
+        elif name == ShipPaidOrders.name:
+            built.append(ShipPaidOrders(shop))
+        elif name == OrderMails.name:
+            built.append(OrderMails())
+        else:
+            raise ConfigurationError(
+                f"unknown reaction {name!r}; known: {', '.join(REACTION_TYPES)}"
+            )
+    return built

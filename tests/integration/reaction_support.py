@@ -1,0 +1,150 @@
+"""Helpers for reaction tests: test reactions, a runtime in a thread, waiting for effects."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from functools import singledispatchmethod
+from typing import ClassVar
+from uuid import UUID
+
+import psycopg_pool
+from psycopg import sql
+
+from domain.orders import Order
+from infrastructure.broker import BrokerKind, BrokerOptions, create_broker
+from infrastructure.factory import shared_pool
+from infrastructure.recorder import PostgresEventRecorder
+from infrastructure.settings import Settings
+from infrastructure.transcoding import PydanticMapper
+from projections.projection import Table
+from projections.reaction import Reaction, ReactionContext, UnhandledEventError
+from projections.reactor import ReactionRuntime
+from projections.worker import PollPolicy
+
+FAST_POLL = PollPolicy(min_interval_s=0.001, max_interval_s=0.02, lease_wait_s=0.05)
+FAST_BROKER = BrokerOptions(
+    poll_interval_s=0.05, heartbeat_interval_s=0.5, heartbeat_ttl_s=3.0, maintenance_interval_s=1.0
+)
+
+
+class Effects(Reaction):
+    """Records each placed order in its table, through the ledger; fails on purpose for
+    the orders in ``broken``."""
+
+    name = "effects"
+    max_attempts = 3
+    min_backoff_ms = 10
+    max_backoff_ms = 50
+    broken: ClassVar[set[UUID]] = set()
+    calls: ClassVar[Counter[UUID]] = Counter()
+    lock: ClassVar[threading.Lock] = threading.Lock()
+    tables = (
+        Table(
+            "effects",
+            "CREATE TABLE {table} (message_id uuid NOT NULL, order_id uuid NOT NULL,"
+            " attempt integer NOT NULL)",
+        ),
+    )
+
+    @singledispatchmethod
+    def react(self, event: object, context: ReactionContext) -> None:
+        raise UnhandledEventError(self, event)
+
+    @react.register
+    def _(self, event: Order.Placed, context: ReactionContext) -> None:
+        with self.lock:
+            self.calls[context.message_id] += 1
+        if event.originator_id in self.broken:
+            raise RuntimeError(f"order {event.originator_id} is poison")
+        context.execute(
+            "INSERT INTO {effects} (message_id, order_id, attempt) VALUES (%s, %s, %s)",
+            (context.message_id, event.originator_id, context.attempt),
+        )
+
+
+class Audit(Reaction):
+    """A second reaction to the same event type."""
+
+    name = "audit"
+    tables = (Table("audit", "CREATE TABLE {table} (message_id uuid NOT NULL, order_id uuid)"),)
+
+    @singledispatchmethod
+    def react(self, event: object, context: ReactionContext) -> None:
+        raise UnhandledEventError(self, event)
+
+    @react.register
+    def _(self, event: Order.Placed, context: ReactionContext) -> None:
+        context.execute(
+            "INSERT INTO {audit} (message_id, order_id) VALUES (%s, %s)",
+            (context.message_id, event.originator_id),
+        )
+
+
+def make_runtime(
+    reactions: Sequence[Reaction],
+    settings: Settings,
+    *,
+    kind: BrokerKind = BrokerKind.POSTGRES,
+    broker_url: str | None = None,
+    threads: int = 4,
+) -> ReactionRuntime:
+    pool, url = shared_pool(settings)
+    broker = create_broker(
+        kind, database_url=url, schema=settings.schema, broker_url=broker_url, options=FAST_BROKER
+    )
+    return ReactionRuntime(
+        reactions,
+        broker=broker,
+        kind=kind,
+        url=url,
+        schema=settings.schema,
+        pool=pool,
+        recorder=PostgresEventRecorder(pool, settings.schema),
+        mapper=PydanticMapper(),
+        worker_id="test",
+        worker_threads=threads,
+        batch_size=200,
+        poll=FAST_POLL,
+    )
+
+
+@contextmanager
+def running_reactions(runtime: ReactionRuntime) -> Iterator[threading.Event]:
+    stop = threading.Event()
+    thread = threading.Thread(target=runtime.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        yield stop
+    finally:
+        stop.set()
+        thread.join(timeout=60)
+        assert not thread.is_alive(), "the reaction runtime did not stop"
+
+
+def wait_for(check: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)
+
+
+def count(pool: psycopg_pool.ConnectionPool, schema: str, table: str, where: str = "") -> int:
+    """Rows of ``schema.table`` (0 while the table does not exist yet)."""
+    with pool.connection() as conn:
+        found = conn.execute(
+            "SELECT to_regclass(format('%%I.%%I', %s::text, %s::text)) IS NOT NULL",
+            (schema, table),
+        ).fetchone()
+        if found is None or not found[0]:
+            return 0
+        query = sql.SQL("SELECT count(*) FROM {} ").format(sql.Identifier(schema, table))
+        if where:
+            query += sql.SQL(where)  # type: ignore[arg-type]
+        row = conn.execute(query).fetchone()
+        assert row is not None
+        return int(row[0])

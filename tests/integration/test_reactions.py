@@ -1,0 +1,257 @@
+"""Reactions on a real PostgreSQL with the PostgreSQL dramatiq broker."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from uuid import UUID
+
+import psycopg_pool
+import pytest
+from psycopg import sql
+
+from domain.application import Shop
+from domain.commands import OrderLineRequest, PlaceOrder
+from domain.orders import OrderStatus
+from domain.payments import PaymentStatus
+from infrastructure.broker import message_id
+from infrastructure.deadletters import DeadLetters
+from infrastructure.recorder import PostgresEventRecorder
+from infrastructure.settings import Settings
+from infrastructure.transcoding import PydanticMapper
+from projections.rebuild import rebuild
+from projections.shop import OrderSummaries
+from projections.shop.reactions import (
+    ChargePayments,
+    OrderMails,
+    PaymentGatewayClient,
+    ShipPaidOrders,
+)
+from scripts.cli import main as eventkit
+from scripts.gateway import FakeGateway
+from scripts.reactions import replay, replay_from
+from tests.integration.projection_support import settings_for, stock_up
+from tests.integration.reaction_support import (
+    Audit,
+    Effects,
+    count,
+    make_runtime,
+    running_reactions,
+    wait_for,
+)
+
+
+@pytest.fixture
+def shop(app_env: dict[str, str]) -> Shop:
+    shop = Shop(app_env)
+    stock_up(shop)
+    return shop
+
+
+@pytest.fixture
+def react_settings(database_url: str, schema: str) -> Settings:
+    return settings_for(database_url, schema)
+
+
+@pytest.fixture(autouse=True)
+def _reset_effects() -> Iterator[None]:
+    Effects.broken = set()
+    Effects.calls.clear()
+    yield
+    Effects.broken = set()
+
+
+def place(shop: Shop, n: int) -> list[UUID]:
+    return [
+        shop.place_order(
+            PlaceOrder(customer_id=f"c{i}", lines=(OrderLineRequest(sku="SKU-001", quantity=1),))
+        ).order_id
+        for i in range(n)
+    ]
+
+
+def ledger_count(pool: psycopg_pool.ConnectionPool, schema: str, reaction: str) -> int:
+    return count(pool, schema, "reaction_ledger", f"WHERE reaction = '{reaction}'")
+
+
+def test_two_reactions_to_one_event_type_each_run_once_per_event(
+    shop: Shop, pool: psycopg_pool.ConnectionPool, schema: str, react_settings: Settings
+) -> None:
+    orders = place(shop, 40)
+    runtime = make_runtime([Effects(), Audit()], react_settings)
+    with running_reactions(runtime):
+        orders += place(shop, 40)  # while the reactions run
+        wait_for(
+            lambda: count(pool, schema, "effects") >= 80 and count(pool, schema, "audit") >= 80,
+            "both reactions to handle 80 orders",
+        )
+    for table in ("effects", "audit"):
+        with pool.connection() as conn:
+            got = conn.execute(
+                sql.SQL("SELECT order_id, count(*) FROM {} GROUP BY order_id").format(
+                    sql.Identifier(schema, table)
+                )
+            ).fetchall()
+        assert {r[0]: r[1] for r in got} == dict.fromkeys(orders, 1), table
+    assert ledger_count(pool, schema, "effects") == 80
+    assert ledger_count(pool, schema, "audit") == 80
+    # Nothing is left in the queue: every message was acknowledged.
+    assert count(pool, schema, "dramatiq_queue") == 0
+
+
+def test_a_redelivered_message_is_skipped_by_the_ledger(
+    shop: Shop, pool: psycopg_pool.ConnectionPool, schema: str, react_settings: Settings
+) -> None:
+    (order,) = place(shop, 1)
+    runtime = make_runtime([Effects()], react_settings)
+    executor = runtime.executors["effects"]
+    with running_reactions(runtime):
+        wait_for(lambda: count(pool, schema, "effects") == 1, "the first delivery")
+    # The broker delivers the same message again (a worker died after the effect, before
+    # its acknowledgement): the ledger holds it, so the handler does not run.
+    version = 1
+    with pool.connection() as conn:
+        found = conn.execute(
+            sql.SQL(
+                "SELECT notification_id FROM {} WHERE originator_id = %s AND originator_version = 1"
+            ).format(sql.Identifier(schema, "stored_events")),
+            (order,),
+        ).fetchone()
+    assert found is not None
+    [n] = PostgresEventRecorder(pool, schema).notifications([found[0]])
+    executor.execute(
+        message_id("effects", order, version),
+        1,
+        stream=order,
+        version=version,
+        notification_id=n.id,
+        transaction_id=n.transaction_id,
+    )
+    assert executor.counts.duplicates == 1
+    assert count(pool, schema, "effects") == 1
+    assert sum(Effects.calls.values()) == 1
+
+
+def test_a_poison_reaction_is_parked_after_exactly_n_tries_and_retried_from_the_cli(
+    shop: Shop,
+    pool: psycopg_pool.ConnectionPool,
+    schema: str,
+    react_settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    database_url: str,
+) -> None:
+    orders = place(shop, 6)
+    poison = orders[2]
+    Effects.broken = {poison}
+    runtime = make_runtime([Effects()], react_settings)
+    poison_message = message_id("effects", poison, 1)
+    with running_reactions(runtime):
+        wait_for(
+            lambda: (
+                count(pool, schema, "dead_letters") == 1 and count(pool, schema, "effects") == 5
+            ),
+            "the poison message to be parked and the others to run",
+        )
+        with pool.connection() as conn:
+            [letter] = DeadLetters(schema).select(conn)
+        assert letter.projection == "effects"
+        assert letter.message_id == poison_message
+        assert letter.originator_id == poison
+        assert letter.attempts == Effects.max_attempts == 3
+        assert letter.error_class == "RuntimeError"
+        assert letter.error is not None
+        assert str(poison) in letter.error
+        assert Effects.calls[poison_message] == 3  # exactly N tries, no more
+        # Fixed: the operator retries it from the CLI.
+        Effects.broken = set()
+        monkeypatch.setenv("DATABASE_URL", database_url)
+        monkeypatch.setenv("EVENTKIT_SCHEMA", schema)
+        monkeypatch.delenv("BROKER_URL", raising=False)
+        assert eventkit(["dlq", "retry", str(letter.dead_letter_id), "--timeout", "30"]) == 0
+    assert count(pool, schema, "effects") == 6
+    assert Effects.calls[poison_message] == 4
+    with pool.connection() as conn:
+        after = DeadLetters(schema).get(conn, letter.dead_letter_id)
+    assert after is not None
+    assert after.status == "retried"
+
+
+def test_a_projection_rebuild_triggers_no_reaction(
+    shop: Shop, pool: psycopg_pool.ConnectionPool, schema: str, react_settings: Settings
+) -> None:
+    place(shop, 20)
+    runtime = make_runtime([Effects()], react_settings)
+    with running_reactions(runtime):
+        wait_for(lambda: ledger_count(pool, schema, "effects") == 20, "the reactions")
+        calls_before = sum(Effects.calls.values())
+        rebuild(
+            OrderSummaries,
+            url=str(react_settings.database_url),
+            schema=schema,
+            recorder=PostgresEventRecorder(pool, schema),
+            mapper=PydanticMapper(),
+            worker_id="test-rebuild",
+        )
+        place(shop, 1)  # a new event after the rebuild: its reaction runs, and only it
+        wait_for(lambda: ledger_count(pool, schema, "effects") == 21, "the new event's reaction")
+    assert sum(Effects.calls.values()) == calls_before + 1
+    assert count(pool, schema, "effects") == 21
+
+
+def test_replay_sends_messages_again_but_only_never_executed_ones_run(
+    shop: Shop, pool: psycopg_pool.ConnectionPool, schema: str, react_settings: Settings
+) -> None:
+    orders = place(shop, 10)
+    runtime = make_runtime([Effects()], react_settings)
+    lost = message_id("effects", orders[4], 1)
+    with running_reactions(runtime):
+        wait_for(lambda: ledger_count(pool, schema, "effects") == 10, "the reactions")
+        # Pretend one message never ran (its effect and ledger record gone).
+        with pool.connection() as conn:
+            for table in ("effects", "reaction_ledger"):
+                conn.execute(
+                    sql.SQL("DELETE FROM {} WHERE message_id = %s").format(
+                        sql.Identifier(schema, table)
+                    ),
+                    (lost,),
+                )
+        replay(pool, schema, "effects", replay_from("0"))
+        wait_for(
+            lambda: (
+                runtime.executors["effects"].counts.duplicates == 9
+                and count(pool, schema, "effects") == 10
+            ),
+            "the replayed messages: nine skipped, one run",
+        )
+    assert Effects.calls[lost] == 2
+    assert all(n == 1 for m, n in Effects.calls.items() if m != lost)
+
+
+def test_the_shop_payment_process_runs_on_reactions_through_a_failing_gateway(
+    shop: Shop, pool: psycopg_pool.ConnectionPool, schema: str, react_settings: Settings
+) -> None:
+    from decimal import Decimal
+
+    with FakeGateway(decline_over=Decimal("4.00")) as gateway:
+        client = PaymentGatewayClient(gateway.url)
+        reactions = [ChargePayments(shop, client), ShipPaidOrders(shop), OrderMails()]
+        small = place(shop, 5)  # 1.25 each: captured
+        big = shop.place_order(
+            PlaceOrder(customer_id="big", lines=(OrderLineRequest(sku="SKU-002", quantity=4),))
+        ).order_id  # 5.00: declined
+        gateway.failing = True  # the first tries fail with 503
+        runtime = make_runtime(reactions, react_settings)
+        with running_reactions(runtime):
+            wait_for(lambda: gateway.failed_calls() >= 6, "failed calls to the gateway")
+            gateway.failing = False
+            wait_for(lambda: count(pool, schema, "order_mails") == 6, "a mail for every order", 60)
+        for order_id in small:
+            assert shop.get_order(order_id).status is OrderStatus.SHIPPED
+        big_order = shop.get_order(big)
+        assert big_order.status is OrderStatus.CANCELLED
+        assert shop.get_payment(big_order.payment_id).status is PaymentStatus.FAILED
+        # Each payment was charged with one idempotency key: its message's id.
+        keys = gateway.keys_per_payment()
+        assert len(keys) == 6
+        assert all(len(k) == 1 for k in keys.values())
+        assert count(pool, schema, "dead_letters") == 0
+        assert count(pool, schema, "order_mails", "WHERE kind = 'shipped'") == 5
