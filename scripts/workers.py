@@ -49,6 +49,14 @@ def register(commands: Any) -> None:
     parser.add_argument(
         "--threads", type=int, default=8, help="dramatiq worker threads for reactions"
     )
+    parser.add_argument(
+        "--heartbeat-ttl",
+        type=float,
+        default=BrokerOptions.heartbeat_ttl_s,
+        metavar="SECONDS",
+        help="PostgreSQL broker: reaction messages claimed by a worker process that has not "
+        "sent a heartbeat for this long are queued again (default %(default)s)",
+    )
     parser.set_defaults(run=_run)
 
 
@@ -191,6 +199,11 @@ def _run(args: argparse.Namespace) -> int:
             worker_id=worker_id,
             threads=args.threads,
             batch_size=args.batch_size,
+            broker_options=BrokerOptions(
+                heartbeat_interval_s=args.heartbeat_ttl / 5,
+                heartbeat_ttl_s=args.heartbeat_ttl,
+                maintenance_interval_s=args.heartbeat_ttl / 2,
+            ),
         )
         if reaction_names
         else None

@@ -379,7 +379,7 @@ def test_reset_makes_the_next_worker_replay(
 
 def test_a_bad_projection_name_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["status", "no_such_view"]) == 1
-    assert "unknown projection(s) no_such_view" in capsys.readouterr().err
+    assert "unknown projection or reaction name(s) no_such_view" in capsys.readouterr().err
 
 
 def test_querying_a_view_no_worker_created_says_what_to_start(

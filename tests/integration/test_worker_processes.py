@@ -9,15 +9,23 @@ import subprocess
 import sys
 import threading
 import time
+from decimal import Decimal
 from pathlib import Path
+from uuid import UUID
 
 import psycopg_pool
 import pytest
+from psycopg import sql
 
 from domain.application import Shop
+from domain.commands import OrderLineRequest, PlaceOrder
+from domain.orders import OrderStatus
+from infrastructure.broker import message_id
 from infrastructure.settings import Settings
 from projections.shop import PROJECTIONS
+from scripts.gateway import FakeGateway
 from tests.integration.projection_support import (
+    SKUS,
     dump,
     make_worker,
     running,
@@ -27,6 +35,7 @@ from tests.integration.projection_support import (
     wait_until_caught_up,
     workload,
 )
+from tests.integration.reaction_support import count
 
 ROOT = Path(__file__).resolve().parents[2]
 ALL = list(PROJECTIONS.values())
@@ -119,3 +128,100 @@ def test_kill_9_at_random_points_loses_and_doubles_nothing(
             wait_until_caught_up(pool, schema, worker.name, timeout=60)
         for table in tables_of([p]):
             assert dump(pool, schema, table) == dump(pool, schema, table + "__replay"), table
+
+
+def start_reaction_workers(settings: Settings, gateway_url: str) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "DATABASE_URL": settings.database_url or "",
+        "EVENTKIT_SCHEMA": settings.schema,
+        "PAYMENT_GATEWAY_URL": gateway_url,
+    }
+    env.pop("BROKER_URL", None)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "scripts.cli",
+            "workers",
+            "--reactions-only",
+            "--batch-size",
+            "20",
+            "--heartbeat-ttl",
+            "2",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+def place_orders(shop: Shop, placed: list[UUID], stop: threading.Event, seed: int) -> None:
+    rng = random.Random(seed)
+    while not stop.is_set():
+        quantity = rng.randint(1, 4)  # over 4.00 (4 x 1.25) the gateway declines
+        placed.append(
+            shop.place_order(
+                PlaceOrder(
+                    customer_id=f"k{seed}",
+                    lines=(OrderLineRequest(sku=rng.choice(SKUS), quantity=quantity),),
+                )
+            ).order_id
+        )
+        time.sleep(0.01)
+
+
+def test_kill_9_of_reaction_workers_loses_no_reaction_and_repeats_none_through_the_ledger(
+    shop: Shop, database_url: str, schema: str, pool: psycopg_pool.ConnectionPool
+) -> None:
+    """Reaction workers are killed mid-load and restarted: every order completes its
+    payment process, each gets exactly one mail (written through the ledger), and the
+    gateway sees one idempotency key per payment (any repeated call carries it)."""
+    settings = settings_for(database_url, schema)
+    rng = random.Random(4242)
+    placed: list[UUID] = []
+    stop_writers = threading.Event()
+    writer = threading.Thread(target=place_orders, args=(shop, placed, stop_writers, 7))
+    with FakeGateway(decline_over=Decimal("4.00")) as gateway:
+        writer.start()
+        try:
+            for _ in range(4):
+                process = start_reaction_workers(settings, gateway.url)
+                time.sleep(rng.uniform(0.8, 2.5))
+                process.kill()
+                process.communicate(timeout=10)
+        finally:
+            stop_writers.set()
+            writer.join()
+        process = start_reaction_workers(settings, gateway.url)
+        try:
+            deadline = time.monotonic() + 90
+            while count(pool, schema, "order_mails") < len(placed):
+                assert time.monotonic() < deadline, (
+                    f"{count(pool, schema, 'order_mails')} mails for {len(placed)} orders"
+                )
+                time.sleep(0.2)
+        finally:
+            process.send_signal(signal.SIGTERM)
+            _, err = process.communicate(timeout=60)
+        assert process.returncode == 0, err.decode()[-2000:]
+        with pool.connection() as conn:
+            mails = conn.execute(
+                sql.SQL("SELECT order_id, count(*) FROM {} GROUP BY order_id").format(
+                    sql.Identifier(schema, "order_mails")
+                )
+            ).fetchall()
+        assert dict(mails) == dict.fromkeys(placed, 1)
+        statuses = {shop.get_order(o).status for o in placed}
+        assert statuses <= {OrderStatus.SHIPPED, OrderStatus.CANCELLED}
+        assert OrderStatus.SHIPPED in statuses
+        assert OrderStatus.CANCELLED in statuses
+        keys = gateway.keys_per_payment()
+        assert len(keys) == len(placed)
+        for payment_id, payment_keys in keys.items():
+            assert payment_keys == {str(message_id("charge_payments", UUID(payment_id), 1))}, (
+                payment_id
+            )
+        assert count(pool, schema, "dead_letters") == 0
+        assert len(placed) > 20
