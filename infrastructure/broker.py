@@ -158,10 +158,8 @@ def create_broker(
     """A dramatiq broker of ``kind``, with the middleware reactions rely on."""
     broker: dramatiq.Broker
     if kind is BrokerKind.POSTGRES:
-        from dramatiq_postgres import PostgresBroker
-
         o = options or BrokerOptions()
-        broker = PostgresBroker(
+        broker = _postgres_broker_class()(
             url=database_url,
             results=False,
             schema=schema,
@@ -181,6 +179,40 @@ def create_broker(
         broker = RedisBroker(url=broker_url)  # type: ignore[no-untyped-call]
     broker.add_middleware(CurrentMessage())
     return broker
+
+
+def _postgres_broker_class() -> Any:
+    """dramatiq-postgres's broker, acknowledging without a notification.
+
+    Its acknowledgement sends the whole message with ``pg_notify`` for result waiters;
+    eventkit uses no results, and every ``NOTIFY`` takes a server-wide lock at commit,
+    which serialised the worker threads' acknowledgements.
+    """
+    from dramatiq_postgres.broker import PostgresBroker, PostgresConsumer
+    from dramatiq_postgres.utils import quote_ident, raise_connection_error, transaction
+
+    class Consumer(PostgresConsumer):  # type: ignore[misc]
+        @raise_connection_error  # type: ignore[untyped-decorator]
+        def ack(self, message: Any) -> None:
+            table = f"{quote_ident(self.broker.schema)}.{quote_ident(DRAMATIQ_PREFIX + 'queue')}"
+            with transaction(self.pool) as curs:
+                curs.execute(
+                    f"DELETE FROM {table} WHERE message_id = %s AND queue_name = %s"
+                    " AND state = 'consumed'",
+                    (message.message_id, message.queue_name),
+                )
+            self.in_processing.discard(message.message_id)
+            self.wakeup.set()
+
+    class Broker(PostgresBroker):  # type: ignore[misc]
+        def __init__(self, *, schema: str, **kwargs: Any) -> None:
+            super().__init__(schema=schema, **kwargs)
+            self.schema = schema
+
+        def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 30000) -> Any:
+            return Consumer(broker=self, queue_name=queue_name, prefetch=prefetch, timeout=timeout)
+
+    return Broker
 
 
 # -- handing messages over, in the follower's transaction ---------------------------------------

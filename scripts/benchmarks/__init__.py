@@ -7,13 +7,14 @@ the rows to a JSON file (``--json FILE``) for the docs.
 * ``payload``: an event payload in a ``bytea``, ``json`` or ``jsonb`` column (:mod:`.payload`).
 * ``catchup``: a projection processing an existing log from zero (:mod:`.catchup`).
 * ``live``: projection latency under writers at a fixed offered rate (:mod:`.live`).
+* ``reactions``: reactions/s and latency, PostgreSQL broker and RabbitMQ (:mod:`.reactions`).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from scripts.benchmarks import append, catchup, live, payload
+from scripts.benchmarks import append, catchup, live, payload, reactions
 
 
 def register(commands: Any) -> None:
@@ -23,3 +24,4 @@ def register(commands: Any) -> None:
     payload.register(suites)
     catchup.register(suites)
     live.register(suites)
+    reactions.register(suites)

@@ -1,0 +1,303 @@
+"""``eventkit bench reactions``: reactions end to end, from the event's commit to the reaction
+done, with the PostgreSQL broker and with RabbitMQ where one is reachable.
+
+Two measurements per broker, each in a fresh schema, with one reaction whose handler does
+nothing but run (so what is measured is eventkit's and the broker's path: the follower's
+hand-over, the broker, the actor loading and decoding the event, the ledger transaction):
+
+* **throughput**: ``events`` events are in the log before the reaction starts (follower and
+  8 dramatiq worker threads in this process); reactions/s = events / seconds until the
+  ledger holds all of them.
+* **latency**: the reaction runs while a writer saves 10-event streams at a fixed offered
+  rate (1,000 events/s) for ``seconds``; latency of an event = the ledger's
+  ``executed_at`` (``clock_timestamp()`` when its message was recorded, just before the
+  commit) - the event's ``recorded_at`` (at its insert, just before its commit). One
+  server, one clock. *kept up* says every event's reaction ran within 10 s of the writer
+  stopping.
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import threading
+import time
+from dataclasses import asdict, dataclass
+from functools import singledispatchmethod
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+from uuid import UUID, uuid4
+
+from eventsourcing.application import Application
+from psycopg import sql
+
+from infrastructure.broker import BrokerKind, create_broker
+from infrastructure.factory import shared_pool
+from infrastructure.recorder import PostgresEventRecorder
+from infrastructure.settings import Settings
+from infrastructure.transcoding import PydanticMapper
+from projections.reaction import Reaction, ReactionContext, UnhandledEventError
+from projections.reactor import ReactionRuntime
+from scripts.benchmarks.aggregates import Account, open_account
+from scripts.benchmarks.report import format_ms, format_rate, format_table, write_json
+from scripts.bootstrap import tune_gc
+
+RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672/"
+STREAM_EVENTS = 10
+
+
+class Noop(Reaction):
+    """Reacts to every benchmark event by doing nothing."""
+
+    name = "bench_noop"
+
+    @singledispatchmethod
+    def react(self, event: object, context: ReactionContext) -> None:
+        raise UnhandledEventError(self, event)
+
+    @react.register
+    def _(self, event: Account.Opened, context: ReactionContext) -> None:
+        pass
+
+    @react.register
+    def _(self, event: Account.Noted, context: ReactionContext) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class ReactionResult:
+    suite: str
+    system: str
+    broker: str
+    events: int
+    offered_per_s: float | None
+    events_per_s: float
+    p50_ms: float | None
+    p95_ms: float | None
+    p99_ms: float | None
+    max_ms: float | None
+    kept_up: bool
+    seconds: float
+
+
+def register(benchmarks: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    parser = benchmarks.add_parser(
+        "reactions", help="reactions/s and latency, PostgreSQL broker and RabbitMQ"
+    )
+    parser.add_argument("--quick", action="store_true", help="smaller runs (under 90 s)")
+    parser.add_argument("--json", type=Path, metavar="FILE")
+    parser.add_argument(
+        "--rabbitmq",
+        default=RABBITMQ_URL,
+        metavar="URL",
+        help="RabbitMQ to measure too, when reachable (default %(default)s; 'none' to skip)",
+    )
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    tune_gc()
+    events = 4_000 if args.quick else 20_000
+    seconds = 8.0 if args.quick else 30.0
+    brokers: list[tuple[BrokerKind, str | None]] = [(BrokerKind.POSTGRES, None)]
+    if args.rabbitmq != "none" and _reachable(args.rabbitmq):
+        brokers.append((BrokerKind.RABBITMQ, args.rabbitmq))
+    else:
+        print(f"RabbitMQ at {args.rabbitmq} not reachable: PostgreSQL broker only")
+    results = []
+    for kind, url in brokers:
+        results.append(_throughput(kind, url, events))
+        print(_table(results[-1:]), flush=True)
+        results.append(_latency(kind, url, 1_000, seconds))
+        print(_table(results[-1:]), flush=True)
+    print()
+    print(_table(results))
+    if args.json:
+        write_json(args.json, [asdict(r) for r in results])
+    return 0
+
+
+def _reachable(url: str) -> bool:
+    parts = urlparse(url)
+    try:
+        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 5672), 1):
+            return True
+    except OSError:
+        return False
+
+
+def _setup(kind: BrokerKind, broker_url: str | None) -> tuple[Settings, ReactionRuntime, Any]:
+    base = Settings.from_env()
+    settings = Settings(
+        database_url=base.database_url,
+        schema=f"bench_reactions_{uuid4().hex[:8]}",
+        home=base.home,
+        broker_url=broker_url,
+    )
+    pool, url = shared_pool(settings)
+    broker = create_broker(kind, database_url=url, schema=settings.schema, broker_url=broker_url)
+    runtime = ReactionRuntime(
+        [Noop()],
+        broker=broker,
+        kind=kind,
+        url=url,
+        schema=settings.schema,
+        pool=pool,
+        recorder=PostgresEventRecorder(pool, settings.schema),
+        mapper=PydanticMapper(),
+        worker_id="bench",
+        worker_threads=8,
+    )
+    app: Application[UUID] = Application(
+        {
+            "PERSISTENCE_MODULE": "infrastructure.factory",
+            "DATABASE_URL": url,
+            "EVENTKIT_SCHEMA": settings.schema,
+        }
+    )
+    return settings, runtime, app
+
+
+def _executed(settings: Settings) -> int:
+    pool, _ = shared_pool(settings)
+    with pool.connection() as conn:
+        row = conn.execute(
+            sql.SQL("SELECT count(*) FROM {}").format(
+                sql.Identifier(settings.schema, "reaction_ledger")
+            )
+        ).fetchone()
+    return 0 if row is None else int(row[0])
+
+
+def _drop(settings: Settings) -> None:
+    pool, _ = shared_pool(settings)
+    with pool.connection() as conn:
+        conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(settings.schema)))
+
+
+def _throughput(kind: BrokerKind, broker_url: str | None, events: int) -> ReactionResult:
+    settings, runtime, app = _setup(kind, broker_url)
+    try:
+        for _ in range(events // STREAM_EVENTS):
+            app.save(open_account(STREAM_EVENTS))
+        stop = threading.Event()
+        thread = threading.Thread(target=runtime.run, args=(stop,), daemon=True)
+        started = time.perf_counter()
+        thread.start()
+        deadline = started + 300
+        done = 0
+        while done < events and time.perf_counter() < deadline:
+            time.sleep(0.05)
+            done = _executed(settings)
+        elapsed = time.perf_counter() - started
+        stop.set()
+        thread.join(60)
+    finally:
+        _drop(settings)
+    return ReactionResult(
+        suite="throughput",
+        system="eventkit",
+        broker=kind.value,
+        events=events,
+        offered_per_s=None,
+        events_per_s=done / elapsed,
+        p50_ms=None,
+        p95_ms=None,
+        p99_ms=None,
+        max_ms=None,
+        kept_up=done >= events,
+        seconds=round(elapsed, 2),
+    )
+
+
+def _latency(
+    kind: BrokerKind, broker_url: str | None, rate: float, seconds: float
+) -> ReactionResult:
+    settings, runtime, app = _setup(kind, broker_url)
+    pool, _ = shared_pool(settings)
+    try:
+        stop = threading.Event()
+        thread = threading.Thread(target=runtime.run, args=(stop,), daemon=True)
+        thread.start()
+        time.sleep(1.0)  # the follower and the dramatiq consumers start
+        interval = STREAM_EVENTS / rate
+        started = time.perf_counter()
+        saved = 0
+        while (now := time.perf_counter()) - started < seconds:
+            due = started + (saved // STREAM_EVENTS) * interval
+            if now < due:
+                time.sleep(due - now)
+            app.save(open_account(STREAM_EVENTS))
+            saved += STREAM_EVENTS
+        offered = saved / (time.perf_counter() - started)
+        drain_deadline = time.perf_counter() + 10
+        while _executed(settings) < saved and time.perf_counter() < drain_deadline:
+            time.sleep(0.05)
+        done = _executed(settings)
+        stop.set()
+        thread.join(60)
+        with pool.connection() as conn:
+            row = conn.execute(
+                sql.SQL(
+                    "SELECT percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY ms),"
+                    " max(ms) FROM (SELECT extract(epoch FROM l.executed_at - e.recorded_at)"
+                    " * 1000 AS ms FROM {} l JOIN {} e USING (notification_id)) t"
+                ).format(
+                    sql.Identifier(settings.schema, "reaction_ledger"),
+                    sql.Identifier(settings.schema, "stored_events"),
+                )
+            ).fetchone()
+    finally:
+        _drop(settings)
+    assert row is not None
+    p50, p95, p99 = (float(v) for v in row[0])
+    return ReactionResult(
+        suite="latency",
+        system="eventkit",
+        broker=kind.value,
+        events=saved,
+        offered_per_s=round(offered, 1),
+        events_per_s=done / seconds,
+        p50_ms=round(p50, 2),
+        p95_ms=round(p95, 2),
+        p99_ms=round(p99, 2),
+        max_ms=round(float(row[1]), 2),
+        kept_up=done >= saved,
+        seconds=seconds,
+    )
+
+
+def _table(results: list[ReactionResult]) -> str:
+    def ms(value: float | None) -> str:
+        return "-" if value is None else format_ms(value)
+
+    return format_table(
+        [
+            "suite",
+            "broker",
+            "events",
+            "offered/s",
+            "reactions/s",
+            "p50",
+            "p95",
+            "p99",
+            "max",
+            "kept up",
+        ],
+        [
+            [
+                r.suite,
+                r.broker,
+                str(r.events),
+                "-" if r.offered_per_s is None else format_rate(r.offered_per_s),
+                format_rate(r.events_per_s),
+                ms(r.p50_ms),
+                ms(r.p95_ms),
+                ms(r.p99_ms),
+                ms(r.max_ms),
+                "yes" if r.kept_up else "NO",
+            ]
+            for r in results
+        ],
+    )
