@@ -256,7 +256,9 @@ class ReactionExecutor:
                     type(error).__name__,
                     error,
                 )
-                raise
+                # Retry, not the error itself: dramatiq logs any other exception with its
+                # traceback at ERROR on every try; the line above says what happened.
+                raise dramatiq.Retry(f"{type(error).__name__}: {error}") from error
             self._park(
                 n,
                 message_id=message_id,

@@ -54,9 +54,12 @@ from domain.commands import (
 from domain.errors import DomainError
 from domain.orders import Order
 from domain.stock import StockItem
+from infrastructure.broker import BrokerOptions
+from infrastructure.deadletters import DeadLetters
 from infrastructure.factory import shared_pool
 from infrastructure.log import Position
 from infrastructure.settings import Settings, redact
+from infrastructure.tracking import Tracking
 from projections.projection import Context, Projection, Table, UnhandledEventError
 from projections.queries import Queries
 from projections.shop import (
@@ -65,11 +68,13 @@ from projections.shop import (
     RevenueQueries,
     StockLevelQueries,
 )
+from projections.shop.reactions import REACTION_TYPES, ChargePayments
 from projections.status import ProjectionStatus, projection_status
 from projections.worker import ProjectionWorker, RetryPolicy
 from scripts.bootstrap import application_env, settings_with
+from scripts.gateway import FakeGateway
 from scripts.status import render
-from scripts.workers import build_workers, run_until
+from scripts.workers import build_reactions, build_workers, run_until
 
 #: (sku, name, unit price, popularity): popular items run short and collide more often.
 CATALOGUE: tuple[tuple[str, str, str, int], ...] = (
@@ -401,10 +406,18 @@ def _quiet_workers(verbose: bool) -> Iterator[None]:
         return
     worker_logger, quiet = logging.getLogger("projections.worker"), _QuietWorkers()
     worker_logger.addFilter(quiet)
+    # The reactions' failures and dead letters are the demo's to tell, and dramatiq's
+    # start and stop lines are noise here.
+    silenced = [logging.getLogger("projections.reactor"), logging.getLogger("dramatiq")]
+    levels = [lg.level for lg in silenced]
+    for lg in silenced:
+        lg.setLevel(logging.CRITICAL)
     try:
         yield
     finally:
         worker_logger.removeFilter(quiet)
+        for lg, level in zip(silenced, levels, strict=True):
+            lg.setLevel(level)
 
 
 @contextlib.contextmanager
@@ -579,7 +592,8 @@ def _run_demo(
         views_agree = _show_read_models(shop, pool, schema)
         _read_your_writes(shop, pool, schema)
         is_healed = _retry_dead_letters(ledger, poison.order_id, pool, schema, url)
-    return is_drained and is_sound and views_agree and is_healed
+    reactions_done = _run_reactions(shop, settings, pool, url)
+    return is_drained and is_sound and views_agree and is_healed and reactions_done
 
 
 def _stock_up(shop: Shop, orders: int) -> int:
@@ -850,6 +864,120 @@ def _retry_dead_letters(
         )
         _eventkit("dlq", "list")
     return code == 0 and [kind for _, kind, _ in entries] == ["placed", "paid"]
+
+
+#: Demo orders placed while the reactions run; the gateway declines amounts over the limit.
+REACTION_ORDERS = 24
+GATEWAY_LIMIT = Decimal("60.00")
+
+
+def _run_reactions(
+    shop: Shop, settings: Settings, pool: psycopg_pool.ConnectionPool, url: str
+) -> bool:
+    """The payment process on reactions, through a gateway that fails and then recovers."""
+    schema = settings.schema
+    print(
+        "\nreactions: charge_payments (an HTTP payment gateway, the message id as idempotency "
+        "key), ship_paid_orders, order_mails (written through the idempotency ledger); they "
+        "start at the head of the log, as if deployed now"
+    )
+    head = _last_position(pool, schema)
+    with pool.connection() as conn, conn.transaction():
+        for name in REACTION_TYPES:
+            Tracking(schema).set(conn, name, head)
+    with FakeGateway(decline_over=GATEWAY_LIMIT) as gateway:
+        gateway.failing = True
+        runtime = build_reactions(
+            list(REACTION_TYPES),
+            settings,
+            worker_id="demo",
+            threads=4,
+            gateway_url=gateway.url,
+            broker_options=BrokerOptions(poll_interval_s=0.05),
+        )
+        stop = threading.Event()
+        runner = threading.Thread(target=runtime.run, args=(stop,), name="demo-reactions")
+        runner.start()
+        try:
+            orders = _place_reaction_orders(shop)
+            print(
+                f"  {len(orders)} orders placed; the gateway answers 503 to every charge, so "
+                f"each is tried {ChargePayments.max_attempts} times with backoff, then parked:"
+            )
+            parked = _wait(
+                lambda: _open_letters(pool, schema, ChargePayments.name) >= len(orders), 60
+            )
+            print(f"  gateway calls so far: {gateway.failed_calls()} answered 503")
+            with _cli_env(url, schema):
+                _eventkit("status", *REACTION_TYPES)
+                gateway.failing = False
+                print("  the gateway is back; the operator retries the parked messages:")
+                code = _eventkit(
+                    "dlq", "retry", "--projection", ChargePayments.name, "--timeout", "60"
+                )
+                mailed = _wait(lambda: _mails(pool, schema) >= len(orders), 60)
+                _eventkit("status", *REACTION_TYPES)
+        finally:
+            stop.set()
+            runner.join(timeout=60)
+        statuses = Counter(shop.get_order(o).status.value for o in orders)
+        keys = gateway.keys_per_payment()
+        one_key_each = all(len(k) == 1 for k in keys.values()) and len(keys) == len(orders)
+        print(
+            f"  orders now: {', '.join(f'{n} {s}' for s, n in sorted(statuses.items()))}; "
+            f"{_mails(pool, schema)} mails written, one per order; the gateway charged "
+            f"{len(keys)} payments, "
+            + ("each with one key" if one_key_each else "NOT one key each")
+        )
+    return (
+        parked
+        and code == 0
+        and mailed
+        and one_key_each
+        and sum(statuses.values()) == len(orders)
+        and set(statuses) <= {"shipped", "cancelled"}
+    )
+
+
+def _place_reaction_orders(shop: Shop) -> list[UUID]:
+    rng = random.Random(7)
+    orders = []
+    skus = [sku for sku, *_ in CATALOGUE if not sku.startswith("LTD-")]
+    for i in range(REACTION_ORDERS):
+        try:
+            placed = shop.place_order(
+                PlaceOrder(
+                    customer_id=f"reaction-{i}",
+                    lines=(OrderLineRequest(sku=rng.choice(skus), quantity=rng.randint(1, 3)),),
+                )
+            )
+        except DomainError:
+            continue  # out of stock after the writers: not placed
+        orders.append(placed.order_id)
+    return orders
+
+
+def _open_letters(pool: psycopg_pool.ConnectionPool, schema: str, name: str) -> int:
+    with pool.connection() as conn:
+        return len(DeadLetters(schema).select(conn, projection=name, statuses=("parked",)))
+
+
+def _mails(pool: psycopg_pool.ConnectionPool, schema: str) -> int:
+    with pool.connection() as conn:
+        row = conn.execute(
+            sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, "order_mails"))
+        ).fetchone()
+    return 0 if row is None else int(row[0])
+
+
+def _wait(check: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            print(f"  NOT done within {timeout:.0f} s")
+            return False
+        time.sleep(0.1)
+    return True
 
 
 @contextlib.contextmanager
