@@ -1,0 +1,159 @@
+"""Reactions through a real RabbitMQ: run where one is reachable (marked ``rabbitmq``).
+
+``EVENTKIT_TEST_RABBITMQ_URL`` names it (default ``amqp://guest:guest@127.0.0.1:5672/``);
+without a reachable server these tests are skipped. The restart test also needs
+``rabbitmqctl`` and the right to run it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from urllib.parse import urlparse
+from uuid import UUID
+
+import pika
+import psycopg_pool
+import pytest
+from dramatiq.common import dq_name, xq_name
+from psycopg import sql
+
+from domain.application import Shop
+from domain.commands import OrderLineRequest, PlaceOrder
+from infrastructure.broker import BrokerKind, queue_name
+from infrastructure.settings import Settings
+from tests.integration.projection_support import settings_for, stock_up
+from tests.integration.reaction_support import (
+    Audit,
+    Effects,
+    count,
+    make_runtime,
+    running_reactions,
+    wait_for,
+)
+
+URL = os.environ.get("EVENTKIT_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/")
+
+
+def _reachable() -> bool:
+    parts = urlparse(URL)
+    try:
+        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 5672), 1):
+            return True
+    except OSError:
+        return False
+
+
+pytestmark = [
+    pytest.mark.rabbitmq,
+    pytest.mark.skipif(not _reachable(), reason=f"no RabbitMQ reachable at {URL}"),
+]
+
+
+@pytest.fixture
+def shop(app_env: dict[str, str]) -> Shop:
+    shop = Shop(app_env)
+    stock_up(shop)
+    return shop
+
+
+@pytest.fixture
+def rabbit_settings(database_url: str, schema: str) -> Iterator[Settings]:
+    yield settings_for(database_url, schema)
+    # The test's queues are named after its schema: delete them.
+    connection = pika.BlockingConnection(pika.URLParameters(URL))
+    try:
+        channel = connection.channel()
+        for reaction in ("effects", "audit"):
+            q = queue_name(schema, reaction)
+            for name in (q, dq_name(q), xq_name(q), xq_name(dq_name(q))):
+                channel.queue_delete(name)
+    finally:
+        connection.close()
+
+
+def place(shop: Shop, n: int, tag: str) -> list[UUID]:
+    return [
+        shop.place_order(
+            PlaceOrder(
+                customer_id=f"{tag}{i}", lines=(OrderLineRequest(sku="SKU-003", quantity=1),)
+            )
+        ).order_id
+        for i in range(n)
+    ]
+
+
+def once_each(pool: psycopg_pool.ConnectionPool, schema: str, table: str) -> dict[UUID, int]:
+    with pool.connection() as conn:
+        rows = conn.execute(
+            sql.SQL("SELECT order_id, count(*) FROM {} GROUP BY order_id").format(
+                sql.Identifier(schema, table)
+            )
+        ).fetchall()
+    return dict(rows)
+
+
+def test_reactions_run_once_each_through_rabbitmq(
+    shop: Shop, pool: psycopg_pool.ConnectionPool, schema: str, rabbit_settings: Settings
+) -> None:
+    orders = place(shop, 30, "a")
+    runtime = make_runtime(
+        [Effects(), Audit()], rabbit_settings, kind=BrokerKind.RABBITMQ, broker_url=URL
+    )
+    with running_reactions(runtime):
+        orders += place(shop, 30, "b")
+        wait_for(
+            lambda: count(pool, schema, "effects") >= 60 and count(pool, schema, "audit") >= 60,
+            "both reactions through RabbitMQ",
+        )
+        wait_for(lambda: count(pool, schema, "reaction_outbox") == 0, "the outbox to drain")
+    assert runtime.relay is not None
+    assert runtime.relay.relayed == 120  # one message per (event, reaction), none twice
+    assert once_each(pool, schema, "effects") == dict.fromkeys(orders, 1)
+    assert once_each(pool, schema, "audit") == dict.fromkeys(orders, 1)
+
+
+@pytest.mark.skipif(
+    shutil.which("rabbitmqctl") is None, reason="rabbitmqctl is needed to restart RabbitMQ"
+)
+def test_a_rabbitmq_restart_under_load_loses_nothing(
+    shop: Shop, pool: psycopg_pool.ConnectionPool, schema: str, rabbit_settings: Settings
+) -> None:
+    probe = subprocess.run(["rabbitmqctl", "status"], check=False, capture_output=True, timeout=30)
+    if probe.returncode != 0:
+        pytest.skip(f"rabbitmqctl cannot control the server: {probe.stderr.decode()[:200]}")
+    runtime = make_runtime([Effects()], rabbit_settings, kind=BrokerKind.RABBITMQ, broker_url=URL)
+    placed: list[UUID] = []
+    stop_writer = threading.Event()
+
+    def writer() -> None:
+        i = 0
+        while not stop_writer.is_set():
+            placed.extend(place(shop, 1, f"w{i}-"))
+            i += 1
+            time.sleep(0.01)
+
+    thread = threading.Thread(target=writer)
+    with running_reactions(runtime):
+        thread.start()
+        try:
+            time.sleep(1.0)
+            subprocess.run(["rabbitmqctl", "stop_app"], check=True, capture_output=True)
+            time.sleep(2.0)
+            subprocess.run(["rabbitmqctl", "start_app"], check=True, capture_output=True)
+            time.sleep(1.0)
+        finally:
+            stop_writer.set()
+            thread.join()
+        wait_for(
+            lambda: count(pool, schema, "effects") >= len(placed),
+            f"a reaction for each of {len(placed)} orders after the restart",
+            timeout=90,
+        )
+    assert once_each(pool, schema, "effects") == dict.fromkeys(placed, 1)
+    assert len(placed) > 50
