@@ -375,6 +375,14 @@ class PostgresEventRecorder(ApplicationRecorder):
 
         return self._retry(read, what="reading notifications by id")
 
+    def notification_query(self) -> sql.Composed:
+        """``SELECT`` of one notification by id (``%s``), for callers that read it on a
+        connection of theirs (a reaction's ledger transaction); read it with a binary
+        cursor and turn the row into a notification with :func:`logged_notification`."""
+        return sql.SQL("SELECT {} FROM {} WHERE notification_id = %s").format(
+            sql.SQL(_NOTIFICATION_COLUMNS), self._table
+        )
+
     def head(self) -> Position | None:
         """The position of the last notification a reader can see now."""
 
@@ -518,6 +526,11 @@ def _row(event: StoredEvent) -> tuple[UUID, int, str, bytes]:
                 f"{event.originator_version}) is not a UUID; eventkit identifies streams by UUID"
             ) from None
     return (originator_id, event.originator_version, event.topic, event.state)
+
+
+def logged_notification(r: tuple[Any, ...]) -> LoggedNotification:
+    """A row of :meth:`PostgresEventRecorder.notification_query` as a notification."""
+    return _logged(r)
 
 
 def _logged(r: tuple[Any, ...]) -> LoggedNotification:

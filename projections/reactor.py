@@ -44,7 +44,7 @@ from infrastructure.broker import (
 from infrastructure.deadletters import DeadLetter, DeadLetters, Selector
 from infrastructure.errors import EventDecodingError, EventkitError
 from infrastructure.log import LoggedNotification
-from infrastructure.recorder import PostgresEventRecorder
+from infrastructure.recorder import PostgresEventRecorder, logged_notification
 from projections.projection import Context, Projection, create_tables, table_identifiers
 from projections.reaction import Reaction, ReactionContext
 from projections.worker import BatchReport, PollPolicy, ProjectionWorker
@@ -54,6 +54,31 @@ logger = logging.getLogger(__name__)
 
 class MissingEventError(EventkitError):
     """A reaction message names an event the store does not hold."""
+
+
+class _Unrunnable(Exception):
+    """A message that no try can run (its event is missing or cannot be decoded)."""
+
+    def __init__(self, notification: LoggedNotification, error: Exception, reason: str) -> None:
+        super().__init__(str(error))
+        self.notification = notification
+        self.error = error
+        self.reason = reason
+
+
+def _missing(
+    stream: UUID, version: int, notification_id: int, transaction_id: int
+) -> LoggedNotification:
+    """A stand-in for an event the store does not hold, to park its message with."""
+    return LoggedNotification(
+        id=notification_id,
+        originator_id=stream,
+        originator_version=version,
+        topic="(missing)",
+        state=b"",
+        transaction_id=transaction_id,
+        recorded_at=datetime.now(UTC),
+    )
 
 
 # -- the follower ------------------------------------------------------------------------------
@@ -146,7 +171,11 @@ class ReactionExecutor:
         schema: str,
         recorder: PostgresEventRecorder,
         mapper: Mapper[UUID],
+        queue_table: sql.Identifier | None = None,
     ) -> None:
+        """``queue_table``: the PostgreSQL broker's queue; its row of a message is deleted
+        in the transaction that executes or parks the message (the broker's own
+        acknowledgement is then a no-op)."""
         self.reaction = reaction
         self.name = reaction.name
         self.pool = pool
@@ -162,6 +191,31 @@ class ReactionExecutor:
             "INSERT INTO {} (message_id, reaction, notification_id, attempt) "
             "VALUES (%s, %s, %s, %s) ON CONFLICT (message_id) DO NOTHING RETURNING 1"
         ).format(sql.Identifier(schema, "reaction_ledger"))
+        self._ack = (
+            None
+            if queue_table is None
+            else sql.SQL("DELETE FROM {} WHERE message_id = %s AND state = 'consumed'").format(
+                queue_table
+            )
+        )
+        # One statement: acknowledge (PostgreSQL broker), record in the ledger, load the
+        # event. Whether the ledger took the message, then the event's columns (NULL when
+        # the store does not hold it).
+        self._begin = sql.SQL(
+            "WITH acked AS ({ack}), claimed AS (INSERT INTO {ledger} (message_id, reaction,"
+            " notification_id, attempt) VALUES (%s, %s, %s, %s) ON CONFLICT (message_id)"
+            " DO NOTHING RETURNING 1)"
+            " SELECT EXISTS (SELECT 1 FROM claimed), e.* FROM (SELECT 1) one"
+            " LEFT JOIN ({load}) e ON true"
+        ).format(
+            ack=sql.SQL("SELECT 1 WHERE %s IS NULL")
+            if queue_table is None
+            else sql.SQL("DELETE FROM {} WHERE message_id = %s AND state = 'consumed'").format(
+                queue_table
+            ),
+            ledger=sql.Identifier(schema, "reaction_ledger"),
+            load=recorder.notification_query(),
+        )
 
     def create_tables(self, conn: psycopg.Connection[Any]) -> None:
         with conn.transaction():
@@ -195,61 +249,74 @@ class ReactionExecutor:
         notification_id: int,
         transaction_id: int,
     ) -> None:
-        """Run the reaction for one message, or raise to have dramatiq try it again."""
-        found = self.recorder.notifications([notification_id])
-        if not found:
-            n = LoggedNotification(
-                id=notification_id,
-                originator_id=stream,
-                originator_version=version,
-                topic="(missing)",
-                state=b"",
-                transaction_id=transaction_id,
-                recorded_at=datetime.now(UTC),
-            )
-            error = MissingEventError(
-                f"reaction {self.name!r}: message {message_id} names stream {stream} version "
-                f"{version} (position {transaction_id}/{notification_id}), which the store "
-                "does not hold"
-            )
-            self._park(n, message_id=message_id, attempt=attempt, reason="failed", error=error)
-            return
-        n = found[0]
-        try:
-            event = self.mapper.to_domain_event(n)
-        except EventDecodingError as e:
-            self._park(n, message_id=message_id, attempt=attempt, reason="undecodable", error=e)
-            return
+        """Run the reaction for one message, or raise to have dramatiq try it again.
+
+        One transaction, sent in psycopg's pipeline mode: with the PostgreSQL broker it
+        deletes the message from the queue (the acknowledgement), records the message in
+        the ledger, loads the event, and then runs the handler; a repeat of an executed
+        message only deletes it. A failure rolls all of it back, so the message stays with
+        the broker for its next try.
+        """
         try:
             with self.pool.connection() as conn, conn.transaction():
-                if (
-                    conn.execute(self._claim, (message_id, self.name, n.id, attempt)).fetchone()
-                    is None
-                ):
+                row = conn.execute(
+                    self._begin,
+                    (message_id, message_id, self.name, notification_id, attempt, notification_id),
+                    binary=True,
+                ).fetchone()
+                assert row is not None
+                if not row[0]:
                     with self._lock:
                         self.counts.duplicates += 1
                     logger.info(
                         "reaction %s: message %s (stream %s version %s) already executed; skipped",
                         self.name,
                         message_id,
-                        n.originator_id,
-                        n.originator_version,
+                        stream,
+                        version,
                     )
                     return
+                if row[1] is None:
+                    raise _Unrunnable(
+                        _missing(stream, version, notification_id, transaction_id),
+                        MissingEventError(
+                            f"reaction {self.name!r}: message {message_id} names stream "
+                            f"{stream} version {version} (position {transaction_id}/"
+                            f"{notification_id}), which the store does not hold"
+                        ),
+                        "failed",
+                    )
+                row = row[1:]
+                n = logged_notification(row)
+                try:
+                    event = self.mapper.to_domain_event(n)
+                except EventDecodingError as e:
+                    raise _Unrunnable(n, e, "undecodable") from e
                 handler = self._handler(type(event))
                 context = ReactionContext(self.name, message_id, n, attempt, conn, self.tables)
                 handler(self.reaction, event, context)
+        except _Unrunnable as bad:
+            # Never runnable: parked at once, whatever the try.
+            self._park(
+                bad.notification,
+                message_id=message_id,
+                attempt=attempt,
+                reason=bad.reason,
+                error=bad.error,
+            )
+            return
         except Exception as error:
             with self._lock:
                 self.counts.failures += 1
             if attempt < type(self.reaction).max_attempts:
                 logger.warning(
-                    "reaction %s failed on stream %s version %s (position %s, message %s, "
+                    "reaction %s failed on stream %s version %s (position %s/%s, message %s, "
                     "attempt %d of %d): %s: %s; trying again",
                     self.name,
-                    n.originator_id,
-                    n.originator_version,
-                    n.position,
+                    stream,
+                    version,
+                    transaction_id,
+                    notification_id,
                     message_id,
                     attempt,
                     type(self.reaction).max_attempts,
@@ -259,6 +326,7 @@ class ReactionExecutor:
                 # Retry, not the error itself: dramatiq logs any other exception with its
                 # traceback at ERROR on every try; the line above says what happened.
                 raise dramatiq.Retry(f"{type(error).__name__}: {error}") from error
+            n = self._notification(stream, version, notification_id, transaction_id)
             self._park(
                 n,
                 message_id=message_id,
@@ -270,6 +338,12 @@ class ReactionExecutor:
             return
         with self._lock:
             self.counts.executed += 1
+
+    def _notification(
+        self, stream: UUID, version: int, notification_id: int, transaction_id: int
+    ) -> LoggedNotification:
+        found = self.recorder.notifications([notification_id])
+        return found[0] if found else _missing(stream, version, notification_id, transaction_id)
 
     def _handler(self, event_type: type[Any]) -> Callable[[Any, Any, Any], None]:
         handler = self._handlers.get(event_type)
@@ -289,6 +363,8 @@ class ReactionExecutor:
     ) -> None:
         """Park the message as a dead letter; if that fails, raise so the broker keeps it."""
         with self.pool.connection() as conn, conn.transaction():
+            if self._ack is not None:
+                conn.execute(self._ack, (message_id,))
             dead_letter_id = self.dead_letters.park(
                 conn,
                 self.name,
@@ -398,6 +474,7 @@ class ReactionRuntime:
         poll: PollPolicy | None = None,
         notify_channel: str | None = None,
         follow: bool = True,
+        prefetch: int = 0,
     ) -> None:
         names = [r.name for r in reactions]
         if len(set(names)) != len(names):
@@ -407,9 +484,19 @@ class ReactionRuntime:
         self.url = url
         self.schema = schema
         self.worker_threads = worker_threads
+        #: Messages each queue's consumer claims ahead (0: dramatiq's default, 2 per thread).
+        self.prefetch = prefetch
         handover = Handover(kind, schema)
+        queue_table = handover.target if kind is BrokerKind.POSTGRES else None
         self.executors = {
-            r.name: ReactionExecutor(r, pool=pool, schema=schema, recorder=recorder, mapper=mapper)
+            r.name: ReactionExecutor(
+                r,
+                pool=pool,
+                schema=schema,
+                recorder=recorder,
+                mapper=mapper,
+                queue_table=queue_table,
+            )
             for r in reactions
         }
         for executor in self.executors.values():
@@ -446,6 +533,8 @@ class ReactionRuntime:
             for executor in self.executors.values():
                 executor.create_tables(conn)
         worker = dramatiq.Worker(self.broker, worker_threads=self.worker_threads)
+        if self.prefetch:
+            worker.queue_prefetch = self.prefetch
         worker.start()
         threads = [
             threading.Thread(target=f.run, args=(stop,), name=f"follower-{f.name}", daemon=True)
