@@ -19,9 +19,12 @@ hand-over, the broker, the actor loading and decoding the event, the ledger tran
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import socket
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from functools import singledispatchmethod
 from pathlib import Path
@@ -70,6 +73,7 @@ class ReactionResult:
     suite: str
     system: str
     broker: str
+    processes: int
     events: int
     offered_per_s: float | None
     events_per_s: float
@@ -93,6 +97,14 @@ def register(benchmarks: argparse._SubParsersAction) -> None:  # type: ignore[ty
         metavar="URL",
         help="RabbitMQ to measure too, when reachable (default %(default)s; 'none' to skip)",
     )
+    parser.add_argument(
+        "--processes",
+        type=int,
+        nargs="+",
+        default=[1, 2],
+        metavar="N",
+        help="worker processes to measure with (default: 1 and 2); the first runs the follower too",
+    )
     parser.set_defaults(run=run)
 
 
@@ -107,10 +119,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"RabbitMQ at {args.rabbitmq} not reachable: PostgreSQL broker only")
     results = []
     for kind, url in brokers:
-        results.append(_throughput(kind, url, events))
-        print(_table(results[-1:]), flush=True)
-        results.append(_latency(kind, url, 1_000, seconds))
-        print(_table(results[-1:]), flush=True)
+        for processes in args.processes:
+            results.append(_throughput(kind, url, events, processes))
+            print(_table(results[-1:]), flush=True)
+            results.append(_latency(kind, url, 1_000, seconds, processes))
+            print(_table(results[-1:]), flush=True)
     print()
     print(_table(results))
     if args.json:
@@ -127,11 +140,13 @@ def _reachable(url: str) -> bool:
         return False
 
 
-def _setup(kind: BrokerKind, broker_url: str | None) -> tuple[Settings, ReactionRuntime, Any]:
+def _setup(
+    kind: BrokerKind, broker_url: str | None, schema: str | None = None, *, follow: bool = True
+) -> tuple[Settings, ReactionRuntime, Any]:
     base = Settings.from_env()
     settings = Settings(
         database_url=base.database_url,
-        schema=f"bench_reactions_{uuid4().hex[:8]}",
+        schema=schema or f"bench_reactions_{uuid4().hex[:8]}",
         home=base.home,
         broker_url=broker_url,
     )
@@ -148,6 +163,7 @@ def _setup(kind: BrokerKind, broker_url: str | None) -> tuple[Settings, Reaction
         mapper=PydanticMapper(),
         worker_id="bench",
         worker_threads=8,
+        follow=follow,
     )
     app: Application[UUID] = Application(
         {
@@ -157,6 +173,35 @@ def _setup(kind: BrokerKind, broker_url: str | None) -> tuple[Settings, Reaction
         }
     )
     return settings, runtime, app
+
+
+def _serve(schema: str, kind: str, broker_url: str | None, stop: Any) -> None:
+    """Another worker process: the reaction's actors only (the follower runs in the main
+    process), until ``stop`` is set."""
+    tune_gc()
+    _, runtime, _ = _setup(BrokerKind(kind), broker_url, schema, follow=False)
+    runtime.run(stop)
+
+
+@contextmanager
+def _more_processes(settings: Settings, kind: BrokerKind, count: int) -> Iterator[None]:
+    """``count`` more worker processes for the duration of the block."""
+    context = multiprocessing.get_context("spawn")
+    stop = context.Event()
+    processes = [
+        context.Process(
+            target=_serve, args=(settings.schema, kind.value, settings.broker_url, stop)
+        )
+        for _ in range(count)
+    ]
+    for p in processes:
+        p.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        for p in processes:
+            p.join(60)
 
 
 def _executed(settings: Settings) -> int:
@@ -176,29 +221,34 @@ def _drop(settings: Settings) -> None:
         conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(settings.schema)))
 
 
-def _throughput(kind: BrokerKind, broker_url: str | None, events: int) -> ReactionResult:
+def _throughput(
+    kind: BrokerKind, broker_url: str | None, events: int, processes: int
+) -> ReactionResult:
     settings, runtime, app = _setup(kind, broker_url)
     try:
         for _ in range(events // STREAM_EVENTS):
             app.save(open_account(STREAM_EVENTS))
-        stop = threading.Event()
-        thread = threading.Thread(target=runtime.run, args=(stop,), daemon=True)
-        started = time.perf_counter()
-        thread.start()
-        deadline = started + 300
-        done = 0
-        while done < events and time.perf_counter() < deadline:
-            time.sleep(0.05)
-            done = _executed(settings)
-        elapsed = time.perf_counter() - started
-        stop.set()
-        thread.join(60)
+        with _more_processes(settings, kind, processes - 1):
+            time.sleep(3.0 if processes > 1 else 0)  # the other processes start
+            stop = threading.Event()
+            thread = threading.Thread(target=runtime.run, args=(stop,), daemon=True)
+            started = time.perf_counter()
+            thread.start()
+            deadline = started + 300
+            done = 0
+            while done < events and time.perf_counter() < deadline:
+                time.sleep(0.05)
+                done = _executed(settings)
+            elapsed = time.perf_counter() - started
+            stop.set()
+            thread.join(60)
     finally:
         _drop(settings)
     return ReactionResult(
         suite="throughput",
         system="eventkit",
         broker=kind.value,
+        processes=processes,
         events=events,
         offered_per_s=None,
         events_per_s=done / elapsed,
@@ -212,50 +262,21 @@ def _throughput(kind: BrokerKind, broker_url: str | None, events: int) -> Reacti
 
 
 def _latency(
-    kind: BrokerKind, broker_url: str | None, rate: float, seconds: float
+    kind: BrokerKind, broker_url: str | None, rate: float, seconds: float, processes: int
 ) -> ReactionResult:
     settings, runtime, app = _setup(kind, broker_url)
-    pool, _ = shared_pool(settings)
     try:
-        stop = threading.Event()
-        thread = threading.Thread(target=runtime.run, args=(stop,), daemon=True)
-        thread.start()
-        time.sleep(1.0)  # the follower and the dramatiq consumers start
-        interval = STREAM_EVENTS / rate
-        started = time.perf_counter()
-        saved = 0
-        while (now := time.perf_counter()) - started < seconds:
-            due = started + (saved // STREAM_EVENTS) * interval
-            if now < due:
-                time.sleep(due - now)
-            app.save(open_account(STREAM_EVENTS))
-            saved += STREAM_EVENTS
-        offered = saved / (time.perf_counter() - started)
-        drain_deadline = time.perf_counter() + 10
-        while _executed(settings) < saved and time.perf_counter() < drain_deadline:
-            time.sleep(0.05)
-        done = _executed(settings)
-        stop.set()
-        thread.join(60)
-        with pool.connection() as conn:
-            row = conn.execute(
-                sql.SQL(
-                    "SELECT percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY ms),"
-                    " max(ms) FROM (SELECT extract(epoch FROM l.executed_at - e.recorded_at)"
-                    " * 1000 AS ms FROM {} l JOIN {} e USING (notification_id)) t"
-                ).format(
-                    sql.Identifier(settings.schema, "reaction_ledger"),
-                    sql.Identifier(settings.schema, "stored_events"),
-                )
-            ).fetchone()
+        with _more_processes(settings, kind, processes - 1):
+            time.sleep(3.0 if processes > 1 else 0)  # the other processes start
+            row, saved, offered, done = _offer(settings, runtime, app, rate, seconds)
     finally:
         _drop(settings)
-    assert row is not None
     p50, p95, p99 = (float(v) for v in row[0])
     return ReactionResult(
         suite="latency",
         system="eventkit",
         broker=kind.value,
+        processes=processes,
         events=saved,
         offered_per_s=round(offered, 1),
         events_per_s=done / seconds,
@@ -268,6 +289,47 @@ def _latency(
     )
 
 
+def _offer(
+    settings: Settings, runtime: ReactionRuntime, app: Any, rate: float, seconds: float
+) -> tuple[Any, int, float, int]:
+    """Save at ``rate`` events/s for ``seconds`` while the reaction runs; drain; read the
+    latencies. Returns (percentiles row, saved, offered/s, executed)."""
+    pool, _ = shared_pool(settings)
+    stop = threading.Event()
+    thread = threading.Thread(target=runtime.run, args=(stop,), daemon=True)
+    thread.start()
+    time.sleep(1.0)  # the follower and the dramatiq consumers start
+    interval = STREAM_EVENTS / rate
+    started = time.perf_counter()
+    saved = 0
+    while (now := time.perf_counter()) - started < seconds:
+        due = started + (saved // STREAM_EVENTS) * interval
+        if now < due:
+            time.sleep(due - now)
+        app.save(open_account(STREAM_EVENTS))
+        saved += STREAM_EVENTS
+    offered = saved / (time.perf_counter() - started)
+    drain_deadline = time.perf_counter() + 10
+    while _executed(settings) < saved and time.perf_counter() < drain_deadline:
+        time.sleep(0.05)
+    done = _executed(settings)
+    stop.set()
+    thread.join(60)
+    with pool.connection() as conn:
+        row = conn.execute(
+            sql.SQL(
+                "SELECT percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY ms),"
+                " max(ms) FROM (SELECT extract(epoch FROM l.executed_at - e.recorded_at)"
+                " * 1000 AS ms FROM {} l JOIN {} e USING (notification_id)) t"
+            ).format(
+                sql.Identifier(settings.schema, "reaction_ledger"),
+                sql.Identifier(settings.schema, "stored_events"),
+            )
+        ).fetchone()
+    assert row is not None
+    return row, saved, offered, done
+
+
 def _table(results: list[ReactionResult]) -> str:
     def ms(value: float | None) -> str:
         return "-" if value is None else format_ms(value)
@@ -276,6 +338,7 @@ def _table(results: list[ReactionResult]) -> str:
         [
             "suite",
             "broker",
+            "procs",
             "events",
             "offered/s",
             "reactions/s",
@@ -289,6 +352,7 @@ def _table(results: list[ReactionResult]) -> str:
             [
                 r.suite,
                 r.broker,
+                str(r.processes),
                 str(r.events),
                 "-" if r.offered_per_s is None else format_rate(r.offered_per_s),
                 format_rate(r.events_per_s),
