@@ -15,8 +15,10 @@ from domain.orders import OrderStatus
 from domain.payments import PaymentStatus
 from infrastructure.broker import message_id
 from infrastructure.deadletters import DeadLetters
+from infrastructure.log import Position
 from infrastructure.recorder import PostgresEventRecorder
 from infrastructure.settings import Settings
+from infrastructure.tracking import Tracking
 from infrastructure.transcoding import PydanticMapper
 from projections.rebuild import rebuild
 from projections.shop import OrderSummaries
@@ -26,6 +28,7 @@ from projections.shop.reactions import (
     PaymentGatewayClient,
     ShipPaidOrders,
 )
+from projections.status import reaction_status
 from scripts.cli import main as eventkit
 from scripts.gateway import FakeGateway
 from scripts.reactions import replay, replay_from
@@ -161,6 +164,8 @@ def test_a_poison_reaction_is_parked_after_exactly_n_tries_and_retried_from_the_
         assert letter.error is not None
         assert str(poison) in letter.error
         assert Effects.calls[poison_message] == 3  # exactly N tries, no more
+        [status] = reaction_status(pool, schema, [Effects])
+        assert (status.dead_letters, status.executed, status.queued) == (1, 5, 0)
         # Fixed: the operator retries it from the CLI.
         Effects.broken = set()
         monkeypatch.setenv("DATABASE_URL", database_url)
@@ -255,3 +260,27 @@ def test_the_shop_payment_process_runs_on_reactions_through_a_failing_gateway(
         assert all(len(k) == 1 for k in keys.values())
         assert count(pool, schema, "dead_letters") == 0
         assert count(pool, schema, "order_mails", "WHERE kind = 'shipped'") == 5
+
+
+def test_reactions_replay_moves_the_follower_to_just_before_the_position_named(
+    pool: psycopg_pool.ConnectionPool,
+    schema: str,
+    monkeypatch: pytest.MonkeyPatch,
+    database_url: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    monkeypatch.setenv("EVENTKIT_SCHEMA", schema)
+    tracking = Tracking(schema)
+    with pool.connection() as conn:
+        tracking.set(conn, "order_mails", Position(900, 120))
+    assert eventkit(["reactions", "replay", "order_mails", "--from", "700/45", "--yes"]) == 0
+    with pool.connection() as conn:
+        assert tracking.position(conn, "order_mails") == Position(700, 44)
+    assert eventkit(["reactions", "replay", "order_mails", "--from", "0", "--yes"]) == 0
+    with pool.connection() as conn:
+        assert tracking.position(conn, "order_mails") == Position.ORIGIN
+    assert eventkit(["reactions", "replay", "no_such_reaction", "--from", "0", "--yes"]) == 1
+    assert "unknown reaction 'no_such_reaction'" in capsys.readouterr().err
+    assert eventkit(["reactions", "replay", "order_mails", "--from", "soon", "--yes"]) == 1
+    assert "is not a log position" in capsys.readouterr().err

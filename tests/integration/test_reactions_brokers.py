@@ -1,4 +1,5 @@
-"""Reactions through a real RabbitMQ: run where one is reachable (marked ``rabbitmq``).
+"""Reactions through a real RabbitMQ (marked ``rabbitmq``) and a real Redis (``redis``),
+each run where one is reachable.
 
 ``EVENTKIT_TEST_RABBITMQ_URL`` names it (default ``amqp://guest:guest@127.0.0.1:5672/``);
 without a reachable server these tests are skipped. The restart test also needs
@@ -157,3 +158,36 @@ def test_a_rabbitmq_restart_under_load_loses_nothing(
         )
     assert once_each(pool, schema, "effects") == dict.fromkeys(placed, 1)
     assert len(placed) > 50
+
+
+REDIS_URL = os.environ.get("EVENTKIT_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+
+def _redis_reachable() -> bool:
+    parts = urlparse(REDIS_URL)
+    try:
+        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 6379), 1):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.mark.redis
+@pytest.mark.skipif(not _redis_reachable(), reason=f"no Redis reachable at {REDIS_URL}")
+def test_reactions_run_once_each_through_redis(
+    shop: Shop, pool: psycopg_pool.ConnectionPool, schema: str, database_url: str
+) -> None:
+    settings = settings_for(database_url, schema)
+    orders = place(shop, 30, "r")
+    runtime = make_runtime([Effects()], settings, kind=BrokerKind.REDIS, broker_url=REDIS_URL)
+    try:
+        with running_reactions(runtime):
+            wait_for(lambda: count(pool, schema, "effects") >= 30, "the reaction through Redis")
+            wait_for(lambda: count(pool, schema, "reaction_outbox") == 0, "the outbox to drain")
+    finally:
+        import redis
+
+        client = redis.Redis.from_url(REDIS_URL)
+        for key in client.scan_iter(f"*{schema}*"):
+            client.delete(key)
+    assert once_each(pool, schema, "effects") == dict.fromkeys(orders, 1)
