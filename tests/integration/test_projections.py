@@ -79,9 +79,21 @@ def replay_equals_live(
         with running(worker):
             wait_until_caught_up(pool, view_settings.schema, worker.name)
         for table in tables_of([projection]):
-            assert dump(pool, view_settings.schema, table) == dump(
-                pool, view_settings.schema, table + "__replay"
-            ), table
+            live = dump(pool, view_settings.schema, table)
+            replayed = dump(pool, view_settings.schema, table + "__replay")
+            if live != replayed:
+                # Say what differs, and which dead letters the workers parked.
+                with pool.connection() as conn:
+                    letters = DeadLetters(view_settings.schema).select(
+                        conn, statuses=("parked", "retry_requested", "retried", "discarded")
+                    )
+                missing = sorted(set(replayed) - set(live), key=repr)
+                extra = sorted(set(live) - set(replayed), key=repr)
+                raise AssertionError(
+                    f"{table}: live view differs from a replay; missing from live: {missing}; "
+                    f"only in live: {extra}; dead letters: "
+                    f"{[d.summary() for d in letters] or 'none'}"
+                )
 
 
 def test_a_query_waits_for_the_command_it_follows(
