@@ -27,6 +27,7 @@ import psycopg_pool
 from eventsourcing.persistence import ApplicationRecorder, Notification, StoredEvent
 from psycopg import sql
 
+from infrastructure import metrics
 from infrastructure.database import TRANSIENT_ERRORS, retry_transient
 from infrastructure.errors import (
     AppendOutcomeUnknownError,
@@ -121,12 +122,20 @@ class PostgresEventRecorder(ApplicationRecorder):
         """
         if not stored_events:
             return []
+        started = time.perf_counter()
+        ids = self._insert(stored_events)
+        metrics.APPEND_LATENCY.observe(time.perf_counter() - started)
+        metrics.EVENTS_APPENDED.inc(len(ids))
+        return ids
+
+    def _insert(self, stored_events: Sequence[StoredEvent]) -> list[int]:
         rows = [_row(e) for e in stored_events]
         delay = 0.05
         for attempt in range(1, _APPEND_ATTEMPTS + 1):
             try:
                 return self._append(rows)
             except psycopg.errors.UniqueViolation as e:
+                metrics.APPEND_CONFLICTS.inc()
                 raise self._conflict(e, rows) from e
             except TRANSIENT_ERRORS as e:
                 if not _rolled_back(e):

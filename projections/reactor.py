@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from dramatiq.middleware import CurrentMessage
 from eventsourcing.persistence import Mapper
 from psycopg import sql
 
+from infrastructure import metrics
 from infrastructure.broker import (
     BrokerKind,
     Handover,
@@ -144,6 +146,9 @@ def build_follower(
         decode=False,
         sequenced=False,
         on_batch=on_batch,
+        kind="reaction",
+        # The reaction's latency is the actor's, from the event's commit to its execution.
+        observe_latency=False,
     )
 
 
@@ -185,6 +190,10 @@ class ReactionExecutor:
         self.dead_letters = DeadLetters(schema)
         self.tables = table_identifiers(schema, type(reaction))
         self.counts = ExecutorCounts()
+        self._m_executed = metrics.REACTION_MESSAGES.labels(self.name, "executed")
+        self._m_duplicate = metrics.REACTION_MESSAGES.labels(self.name, "duplicate")
+        self._m_retried = metrics.REACTION_MESSAGES.labels(self.name, "retried")
+        self._m_latency = metrics.PROCESSED_LATENCY.labels("reaction", self.name)
         self._lock = threading.Lock()
         self._handlers: dict[type[Any], Callable[[Any, Any, Any], None]] = {}
         self._claim = sql.SQL(
@@ -266,6 +275,7 @@ class ReactionExecutor:
                 ).fetchone()
                 assert row is not None
                 if not row[0]:
+                    self._m_duplicate.inc()
                     with self._lock:
                         self.counts.duplicates += 1
                     logger.info(
@@ -308,7 +318,10 @@ class ReactionExecutor:
         except Exception as error:
             with self._lock:
                 self.counts.failures += 1
+            metrics.ERRORS.labels("reaction", self.name, type(error).__name__).inc()
             if attempt < type(self.reaction).max_attempts:
+                self._m_retried.inc()
+                metrics.RETRIES.labels("reaction", self.name).inc()
                 logger.warning(
                     "reaction %s failed on stream %s version %s (position %s/%s, message %s, "
                     "attempt %d of %d): %s: %s; trying again",
@@ -338,6 +351,8 @@ class ReactionExecutor:
             return
         with self._lock:
             self.counts.executed += 1
+        self._m_executed.inc()
+        self._m_latency.observe(time.time() - n.recorded_at.timestamp())
 
     def _notification(
         self, stream: UUID, version: int, notification_id: int, transaction_id: int
@@ -377,6 +392,8 @@ class ReactionExecutor:
             )
         with self._lock:
             self.counts.parked += 1
+        metrics.REACTION_MESSAGES.labels(self.name, "parked").inc()
+        metrics.DEAD_LETTERS_PARKED.labels("reaction", self.name, reason).inc()
         logger.error(
             "reaction %s parked message %s (stream %s version %s, position %s, %s) as dead "
             "letter #%s after %d attempt(s): %s: %s",

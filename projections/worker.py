@@ -31,6 +31,7 @@ import psycopg
 from eventsourcing.persistence import Mapper
 from psycopg import sql
 
+from infrastructure import metrics
 from infrastructure.deadletters import DeadLetter, DeadLetters
 from infrastructure.errors import EventDecodingError, PersistenceError
 from infrastructure.leases import holder, lease_name, try_acquire
@@ -122,6 +123,8 @@ class ProjectionWorker:
         tables: dict[str, sql.Identifier] | None = None,
         decode: bool = True,
         sequenced: bool = True,
+        kind: str = "projection",
+        observe_latency: bool = True,
     ) -> None:
         """``decode=False`` hands handlers the notification itself rather than the decoded
         event (the reaction follower, which only forwards ids and positions);
@@ -147,6 +150,16 @@ class ProjectionWorker:
         )
         self.decode = decode
         self.sequenced = sequenced
+        self.kind = kind
+        self.observe_latency = observe_latency
+        #: ``time.monotonic()`` when the loop last turned (health checks).
+        self.last_loop = time.monotonic()
+        self._m_batches = metrics.BATCHES.labels(kind, self.name, "0")
+        self._m_batch_events = metrics.BATCH_EVENTS.labels(kind, self.name)
+        self._m_latency = metrics.PROCESSED_LATENCY.labels(kind, self.name)
+        self._m_heartbeat = metrics.LOOP_HEARTBEAT.labels(kind, self.name)
+        self._m_lease = metrics.LEASE_OWNED.labels(kind, self.name, "0")
+        self._m_processed: dict[str, Any] = {}
         self.topics = type(projection).topics()
         self.tracking = Tracking(schema)
         self.dead_letters = DeadLetters(schema)
@@ -177,8 +190,11 @@ class ProjectionWorker:
                     delay = 0.1
                     self._follow(conn, stop)
                     self._set_state(conn, "stopped")
+                    self._m_lease.set(0)
                     return
             except (psycopg.OperationalError, TrackingConflictError, PersistenceError) as e:
+                self._m_lease.set(0)
+                metrics.ERRORS.labels(self.kind, self.name, type(e).__name__).inc()
                 if stop.is_set():
                     return
                 logger.warning(
@@ -205,7 +221,11 @@ class ProjectionWorker:
                 said = True
             if stop.wait(self.poll.lease_wait_s):
                 return False
+            self.last_loop = time.monotonic()  # waiting for the lease is turning too
         logger.info("projection %s: worker %s took the lease", self.name, self.worker_id)
+        self._m_lease.set(1)
+        if said:
+            metrics.LEASE_TAKEOVERS.labels(self.kind, self.name).inc()
         with conn.transaction():
             create_tables(conn, self.schema, type(self.projection), self.table_suffix)
         self.position = self.tracking.position(conn, self.name)
@@ -221,6 +241,8 @@ class ProjectionWorker:
         ahead: tuple[Position, Future[_Read]] | None = None
         try:
             while not stop.is_set():
+                self.last_loop = time.monotonic()
+                self._m_heartbeat.set_to_current_time()
                 if (
                     self.sequenced
                     and time.monotonic() - self._retries_checked_at >= self.poll.retry_check_s
@@ -292,9 +314,12 @@ class ProjectionWorker:
         """
         if self.notify_channel is None:
             stop.wait(interval)
+            metrics.WAKEUPS.labels(self.kind, self.name, "poll").inc()
             return
+        cause = "poll"
         for _ in conn.notifies(timeout=interval, stop_after=1):
-            pass
+            cause = "notification"
+        metrics.WAKEUPS.labels(self.kind, self.name, cause).inc()
 
     # -- one batch ----------------------------------------------------------------------------
 
@@ -407,10 +432,33 @@ class ProjectionWorker:
         self.position = max(self.position, to)
         if items:
             self._none_parked = not self.sequenced or not parked_streams
+            self._measure(items)
         if self.on_batch is not None and items:
             self.on_batch(
                 BatchReport(self.name, applied, parked, to, [i.notification for i in items])
             )
+
+    def _measure(self, items: Sequence[_Item]) -> None:
+        """Count a committed batch; observe commit-to-processed latency of at most 100 of
+        its events, evenly spread (observing every event of a catch-up batch of thousands
+        would cost more than the batch's own bookkeeping)."""
+        self._m_batches.inc()
+        self._m_batch_events.observe(len(items))
+        per_type: dict[str, int] = {}
+        for item in items:
+            topic = item.notification.topic
+            per_type[topic] = per_type.get(topic, 0) + 1
+        for topic, count in per_type.items():
+            child = self._m_processed.get(topic)
+            if child is None:
+                child = self._m_processed[topic] = metrics.EVENTS_PROCESSED.labels(
+                    self.kind, self.name, "0", topic
+                )
+            child.inc(count)
+        if self.observe_latency:
+            now = time.time()
+            for item in items[:: max(1, len(items) // 100)]:
+                self._m_latency.observe(now - item.notification.recorded_at.timestamp())
 
     def _apply(self, item: _Item, context: Context, index: int) -> None:
         event = item.event
@@ -449,6 +497,7 @@ class ProjectionWorker:
         tb: str | None = None,
     ) -> None:
         self._none_parked = not self.sequenced
+        metrics.DEAD_LETTERS_PARKED.labels(self.kind, self.name, reason).inc()
         dead_letter_id = self.dead_letters.park(
             conn,
             self.name,
@@ -489,6 +538,8 @@ class ProjectionWorker:
             conn, "failing", f"retrying stream {n.originator_id} v{n.originator_version}"
         )
         while attempt < self.retry.max_attempts:
+            metrics.ERRORS.labels(self.kind, self.name, type(failure.error).__name__).inc()
+            metrics.RETRIES.labels(self.kind, self.name).inc()
             logger.warning(
                 "projection %s: handler failed on stream %s version %s (notification %s, "
                 "attempt %d of %d): %s: %s",

@@ -13,12 +13,13 @@ from types import FrameType
 from typing import Any
 
 from domain.application import Shop
-from infrastructure.broker import BrokerOptions, broker_kind, create_broker
+from infrastructure.broker import BrokerKind, BrokerOptions, broker_kind, create_broker
 from infrastructure.errors import ConfigurationError
 from infrastructure.factory import shared_pool
 from infrastructure.recorder import PostgresEventRecorder
 from infrastructure.settings import Settings
 from infrastructure.transcoding import PydanticMapper
+from projections.monitoring import Monitor, MonitoringServer
 from projections.projection import Projection
 from projections.reactor import ReactionRuntime
 from projections.shop import PROJECTIONS
@@ -56,6 +57,19 @@ def register(commands: Any) -> None:
         metavar="SECONDS",
         help="PostgreSQL broker: reaction messages claimed by a worker process that has not "
         "sent a heartbeat for this long are queued again (default %(default)s)",
+    )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="serve /metrics (Prometheus), /healthz and /readyz on this port (default: off)",
+    )
+    parser.add_argument(
+        "--max-lag",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="/readyz turns red when a consumer lags more than this (default %(default)s)",
     )
     parser.set_defaults(run=_run)
 
@@ -229,9 +243,28 @@ def _run(args: argparse.Namespace) -> int:
     threads = [threading.Thread(target=run_until, args=(workers, stop), name="projections")]
     if runtime is not None:
         threads.append(threading.Thread(target=runtime.run, args=(stop,), name="reactions"))
+    server = None
+    if args.metrics_port is not None:
+        pool, _ = shared_pool(settings)
+        monitor = Monitor(
+            pool,
+            settings.schema,
+            projections=select_projections(projection_names) if projection_names else [],
+            reactions=[REACTION_TYPES[n] for n in reaction_names],
+            workers=[*workers, *(runtime.followers if runtime is not None else [])],
+            postgres_broker=broker_kind(settings.broker_url) is BrokerKind.POSTGRES,
+            max_lag_s=args.max_lag,
+        )
+        server = MonitoringServer(monitor, args.metrics_port).start()
+        threads.append(threading.Thread(target=monitor.run, args=(stop,), name="monitor"))
+        logger.info(
+            "metrics at http://localhost:%d/metrics; health at /healthz and /readyz", server.port
+        )
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    if server is not None:
+        server.stop()
     logger.info("worker %s stopped", worker_id)
     return 0

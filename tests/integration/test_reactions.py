@@ -7,6 +7,7 @@ from uuid import UUID
 
 import psycopg_pool
 import pytest
+from prometheus_client import REGISTRY
 from psycopg import sql
 
 from domain.application import Shop
@@ -80,6 +81,8 @@ def test_two_reactions_to_one_event_type_each_run_once_per_event(
     shop: Shop, pool: psycopg_pool.ConnectionPool, schema: str, react_settings: Settings
 ) -> None:
     orders = place(shop, 40)
+    executed = {"name": "effects", "outcome": "executed"}
+    before = REGISTRY.get_sample_value("eventkit_reaction_messages_total", executed) or 0.0
     runtime = make_runtime([Effects(), Audit()], react_settings)
     with running_reactions(runtime):
         orders += place(shop, 40)  # while the reactions run
@@ -99,6 +102,8 @@ def test_two_reactions_to_one_event_type_each_run_once_per_event(
     assert ledger_count(pool, schema, "audit") == 80
     # Nothing is left in the queue: every message was acknowledged.
     assert count(pool, schema, "dramatiq_queue") == 0
+    after = REGISTRY.get_sample_value("eventkit_reaction_messages_total", executed)
+    assert after == before + 80
 
 
 def test_a_redelivered_message_is_skipped_by_the_ledger(
