@@ -335,6 +335,13 @@ class ReactionExecutor:
                     type(self.reaction).max_attempts,
                     type(error).__name__,
                     error,
+                    extra={
+                        "reaction": self.name,
+                        "position": f"{transaction_id}/{notification_id}",
+                        "stream": str(stream),
+                        "version": version,
+                        "message_id": str(message_id),
+                    },
                 )
                 # Retry, not the error itself: dramatiq logs any other exception with its
                 # traceback at ERROR on every try; the line above says what happened.
@@ -407,6 +414,13 @@ class ReactionExecutor:
             attempt,
             type(error).__name__,
             error,
+            extra={
+                "reaction": self.name,
+                "position": str(n.position),
+                "stream": str(n.originator_id),
+                "version": n.originator_version,
+                "message_id": str(message_id),
+            },
         )
 
 

@@ -222,7 +222,12 @@ class ProjectionWorker:
             if stop.wait(self.poll.lease_wait_s):
                 return False
             self.last_loop = time.monotonic()  # waiting for the lease is turning too
-        logger.info("projection %s: worker %s took the lease", self.name, self.worker_id)
+        logger.info(
+            "projection %s: worker %s took the lease",
+            self.name,
+            self.worker_id,
+            extra={self.kind: self.name, "partition": 0, "position": str(self.position)},
+        )
         self._m_lease.set(1)
         if said:
             metrics.LEASE_TAKEOVERS.labels(self.kind, self.name).inc()
@@ -519,7 +524,18 @@ class ProjectionWorker:
             attempts,
             type(error).__name__,
             error,
+            extra=self._fields(n),
         )
+
+    def _fields(self, n: LoggedNotification) -> dict[str, object]:
+        """Structured log fields for an event (``--log-format json``)."""
+        return {
+            self.kind: self.name,
+            "partition": 0,
+            "position": str(n.position),
+            "stream": str(n.originator_id),
+            "version": n.originator_version,
+        }
 
     def _retry_or_park(
         self,
@@ -551,6 +567,7 @@ class ProjectionWorker:
                 self.retry.max_attempts,
                 type(failure.error).__name__,
                 failure.error,
+                extra=self._fields(n),
             )
             if stop.wait(self.retry.delay(attempt)):
                 return False

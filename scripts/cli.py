@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from infrastructure.errors import EventkitError
-from scripts import benchmarks, db, demo, dlq, reactions, rebuild, status, workers
+from scripts import benchmarks, db, demo, dlq, logs, reactions, rebuild, status, workers
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -17,6 +17,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Event sourcing on PostgreSQL: operator commands.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
+    parser.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="log lines as text or as JSON objects (default %(default)s)",
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     db.register(commands)
     demo.register(commands)
@@ -32,10 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logs.configure(logging.DEBUG if args.verbose else logging.INFO, args.log_format)
     try:
         result: int = args.run(args)
     except EventkitError as e:

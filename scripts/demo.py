@@ -24,6 +24,7 @@ import secrets
 import textwrap
 import threading
 import time
+import urllib.request
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
@@ -36,6 +37,7 @@ from uuid import UUID
 import psycopg_pool
 from eventsourcing.persistence import IntegrityError
 from eventsourcing.utils import get_topic
+from prometheus_client.parser import text_string_to_metric_families
 from psycopg import sql
 
 from domain.application import CommandResult, OrderPlacement, Shop
@@ -60,6 +62,7 @@ from infrastructure.factory import shared_pool
 from infrastructure.log import Position
 from infrastructure.settings import Settings, redact
 from infrastructure.tracking import Tracking
+from projections.monitoring import Monitor, MonitoringServer
 from projections.projection import Context, Projection, Table, UnhandledEventError
 from projections.queries import Queries
 from projections.shop import (
@@ -408,7 +411,10 @@ def _quiet_workers(verbose: bool) -> Iterator[None]:
     worker_logger.addFilter(quiet)
     # The reactions' failures and dead letters are the demo's to tell, and dramatiq's
     # start and stop lines are noise here.
-    silenced = [logging.getLogger("projections.reactor"), logging.getLogger("dramatiq")]
+    silenced = [
+        logging.getLogger(name)
+        for name in ("projections.reactor", "projections.monitoring", "dramatiq")
+    ]
     levels = [lg.level for lg in silenced]
     for lg in silenced:
         lg.setLevel(logging.CRITICAL)
@@ -571,6 +577,13 @@ def _run_demo(
     ledger.poison.add(poison.order_id)  # before its worker starts: the order is poison
     _print_workers(workers, poison.order_id)
     monitor = LagMonitor(pool, schema, projections, tally)
+    health = Monitor(pool, schema, projections=projections, workers=workers, interval_s=1.0)
+    server = MonitoringServer(health, 0, host="127.0.0.1").start()
+    metrics_url = f"http://127.0.0.1:{server.port}"
+    print(f"metrics: {metrics_url}/metrics (Prometheus), {metrics_url}/healthz, /readyz")
+    health_stop = threading.Event()
+    health_thread = threading.Thread(target=health.run, args=(health_stop,), daemon=True)
+    health_thread.start()
     with _running(workers):
         before = _count(pool, schema).events
         started = time.perf_counter()
@@ -592,6 +605,11 @@ def _run_demo(
         views_agree = _show_read_models(shop, pool, schema)
         _read_your_writes(shop, pool, schema)
         is_healed = _retry_dead_letters(ledger, poison.order_id, pool, schema, url)
+        health.refresh()
+        _print_metrics(metrics_url)
+    health_stop.set()
+    health_thread.join()
+    server.stop()
     reactions_done = _run_reactions(shop, settings, pool, url)
     return is_drained and is_sound and views_agree and is_healed and reactions_done
 
@@ -864,6 +882,52 @@ def _retry_dead_letters(
         )
         _eventkit("dlq", "list")
     return code == 0 and [kind for _, kind, _ in entries] == ["placed", "paid"]
+
+
+def _print_metrics(base: str) -> None:
+    """A few figures read back from the demo's own metrics endpoint."""
+    with urllib.request.urlopen(base + "/metrics", timeout=5) as response:
+        text = response.read().decode()
+    processed: defaultdict[str, float] = defaultdict(float)
+    latency: dict[str, dict[float, float]] = defaultdict(dict)
+    figures: defaultdict[str, float] = defaultdict(float)
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = sample.labels
+            if sample.name == "eventkit_events_processed_total":
+                processed[labels["name"]] += sample.value
+            elif sample.name == "eventkit_commit_to_processed_seconds_bucket":
+                latency[labels["name"]][float(labels["le"])] = sample.value
+            elif sample.name in {
+                "eventkit_events_appended_total",
+                "eventkit_retries_total",
+                "eventkit_dead_letters_parked_total",
+            }:
+                figures[sample.name] += sample.value
+    print(f"\nread back from {base}/metrics:")
+    print(
+        f"  events appended {figures['eventkit_events_appended_total']:,.0f}; retries "
+        f"{figures['eventkit_retries_total']:,.0f}; dead letters parked "
+        f"{figures['eventkit_dead_letters_parked_total']:,.0f}"
+    )
+    for name, count in sorted(processed.items()):
+        print(
+            f"  {name}: {count:,.0f} events processed; commit-to-processed p99 "
+            f"<= {_p99_bound(latency.get(name, {}))}"
+        )
+    with urllib.request.urlopen(base + "/readyz", timeout=5) as response:
+        print(f"  /readyz: {response.status} {response.read().decode().strip()}")
+
+
+def _p99_bound(buckets: dict[float, float]) -> str:
+    """The upper bound of the histogram bucket that holds the 99th percentile."""
+    total = buckets.get(float("inf"), 0.0)
+    if not total:
+        return "-"
+    for bound in sorted(buckets):
+        if buckets[bound] >= 0.99 * total:
+            return "inf" if bound == float("inf") else f"{bound * 1000:g} ms"
+    return "-"
 
 
 #: Demo orders placed while the reactions run; the gateway declines amounts over the limit.

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+import time
 from typing import Any
 
 from infrastructure.broker import BrokerKind, broker_kind
@@ -26,6 +28,17 @@ def register(commands: Any) -> None:
     )
     parser.add_argument("names", nargs="*", metavar="NAME")
     parser.add_argument("--json", action="store_true", help="print JSON for machines")
+    parser.add_argument(
+        "--watch",
+        nargs="?",
+        const=2.0,
+        type=float,
+        metavar="SECONDS",
+        help="refresh in place every SECONDS (default 2) until Ctrl-C",
+    )
+    parser.add_argument(
+        "--times", type=int, metavar="N", help="with --watch: stop after N refreshes"
+    )
     parser.set_defaults(run=_run)
 
 
@@ -89,6 +102,29 @@ def render_reactions(rows: list[ReactionStatus]) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.watch is None:
+        print(_report(args))
+        return 0
+    terminal = sys.stdout.isatty()
+    shown = 0
+    try:
+        while args.times is None or shown < args.times:
+            report = _report(args)
+            stamp = time.strftime("%H:%M:%S")
+            if terminal:  # home the cursor and clear the screen: refresh in place
+                print(f"\x1b[H\x1b[2J{stamp}  eventkit status (every {args.watch:g} s)\n")
+            else:
+                print(f"-- {stamp}")
+            print(report, flush=True)
+            shown += 1
+            if args.times is None or shown < args.times:
+                time.sleep(args.watch)
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def _report(args: argparse.Namespace) -> str:
     settings = Settings.from_env()
     pool, _ = shared_pool(settings)
     projection_names, reaction_names = split_names(args.names)
@@ -106,20 +142,16 @@ def _run(args: argparse.Namespace) -> int:
         postgres_broker=broker_kind(settings.broker_url) is BrokerKind.POSTGRES,
     )
     if args.json:
-        print(
-            json.dumps(
-                {
-                    "projections": [r.as_json() for r in rows],
-                    "reactions": [r.as_json() for r in reactions],
-                },
-                indent=2,
-            )
+        return json.dumps(
+            {
+                "projections": [r.as_json() for r in rows],
+                "reactions": [r.as_json() for r in reactions],
+            },
+            indent=2,
         )
-    else:
-        if rows:
-            print(render(rows))
-        if rows and reactions:
-            print()
-        if reactions:
-            print(render_reactions(reactions))
-    return 0
+    parts = []
+    if rows:
+        parts.append(render(rows))
+    if reactions:
+        parts.append(render_reactions(reactions))
+    return "\n\n".join(parts)

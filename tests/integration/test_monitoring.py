@@ -184,6 +184,8 @@ def test_a_real_prometheus_scrapes_a_running_worker(
             sys.executable,
             "-m",
             "scripts.cli",
+            "--log-format",
+            "json",
             "workers",
             "--projections-only",
             "--metrics-port",
@@ -241,6 +243,10 @@ def test_a_real_prometheus_scrapes_a_running_worker(
         worker.send_signal(signal.SIGTERM)
         _, err = worker.communicate(timeout=30)
     assert worker.returncode == 0, err.decode()[-2000:]
+    lines = [json.loads(line) for line in err.decode().splitlines() if line.strip()]
+    took = [x for x in lines if "took the lease" in x["message"]]
+    assert {x["projection"] for x in took} == {"order_summaries", "stock_levels", "revenue_by_day"}
+    assert all("position" in x and x["partition"] == 0 for x in took)
 
 
 def _query(api: str, query: str) -> list[dict[str, object]]:

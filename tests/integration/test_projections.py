@@ -433,3 +433,18 @@ def test_a_notification_hint_wakes_an_idle_worker_before_its_poll_interval(
         )
         OrderSummaryQueries(pool, view_settings.schema).wait_for(placed.notification_id, 4.0)
         assert time.monotonic() - started < 2.0
+
+
+def test_status_watch_refreshes_until_told_to_stop(
+    schema: str,
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    monkeypatch.setenv("EVENTKIT_SCHEMA", schema)
+    assert main(["status", "--watch", "0.01", "--times", "3"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("-- ") == 3  # not a terminal: one stamped report per refresh
+    assert out.count("order_summaries") == 3
+    assert out.count("charge_payments") == 3

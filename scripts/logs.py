@@ -1,0 +1,63 @@
+"""Log formats for eventkit's commands: text (default) or JSON lines (``--log-format json``).
+
+Both redact passwords in URLs (``DATABASE_URL``, ``BROKER_URL``) wherever they appear in a
+message. The JSON format adds the fields a record carries in ``extra`` (``projection``,
+``reaction``, ``partition``, ``position``, ``stream``, ``version``, ``message_id``), so
+lines can be filtered by projection or position without parsing the text.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import UTC, datetime
+
+from infrastructure.settings import redact
+
+#: Fields a log record may carry in ``extra``, copied into JSON lines.
+FIELDS = ("projection", "reaction", "partition", "position", "stream", "version", "message_id")
+
+
+class RedactingFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, object] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": redact(record.getMessage()),
+        }
+        for field in FIELDS:
+            value = getattr(record, field, None)
+            if value is not None:
+                line[field] = value if isinstance(value, int | float | bool) else str(value)
+        if record.exc_info:
+            line["exception"] = redact(self.formatException(record.exc_info))
+        return json.dumps(line)
+
+
+def configure(level: int, log_format: str) -> None:
+    """Log to standard error at ``level`` in ``log_format`` (``text`` or ``json``).
+
+    Like ``logging.basicConfig``, leaves logging alone where someone else configured it
+    already (a host application, pytest), apart from a handler of an earlier call.
+    """
+    root = logging.getLogger()
+    ours = [h for h in root.handlers if getattr(h, "eventkit", False)]
+    if len(ours) != len(root.handlers):
+        return
+    for existing in ours:
+        root.removeHandler(existing)
+    handler = logging.StreamHandler()
+    handler.eventkit = True  # type: ignore[attr-defined]
+    handler.setFormatter(
+        JsonFormatter()
+        if log_format == "json"
+        else RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    )
+    root.addHandler(handler)
+    root.setLevel(level)
