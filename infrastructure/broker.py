@@ -277,7 +277,7 @@ class OutboxRelay:
         *,
         database_url: str,
         schema: str,
-        batch_size: int = 500,
+        batch_size: int = 100,
         idle_s: float = 0.05,
     ) -> None:
         self.broker = broker
@@ -290,6 +290,7 @@ class OutboxRelay:
         ).format(table)
         self._delete = sql.SQL("DELETE FROM {} WHERE seq = ANY(%s)").format(table)
         self.relayed = 0
+        self._lock = threading.Lock()
 
     def run(self, stop: threading.Event) -> None:
         delay = 0.1
@@ -319,5 +320,6 @@ class OutboxRelay:
                 self.broker.enqueue(dramatiq.Message(**message))
             if rows:
                 conn.execute(self._delete, ([seq for seq, _ in rows],))
-        self.relayed += len(rows)
+        with self._lock:
+            self.relayed += len(rows)
         return len(rows)

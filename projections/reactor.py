@@ -506,6 +506,7 @@ class ReactionRuntime:
         notify_channel: str | None = None,
         follow: bool = True,
         prefetch: int = 0,
+        relay_threads: int = 4,
     ) -> None:
         names = [r.name for r in reactions]
         if len(set(names)) != len(names):
@@ -517,6 +518,7 @@ class ReactionRuntime:
         self.worker_threads = worker_threads
         #: Messages each queue's consumer claims ahead (0: dramatiq's default, 2 per thread).
         self.prefetch = prefetch
+        self.relay_threads = relay_threads
         handover = Handover(kind, schema)
         queue_table = handover.target if kind is BrokerKind.POSTGRES else None
         self.executors = {
@@ -572,9 +574,14 @@ class ReactionRuntime:
             for f in self.followers
         ]
         if self.relay is not None:
-            threads.append(
-                threading.Thread(target=self.relay.run, args=(stop,), name="relay", daemon=True)
-            )
+            # Several relay threads: each publish waits for the broker's confirmation, and
+            # rows are taken with SKIP LOCKED, so the threads share the outbox.
+            threads += [
+                threading.Thread(
+                    target=self.relay.run, args=(stop,), name=f"relay-{i}", daemon=True
+                )
+                for i in range(self.relay_threads)
+            ]
         for t in threads:
             t.start()
         try:
