@@ -17,6 +17,7 @@ the broker and is tried again later: nothing is dropped.
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 import traceback
@@ -315,6 +316,22 @@ class ReactionExecutor:
                 error=bad.error,
             )
             return
+        except psycopg.OperationalError as error:
+            # The database connection, not the reaction: not a try. The message is tried
+            # again after a backoff, as often as it takes for the database to come back.
+            metrics.ERRORS.labels("reaction", self.name, type(error).__name__).inc()
+            logger.warning(
+                "reaction %s: database connection lost while running message %s (stream %s "
+                "version %s): %s; trying again (not counted as a try)",
+                self.name,
+                message_id,
+                stream,
+                version,
+                error,
+            )
+            raise dramatiq.Retry(
+                f"database connection lost: {error}", delay=self._uncount_try()
+            ) from error
         except Exception as error:
             with self._lock:
                 self.counts.failures += 1
@@ -360,6 +377,20 @@ class ReactionExecutor:
             self.counts.executed += 1
         self._m_executed.inc()
         self._m_latency.observe(time.time() - n.recorded_at.timestamp())
+
+    def _uncount_try(self) -> int:
+        """Undo the try dramatiq's Retries is about to count for the current message, and
+        return the delay before the next one (ms): the reaction's backoff, doubling with
+        each lost connection in a row (counted apart, in the message's options)."""
+        r = type(self.reaction)
+        message = CurrentMessage.get_current_message()
+        lost = 1
+        if message is not None:
+            message.options["retries"] = int(message.options.get("retries", 0)) - 1
+            lost = int(message.options.get("eventkit_connection_losses", 0)) + 1
+            message.options["eventkit_connection_losses"] = lost
+        ceiling = min(r.max_backoff_ms, r.min_backoff_ms * 2 ** min(lost, 20))
+        return int(random.uniform(ceiling / 2, ceiling))
 
     def _notification(
         self, stream: UUID, version: int, notification_id: int, transaction_id: int

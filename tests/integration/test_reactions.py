@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
+from functools import singledispatchmethod
 from uuid import UUID
 
+import psycopg
 import psycopg_pool
 import pytest
 from prometheus_client import REGISTRY
@@ -12,7 +15,7 @@ from psycopg import sql
 
 from domain.application import Shop
 from domain.commands import OrderLineRequest, PlaceOrder
-from domain.orders import OrderStatus
+from domain.orders import Order, OrderStatus
 from domain.payments import PaymentStatus
 from infrastructure.broker import message_id
 from infrastructure.deadletters import DeadLetters
@@ -21,6 +24,8 @@ from infrastructure.recorder import PostgresEventRecorder
 from infrastructure.settings import Settings
 from infrastructure.tracking import Tracking
 from infrastructure.transcoding import PydanticMapper
+from projections.projection import Table
+from projections.reaction import Reaction, ReactionContext, UnhandledEventError
 from projections.rebuild import rebuild
 from projections.shop import OrderSummaries
 from projections.shop.reactions import (
@@ -289,3 +294,83 @@ def test_reactions_replay_moves_the_follower_to_just_before_the_position_named(
     assert "unknown reaction 'no_such_reaction'" in capsys.readouterr().err
     assert eventkit(["reactions", "replay", "order_mails", "--from", "soon", "--yes"]) == 1
     assert "is not a log position" in capsys.readouterr().err
+
+
+def test_reactions_survive_their_database_connections_being_killed(
+    shop: Shop, pool: psycopg_pool.ConnectionPool, schema: str, react_settings: Settings
+) -> None:
+    """Every backend of the followers, actors, broker and pool is terminated three times
+    under load: each reaction still runs exactly once, and nothing is parked."""
+    runtime = make_runtime([Effects()], react_settings)
+    orders: list[UUID] = []
+    with running_reactions(runtime):
+        for _ in range(3):
+            orders += place(shop, 15)
+            time.sleep(0.1)
+            with pool.connection() as conn:
+                row = conn.execute(
+                    "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM "
+                    "pg_stat_activity WHERE datname = current_database() AND "
+                    "pid <> pg_backend_pid() AND application_name IN "
+                    "('eventkit', 'eventkit:test', 'dramatiq-postgres')"
+                ).fetchone()
+            assert row is not None
+            assert row[0] > 0
+            pool.check()  # replace the test's own idle connections that were killed
+        wait_for(
+            lambda: count(pool, schema, "effects") >= len(orders),
+            f"a reaction for each of {len(orders)} orders",
+            timeout=90,
+        )
+    with pool.connection() as conn:
+        got = conn.execute(
+            sql.SQL("SELECT order_id, count(*) FROM {} GROUP BY order_id").format(
+                sql.Identifier(schema, "effects")
+            )
+        ).fetchall()
+    assert dict(got) == dict.fromkeys(orders, 1)
+    assert count(pool, schema, "dead_letters") == 0
+
+
+class LosesConnections(Reaction):
+    """Its first ``losses`` tries meet a lost database connection, more than its
+    ``max_attempts``."""
+
+    name = "loses_connections"
+    max_attempts = 3
+    min_backoff_ms = 10
+    max_backoff_ms = 50
+    losses = 5
+    calls = 0
+    tables = (Table("survivors", "CREATE TABLE {table} (message_id uuid, attempt integer)"),)
+
+    @singledispatchmethod
+    def react(self, event: object, context: ReactionContext) -> None:
+        raise UnhandledEventError(self, event)
+
+    @react.register
+    def _(self, event: Order.Placed, context: ReactionContext) -> None:
+        type(self).calls += 1
+        if type(self).calls <= self.losses:
+            raise psycopg.OperationalError("server closed the connection unexpectedly")
+        context.execute(
+            "INSERT INTO {survivors} (message_id, attempt) VALUES (%s, %s)",
+            (context.message_id, context.attempt),
+        )
+
+
+def test_a_lost_database_connection_is_not_counted_as_a_try(
+    shop: Shop, pool: psycopg_pool.ConnectionPool, schema: str, react_settings: Settings
+) -> None:
+    LosesConnections.calls = 0
+    place(shop, 1)
+    runtime = make_runtime([LosesConnections()], react_settings)
+    with running_reactions(runtime):
+        wait_for(lambda: count(pool, schema, "survivors") == 1, "the reaction to run", 30)
+    assert LosesConnections.calls == LosesConnections.losses + 1
+    assert count(pool, schema, "dead_letters") == 0
+    with pool.connection() as conn:
+        row = conn.execute(
+            sql.SQL("SELECT attempt FROM {}").format(sql.Identifier(schema, "survivors"))
+        ).fetchone()
+    assert row == (1,)  # five lost connections, and this is still its first try
