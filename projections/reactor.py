@@ -211,6 +211,7 @@ class ReactionExecutor:
         # One statement: acknowledge (PostgreSQL broker), record in the ledger, load the
         # event. Whether the ledger took the message, then the event's columns (NULL when
         # the store does not hold it).
+        self._begin_bytes: bytes | None = None
         self._begin = sql.SQL(
             "WITH acked AS ({ack}), claimed AS (INSERT INTO {ledger} (message_id, reaction,"
             " notification_id, attempt) VALUES (%s, %s, %s, %s) ON CONFLICT (message_id)"
@@ -261,16 +262,16 @@ class ReactionExecutor:
     ) -> None:
         """Run the reaction for one message, or raise to have dramatiq try it again.
 
-        One transaction, sent in psycopg's pipeline mode: with the PostgreSQL broker it
-        deletes the message from the queue (the acknowledgement), records the message in
-        the ledger, loads the event, and then runs the handler; a repeat of an executed
-        message only deletes it. A failure rolls all of it back, so the message stays with
+        One transaction whose first statement, with the PostgreSQL broker, deletes the
+        message from the queue (the acknowledgement), records the message in the ledger
+        and loads the event; then the handler runs. A repeat of an executed message only
+        deletes it. A failure rolls all of it back, so the message stays with
         the broker for its next try.
         """
         try:
             with self.pool.connection() as conn, conn.transaction():
                 row = conn.execute(
-                    self._begin,
+                    self._begin_bytes or self._render(conn),
                     (message_id, message_id, self.name, notification_id, attempt, notification_id),
                     binary=True,
                 ).fetchone()
@@ -377,6 +378,12 @@ class ReactionExecutor:
             self.counts.executed += 1
         self._m_executed.inc()
         self._m_latency.observe(time.time() - n.recorded_at.timestamp())
+
+    def _render(self, conn: psycopg.Connection[Any]) -> bytes:
+        """The first statement as bytes, rendered once (psycopg would quote its
+        identifiers again on every execution)."""
+        self._begin_bytes = self._begin.as_bytes(conn)
+        return self._begin_bytes
 
     def _uncount_try(self) -> int:
         """Undo the try dramatiq's Retries is about to count for the current message, and
