@@ -190,9 +190,24 @@ def _postgres_broker_class() -> Any:
     in the transaction that records it in the ledger instead, so acknowledging costs no
     round trip and a message is never marked done apart from its effect.
     """
-    from dramatiq_postgres.broker import PostgresBroker, PostgresConsumer
+    from dramatiq_postgres.broker import QUERIES, PostgresBroker, PostgresConsumer
+    from dramatiq_postgres.utils import raise_connection_error
 
     class Consumer(PostgresConsumer):  # type: ignore[misc]
+        @raise_connection_error  # type: ignore[untyped-decorator]
+        def claim(self, limit: int) -> None:
+            # One statement on an autocommit connection: its own transaction, one round
+            # trip (dramatiq-postgres wraps it in BEGIN and COMMIT: three). The consumer
+            # thread claimed for every worker thread, and claiming was 58% of its time.
+            conn = self.get_consume_conn()
+            if not conn.autocommit:
+                conn.autocommit = True
+            rows = conn.execute(
+                QUERIES.CLAIM, (self.queue_name, limit, self.broker.worker_id)
+            ).fetchall()
+            for (payload,) in rows:
+                self.buffer.append(dramatiq.Message.decode(payload.encode("utf-8")))
+
         def ack(self, message: Any) -> None:
             # eventkit's actors delete the message in the transaction that executes it (or
             # parks it); a message retried later was queued again by dramatiq's Retries
