@@ -23,11 +23,13 @@ import enum
 import hashlib
 import json
 import logging
+import socket
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, LiteralString
+from urllib.parse import urlparse
 from uuid import UUID, uuid5
 
 import dramatiq
@@ -130,6 +132,18 @@ def broker_kind(broker_url: str | None) -> BrokerKind:
         f"BROKER_URL={redact(broker_url)!r} names no broker eventkit knows: use amqp://... "
         "(RabbitMQ), redis://... (Redis), or leave it unset for the PostgreSQL broker"
     )
+
+
+def reachable(url: str, default_port: int, timeout_s: float = 1.0) -> bool:
+    """Whether a TCP connection to the host and port of ``url`` opens (a broker is up)."""
+    parts = urlparse(url)
+    try:
+        with socket.create_connection(
+            (parts.hostname or "127.0.0.1", parts.port or default_port), timeout_s
+        ):
+            return True
+    except OSError:
+        return False
 
 
 @dataclass(frozen=True)

@@ -37,17 +37,23 @@ from psycopg import sql
 from infrastructure import metrics
 from infrastructure.broker import (
     BrokerKind,
+    BrokerOptions,
     Handover,
     OutboxRelay,
     actor_name,
+    broker_kind,
+    create_broker,
     message_for,
     queue_name,
     reaction_message,
 )
 from infrastructure.deadletters import DeadLetter, DeadLetters, Selector
 from infrastructure.errors import EventDecodingError, EventkitError
+from infrastructure.factory import shared_pool
 from infrastructure.log import LoggedNotification
 from infrastructure.recorder import PostgresEventRecorder, logged_notification
+from infrastructure.settings import Settings
+from infrastructure.transcoding import PydanticMapper
 from projections.projection import Context, Projection, create_tables, table_identifiers
 from projections.reaction import Reaction, ReactionContext
 from projections.worker import BatchReport, PollPolicy, ProjectionWorker
@@ -197,10 +203,6 @@ class ReactionExecutor:
         self._m_latency = metrics.PROCESSED_LATENCY.labels("reaction", self.name)
         self._lock = threading.Lock()
         self._handlers: dict[type[Any], Callable[[Any, Any, Any], None]] = {}
-        self._claim = sql.SQL(
-            "INSERT INTO {} (message_id, reaction, notification_id, attempt) "
-            "VALUES (%s, %s, %s, %s) ON CONFLICT (message_id) DO NOTHING RETURNING 1"
-        ).format(sql.Identifier(schema, "reaction_ledger"))
         self._ack = (
             None
             if queue_table is None
@@ -219,11 +221,7 @@ class ReactionExecutor:
             " SELECT EXISTS (SELECT 1 FROM claimed), e.* FROM (SELECT 1) one"
             " LEFT JOIN ({load}) e ON true"
         ).format(
-            ack=sql.SQL("SELECT 1 WHERE %s IS NULL")
-            if queue_table is None
-            else sql.SQL("DELETE FROM {} WHERE message_id = %s AND state = 'consumed'").format(
-                queue_table
-            ),
+            ack=sql.SQL("SELECT 1 WHERE %s IS NULL") if self._ack is None else self._ack,
             ledger=sql.Identifier(schema, "reaction_ledger"),
             load=recorder.notification_query(),
         )
@@ -543,7 +541,6 @@ class ReactionRuntime:
         poll: PollPolicy | None = None,
         notify_channel: str | None = None,
         follow: bool = True,
-        prefetch: int = 0,
         relay_threads: int = 4,
     ) -> None:
         names = [r.name for r in reactions]
@@ -554,8 +551,6 @@ class ReactionRuntime:
         self.url = url
         self.schema = schema
         self.worker_threads = worker_threads
-        #: Messages each queue's consumer claims ahead (0: dramatiq's default, 2 per thread).
-        self.prefetch = prefetch
         self.relay_threads = relay_threads
         handover = Handover(kind, schema)
         queue_table = handover.target if kind is BrokerKind.POSTGRES else None
@@ -604,8 +599,6 @@ class ReactionRuntime:
             for executor in self.executors.values():
                 executor.create_tables(conn)
         worker = dramatiq.Worker(self.broker, worker_threads=self.worker_threads)
-        if self.prefetch:
-            worker.queue_prefetch = self.prefetch
         worker.start()
         threads = [
             threading.Thread(target=f.run, args=(stop,), name=f"follower-{f.name}", daemon=True)
@@ -629,3 +622,43 @@ class ReactionRuntime:
                 t.join()
             worker.stop()
             self.broker.close()
+
+
+def reaction_runtime(
+    reactions: Sequence[Reaction],
+    settings: Settings,
+    *,
+    worker_id: str,
+    broker_options: BrokerOptions | None = None,
+    worker_threads: int = 8,
+    batch_size: int = 1000,
+    poll: PollPolicy | None = None,
+    follow: bool = True,
+) -> ReactionRuntime:
+    """A runtime for ``reactions`` on the settings' database and schema, with the broker
+    ``BROKER_URL`` names (the PostgreSQL broker when unset)."""
+    pool, url = shared_pool(settings)
+    kind = broker_kind(settings.broker_url)
+    broker = create_broker(
+        kind,
+        database_url=url,
+        schema=settings.schema,
+        broker_url=settings.broker_url,
+        options=broker_options,
+    )
+    return ReactionRuntime(
+        reactions,
+        broker=broker,
+        kind=kind,
+        url=url,
+        schema=settings.schema,
+        pool=pool,
+        recorder=PostgresEventRecorder(pool, settings.schema),
+        mapper=PydanticMapper(),
+        worker_id=worker_id,
+        worker_threads=worker_threads,
+        batch_size=batch_size,
+        poll=poll,
+        notify_channel=settings.notify_channel,
+        follow=follow,
+    )

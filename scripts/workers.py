@@ -13,7 +13,7 @@ from types import FrameType
 from typing import Any
 
 from domain.application import Shop
-from infrastructure.broker import BrokerKind, BrokerOptions, broker_kind, create_broker
+from infrastructure.broker import BrokerKind, BrokerOptions, broker_kind
 from infrastructure.errors import ConfigurationError
 from infrastructure.factory import shared_pool
 from infrastructure.recorder import PostgresEventRecorder
@@ -21,7 +21,7 @@ from infrastructure.settings import Settings
 from infrastructure.transcoding import PydanticMapper
 from projections.monitoring import Monitor, MonitoringServer
 from projections.projection import Projection
-from projections.reactor import ReactionRuntime
+from projections.reactor import ReactionRuntime, reaction_runtime
 from projections.shop import PROJECTIONS
 from projections.shop.reactions import REACTION_TYPES, shop_reactions
 from projections.worker import BatchReport, PollPolicy, ProjectionWorker, RetryPolicy
@@ -102,32 +102,16 @@ def build_reactions(
     follow: bool = True,
 ) -> ReactionRuntime:
     """The shop's named reactions with their followers, broker and dramatiq worker."""
-    pool, url = shared_pool(settings)
-    kind = broker_kind(settings.broker_url)
     shop = Shop(application_env(settings))
     gateway_url = gateway_url or os.environ.get("PAYMENT_GATEWAY_URL")
-    reactions = shop_reactions(shop, gateway_url, list(names))
-    broker = create_broker(
-        kind,
-        database_url=url,
-        schema=settings.schema,
-        broker_url=settings.broker_url,
-        options=broker_options,
-    )
-    return ReactionRuntime(
-        reactions,
-        broker=broker,
-        kind=kind,
-        url=url,
-        schema=settings.schema,
-        pool=pool,
-        recorder=PostgresEventRecorder(pool, settings.schema),
-        mapper=PydanticMapper(),
+    return reaction_runtime(
+        shop_reactions(shop, gateway_url, list(names)),
+        settings,
         worker_id=worker_id,
+        broker_options=broker_options,
         worker_threads=threads,
         batch_size=batch_size,
         poll=poll,
-        notify_channel=settings.notify_channel,
         follow=follow,
     )
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -30,19 +29,16 @@ from dataclasses import asdict, dataclass
 from functools import singledispatchmethod
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 from uuid import UUID, uuid4
 
 from eventsourcing.application import Application
 from psycopg import sql
 
-from infrastructure.broker import BrokerKind, create_broker
+from infrastructure.broker import BrokerKind, reachable
 from infrastructure.factory import shared_pool
-from infrastructure.recorder import PostgresEventRecorder
 from infrastructure.settings import Settings
-from infrastructure.transcoding import PydanticMapper
 from projections.reaction import Reaction, ReactionContext, UnhandledEventError
-from projections.reactor import ReactionRuntime
+from projections.reactor import ReactionRuntime, reaction_runtime
 from scripts.benchmarks.aggregates import Account, open_account
 from scripts.benchmarks.report import format_ms, format_rate, format_table, write_json
 from scripts.bootstrap import tune_gc
@@ -114,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
     events = 4_000 if args.quick else 20_000
     seconds = 8.0 if args.quick else 30.0
     brokers: list[tuple[BrokerKind, str | None]] = [(BrokerKind.POSTGRES, None)]
-    if args.rabbitmq != "none" and _reachable(args.rabbitmq):
+    if args.rabbitmq != "none" and reachable(args.rabbitmq, 5672):
         brokers.append((BrokerKind.RABBITMQ, args.rabbitmq))
     else:
         print(f"RabbitMQ at {args.rabbitmq} not reachable: PostgreSQL broker only")
@@ -132,15 +128,6 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _reachable(url: str) -> bool:
-    parts = urlparse(url)
-    try:
-        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 5672), 1):
-            return True
-    except OSError:
-        return False
-
-
 def _setup(
     kind: BrokerKind, broker_url: str | None, schema: str | None = None, *, follow: bool = True
 ) -> tuple[Settings, ReactionRuntime, Any]:
@@ -151,21 +138,8 @@ def _setup(
         home=base.home,
         broker_url=broker_url,
     )
-    pool, url = shared_pool(settings)
-    broker = create_broker(kind, database_url=url, schema=settings.schema, broker_url=broker_url)
-    runtime = ReactionRuntime(
-        [Noop()],
-        broker=broker,
-        kind=kind,
-        url=url,
-        schema=settings.schema,
-        pool=pool,
-        recorder=PostgresEventRecorder(pool, settings.schema),
-        mapper=PydanticMapper(),
-        worker_id="bench",
-        worker_threads=8,
-        follow=follow,
-    )
+    _, url = shared_pool(settings)
+    runtime = reaction_runtime([Noop()], settings, worker_id="bench", follow=follow)
     app: Application[UUID] = Application(
         {
             "PERSISTENCE_MODULE": "infrastructure.factory",

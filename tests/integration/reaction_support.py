@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections import Counter
@@ -14,15 +15,14 @@ from uuid import UUID
 import psycopg_pool
 from psycopg import sql
 
+from domain.application import Shop
+from domain.commands import OrderLineRequest, PlaceOrder
 from domain.orders import Order
-from infrastructure.broker import BrokerKind, BrokerOptions, create_broker
-from infrastructure.factory import shared_pool
-from infrastructure.recorder import PostgresEventRecorder
+from infrastructure.broker import BrokerOptions
 from infrastructure.settings import Settings
-from infrastructure.transcoding import PydanticMapper
 from projections.projection import Table
 from projections.reaction import Reaction, ReactionContext, UnhandledEventError
-from projections.reactor import ReactionRuntime
+from projections.reactor import ReactionRuntime, reaction_runtime
 from projections.worker import PollPolicy
 
 FAST_POLL = PollPolicy(min_interval_s=0.001, max_interval_s=0.02, lease_wait_s=0.05)
@@ -88,28 +88,30 @@ def make_runtime(
     reactions: Sequence[Reaction],
     settings: Settings,
     *,
-    kind: BrokerKind = BrokerKind.POSTGRES,
     broker_url: str | None = None,
     threads: int = 4,
 ) -> ReactionRuntime:
-    pool, url = shared_pool(settings)
-    broker = create_broker(
-        kind, database_url=url, schema=settings.schema, broker_url=broker_url, options=FAST_BROKER
-    )
-    return ReactionRuntime(
+    """A runtime with fast timings, on the PostgreSQL broker unless ``broker_url`` names
+    another."""
+    return reaction_runtime(
         reactions,
-        broker=broker,
-        kind=kind,
-        url=url,
-        schema=settings.schema,
-        pool=pool,
-        recorder=PostgresEventRecorder(pool, settings.schema),
-        mapper=PydanticMapper(),
+        dataclasses.replace(settings, broker_url=broker_url),
         worker_id="test",
+        broker_options=FAST_BROKER,
         worker_threads=threads,
         batch_size=200,
         poll=FAST_POLL,
     )
+
+
+def place(shop: Shop, n: int, tag: str = "c", sku: str = "SKU-001") -> list[UUID]:
+    """Place ``n`` one-line orders; return their ids."""
+    return [
+        shop.place_order(
+            PlaceOrder(customer_id=f"{tag}{i}", lines=(OrderLineRequest(sku=sku, quantity=1),))
+        ).order_id
+        for i in range(n)
+    ]
 
 
 @contextmanager

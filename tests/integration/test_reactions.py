@@ -44,6 +44,7 @@ from tests.integration.reaction_support import (
     Effects,
     count,
     make_runtime,
+    place,
     running_reactions,
     wait_for,
 )
@@ -67,15 +68,6 @@ def _reset_effects() -> Iterator[None]:
     Effects.calls.clear()
     yield
     Effects.broken = set()
-
-
-def place(shop: Shop, n: int) -> list[UUID]:
-    return [
-        shop.place_order(
-            PlaceOrder(customer_id=f"c{i}", lines=(OrderLineRequest(sku="SKU-001", quantity=1),))
-        ).order_id
-        for i in range(n)
-    ]
 
 
 def ledger_count(pool: psycopg_pool.ConnectionPool, schema: str, reaction: str) -> int:

@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from urllib.parse import urlparse
 from uuid import UUID
 
 import pika
@@ -25,8 +23,7 @@ from dramatiq.common import dq_name, xq_name
 from psycopg import sql
 
 from domain.application import Shop
-from domain.commands import OrderLineRequest, PlaceOrder
-from infrastructure.broker import BrokerKind, queue_name
+from infrastructure.broker import queue_name, reachable
 from infrastructure.settings import Settings
 from tests.integration.projection_support import settings_for, stock_up
 from tests.integration.reaction_support import (
@@ -34,6 +31,7 @@ from tests.integration.reaction_support import (
     Effects,
     count,
     make_runtime,
+    place,
     running_reactions,
     wait_for,
 )
@@ -41,18 +39,9 @@ from tests.integration.reaction_support import (
 URL = os.environ.get("EVENTKIT_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/")
 
 
-def _reachable() -> bool:
-    parts = urlparse(URL)
-    try:
-        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 5672), 1):
-            return True
-    except OSError:
-        return False
-
-
 pytestmark = [
     pytest.mark.rabbitmq,
-    pytest.mark.skipif(not _reachable(), reason=f"no RabbitMQ reachable at {URL}"),
+    pytest.mark.skipif(not reachable(URL, 5672), reason=f"no RabbitMQ reachable at {URL}"),
 ]
 
 
@@ -78,17 +67,6 @@ def rabbit_settings(database_url: str, schema: str) -> Iterator[Settings]:
         connection.close()
 
 
-def place(shop: Shop, n: int, tag: str) -> list[UUID]:
-    return [
-        shop.place_order(
-            PlaceOrder(
-                customer_id=f"{tag}{i}", lines=(OrderLineRequest(sku="SKU-003", quantity=1),)
-            )
-        ).order_id
-        for i in range(n)
-    ]
-
-
 def once_each(pool: psycopg_pool.ConnectionPool, schema: str, table: str) -> dict[UUID, int]:
     with pool.connection() as conn:
         rows = conn.execute(
@@ -102,12 +80,10 @@ def once_each(pool: psycopg_pool.ConnectionPool, schema: str, table: str) -> dic
 def test_reactions_run_once_each_through_rabbitmq(
     shop: Shop, pool: psycopg_pool.ConnectionPool, schema: str, rabbit_settings: Settings
 ) -> None:
-    orders = place(shop, 30, "a")
-    runtime = make_runtime(
-        [Effects(), Audit()], rabbit_settings, kind=BrokerKind.RABBITMQ, broker_url=URL
-    )
+    orders = place(shop, 30, "a", "SKU-003")
+    runtime = make_runtime([Effects(), Audit()], rabbit_settings, broker_url=URL)
     with running_reactions(runtime):
-        orders += place(shop, 30, "b")
+        orders += place(shop, 30, "b", "SKU-003")
         wait_for(
             lambda: count(pool, schema, "effects") >= 60 and count(pool, schema, "audit") >= 60,
             "both reactions through RabbitMQ",
@@ -129,14 +105,14 @@ def test_a_rabbitmq_restart_under_load_loses_nothing(
     probe = subprocess.run(["rabbitmqctl", "status"], check=False, capture_output=True, timeout=30)
     if probe.returncode != 0:
         pytest.skip(f"rabbitmqctl cannot control the server: {probe.stderr.decode()[:200]}")
-    runtime = make_runtime([Effects()], rabbit_settings, kind=BrokerKind.RABBITMQ, broker_url=URL)
+    runtime = make_runtime([Effects()], rabbit_settings, broker_url=URL)
     placed: list[UUID] = []
     stop_writer = threading.Event()
 
     def writer() -> None:
         i = 0
         while not stop_writer.is_set():
-            placed.extend(place(shop, 1, f"w{i}-"))
+            placed.extend(place(shop, 1, f"w{i}-", "SKU-003"))
             i += 1
             time.sleep(0.01)
 
@@ -164,23 +140,14 @@ def test_a_rabbitmq_restart_under_load_loses_nothing(
 REDIS_URL = os.environ.get("EVENTKIT_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
 
-def _redis_reachable() -> bool:
-    parts = urlparse(REDIS_URL)
-    try:
-        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 6379), 1):
-            return True
-    except OSError:
-        return False
-
-
 @pytest.mark.redis
-@pytest.mark.skipif(not _redis_reachable(), reason=f"no Redis reachable at {REDIS_URL}")
+@pytest.mark.skipif(not reachable(REDIS_URL, 6379), reason=f"no Redis reachable at {REDIS_URL}")
 def test_reactions_run_once_each_through_redis(
     shop: Shop, pool: psycopg_pool.ConnectionPool, schema: str, database_url: str
 ) -> None:
     settings = settings_for(database_url, schema)
-    orders = place(shop, 30, "r")
-    runtime = make_runtime([Effects()], settings, kind=BrokerKind.REDIS, broker_url=REDIS_URL)
+    orders = place(shop, 30, "r", "SKU-003")
+    runtime = make_runtime([Effects()], settings, broker_url=REDIS_URL)
     try:
         with running_reactions(runtime):
             wait_for(lambda: count(pool, schema, "effects") >= 30, "the reaction through Redis")
