@@ -20,6 +20,7 @@ from psycopg import sql
 from psycopg.rows import class_row
 
 from infrastructure.log import LoggedNotification
+from infrastructure.partitions import Partition
 
 OPEN = ("parked", "retry_requested")
 
@@ -203,21 +204,33 @@ class DeadLetters:
         with conn.cursor(row_factory=class_row(DeadLetter)) as cur:
             return cur.execute(query, params).fetchall()
 
-    def retry_requested(self, conn: psycopg.Connection[Any], projection: str) -> list[DeadLetter]:
-        """Open dead letters of the streams of ``projection`` with a retry requested.
+    def retry_requested(
+        self,
+        conn: psycopg.Connection[Any],
+        projection: str,
+        partition: Partition | None = None,
+    ) -> list[DeadLetter]:
+        """Open dead letters of the streams of ``projection`` with a retry requested
+        (those of ``partition`` where its key is computed in SQL).
 
         Every open letter of such a stream, in version order: also those parked behind
         after the retry was requested, so the whole stream is reprocessed and released.
         """
+        predicate = None if partition is None else partition.predicate("d")
+        params: list[Any] = [projection, projection]
+        where: sql.Composable = sql.SQL("")
+        if predicate is not None:
+            where = sql.SQL(" AND ") + predicate[0]
+            params += predicate[1]
         with conn.cursor(row_factory=class_row(DeadLetter)) as cur:
             return cur.execute(
                 sql.SQL(
-                    "SELECT * FROM {t} WHERE projection = %s AND status IN ('parked', "
+                    "SELECT d.* FROM {t} d WHERE projection = %s AND status IN ('parked', "
                     "'retry_requested') AND originator_id IN (SELECT originator_id FROM {t} "
-                    "WHERE projection = %s AND status = 'retry_requested') "
+                    "WHERE projection = %s AND status = 'retry_requested'){w} "
                     "ORDER BY originator_id, originator_version"
-                ).format(t=self._table),
-                (projection, projection),
+                ).format(t=self._table, w=where),
+                params,
             ).fetchall()
 
     def mark(

@@ -1,23 +1,181 @@
-"""Leases: one owner per projection at a time, through a PostgreSQL advisory lock.
+"""Leases: one owner per partition of a projection at a time, fenced by a generation.
 
-A worker opens a connection of its own, takes a session-level advisory lock keyed by the
-schema and projection name on it, and runs every batch transaction of that projection on
-that same connection. If the worker dies (kill -9, machine lost) its connection closes and
-PostgreSQL releases the lock at once, so a waiting worker takes over. If the connection is
-cut while the worker lives, the worker cannot commit another batch: the connection that
-would commit it is the one that is gone. That is the fence.
-https://www.postgresql.org/docs/current/explicit-locking.html#ADVISORY-LOCKS
+A lease is a row of ``{schema}.leases``: (projection, partition) -> owner, generation,
+expiry. Its owner pushes the expiry forward on every heartbeat. Anyone may take a lease
+that has no owner, has expired, or whose owner is known to be dead; taking it draws a new
+generation from a sequence, so generations never repeat.
+
+**Fencing.** Every batch transaction of a partition checks, before it commits, that its
+lease row still names its owner and generation, and holds that row ``FOR SHARE`` until the
+commit. A worker that lost its lease (paused past the expiry, cut off from the database,
+or fenced by a rescale) therefore commits nothing more for that partition, and a takeover
+waits for a batch already checked to commit, then reads the position that batch recorded.
+
+Why rows and not session-level advisory locks (which eventkit used while a projection had
+one partition): a paused process keeps its TCP connection, so PostgreSQL keeps its
+advisory locks for as long as the pause lasts and nobody can take over; advisory locks
+need one session per lock holder, so a process with many partitions would need many
+connections; and a pooler in transaction mode (PgBouncer) loses session state. A lease
+row expires by the database's clock, needs no session, and carries the generation the
+fence checks. Advisory locks remain for one-off guards (one rebuild at a time).
+https://www.postgresql.org/docs/current/explicit-locking.html#LOCKING-ROWS
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import psycopg
+from psycopg import sql
+
+from infrastructure.errors import PersistenceError
 
 _KEY = "hashtextextended(%s, 0)"
+
+
+class LeaseLostError(PersistenceError):
+    """A worker's lease on a partition expired or was taken: it must not commit for it."""
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A partition's lease as its holder took it."""
+
+    projection: str
+    partition: int
+    owner: str
+    generation: int
+
+
+@dataclass(frozen=True)
+class LeaseRow:
+    """A lease as the table holds it now (for status)."""
+
+    projection: str
+    partition: int
+    owner: str | None
+    generation: int
+    acquired_at: datetime
+    expires_in_s: float
+
+
+class Leases:
+    """Takes, renews, checks and gives back leases in ``{schema}.leases``."""
+
+    def __init__(self, schema: str, ttl_s: float = 5.0) -> None:
+        if ttl_s <= 0:
+            raise ValueError(f"a lease's time to live must be positive, not {ttl_s}")
+        self.schema = schema
+        self.ttl_s = ttl_s
+        table = sql.Identifier(schema, "leases")
+        ttl = sql.SQL("clock_timestamp() + make_interval(secs => %s)")
+        self._acquire = sql.SQL(
+            "INSERT INTO {t} AS l (projection, partition, owner, expires_at)"
+            " VALUES (%s, %s, %s, {ttl})"
+            " ON CONFLICT (projection, partition) DO UPDATE SET owner = excluded.owner,"
+            " generation = excluded.generation, acquired_at = excluded.acquired_at,"
+            " expires_at = excluded.expires_at"
+            " WHERE l.owner IS NULL OR l.expires_at < clock_timestamp()"
+            " OR l.owner = ANY(%s)"
+            " RETURNING generation"
+        ).format(t=table, ttl=ttl)
+        self._renew = sql.SQL(
+            "UPDATE {t} SET expires_at = {ttl} WHERE owner = %s"
+            " RETURNING projection, partition, generation"
+        ).format(t=table, ttl=ttl)
+        self._release = sql.SQL(
+            "UPDATE {t} SET owner = NULL, expires_at = clock_timestamp()"
+            " WHERE projection = %s AND partition = %s AND owner = %s AND generation = %s"
+        ).format(t=table)
+        self._release_owners = sql.SQL(
+            "UPDATE {t} SET owner = NULL, expires_at = clock_timestamp() WHERE owner = ANY(%s)"
+        ).format(t=table)
+        self._fence = sql.SQL(
+            "SELECT l.owner, l.generation, l.expires_at < clock_timestamp(), p.partitions"
+            " FROM {t} l JOIN {p} p ON p.projection = l.projection"
+            " WHERE l.projection = %s AND l.partition = %s FOR SHARE"
+        ).format(t=table, p=sql.Identifier(schema, "partitioning"))
+        self._revoke = sql.SQL("DELETE FROM {t} WHERE projection = %s").format(t=table)
+        self._rows = sql.SQL(
+            "SELECT projection, partition, owner, generation, acquired_at,"
+            " extract(epoch FROM expires_at - clock_timestamp())::float8"
+            " FROM {t} WHERE projection = ANY(%s) ORDER BY projection, partition"
+        ).format(t=table)
+        self._lock = sql.SQL(
+            "SELECT 1 FROM {t} WHERE projection = %s ORDER BY partition FOR UPDATE"
+        ).format(t=table)
+
+    def acquire(
+        self,
+        conn: psycopg.Connection[Any],
+        projection: str,
+        partition: int,
+        owner: str,
+        *,
+        dead_owners: Sequence[str] = (),
+    ) -> Lease | None:
+        """Take the lease if it is free, expired or held by one of ``dead_owners``."""
+        row = conn.execute(
+            self._acquire, (projection, partition, owner, self.ttl_s, list(dead_owners))
+        ).fetchone()
+        return None if row is None else Lease(projection, partition, owner, int(row[0]))
+
+    def renew(self, conn: psycopg.Connection[Any], owner: str) -> set[Lease]:
+        """Push forward the expiry of every lease ``owner`` holds; return those leases."""
+        rows = conn.execute(self._renew, (self.ttl_s, owner)).fetchall()
+        return {Lease(r[0], r[1], owner, int(r[2])) for r in rows}
+
+    def release(self, conn: psycopg.Connection[Any], lease: Lease) -> None:
+        """Give the lease back, so the next worker takes it at once."""
+        conn.execute(
+            self._release, (lease.projection, lease.partition, lease.owner, lease.generation)
+        )
+
+    def release_owners(self, conn: psycopg.Connection[Any], owners: Sequence[str]) -> int:
+        """Free every lease held by ``owners`` (workers found dead)."""
+        return conn.execute(self._release_owners, (list(owners),)).rowcount
+
+    def fence(self, conn: psycopg.Connection[Any], lease: Lease, partitions: int) -> None:
+        """Check, inside the caller's transaction, that ``lease`` still holds and that the
+        projection still has ``partitions`` partitions; keep both rows locked (``FOR
+        SHARE``) until that transaction ends. Raises :class:`LeaseLostError`.
+        """
+        row = conn.execute(self._fence, (lease.projection, lease.partition)).fetchone()
+        if row is not None and row[0] == lease.owner and row[1] == lease.generation:
+            if not row[2] and row[3] == partitions:
+                return
+            why = (
+                "expired (the worker did not renew it in time)"
+                if row[2]
+                else f"is for {row[3]} partitions now, not {partitions}"
+            )
+        elif row is None:
+            why = "was revoked (the projection's partitions were changed)"
+        else:
+            why = f"was taken by {row[0] or 'nobody yet'} (generation {row[1]})"
+        raise LeaseLostError(
+            f"{lease.projection!r} partition {lease.partition}: worker {lease.owner}'s lease "
+            f"(generation {lease.generation}) {why}; not committing"
+        )
+
+    def revoke(self, conn: psycopg.Connection[Any], projection: str) -> None:
+        """Delete every lease of ``projection`` (after locking them with :meth:`lock`):
+        every holder's next batch fails its fence, and leases are taken anew."""
+        conn.execute(self._revoke, (projection,))
+
+    def lock(self, conn: psycopg.Connection[Any], projection: str) -> None:
+        """Lock ``projection``'s lease rows in the caller's transaction: waits for the
+        batches that have passed their fence to commit, and holds back new ones."""
+        conn.execute(self._lock, (projection,)).fetchall()
+
+    def rows(self, conn: psycopg.Connection[Any], projections: Sequence[str]) -> list[LeaseRow]:
+        return [LeaseRow(*r) for r in conn.execute(self._rows, (list(projections),)).fetchall()]
+
+
+# -- advisory locks: one-off guards ----------------------------------------------------------
 
 
 def lease_name(schema: str, projection: str) -> str:
@@ -25,7 +183,7 @@ def lease_name(schema: str, projection: str) -> str:
 
 
 def try_acquire(conn: psycopg.Connection[Any], name: str) -> bool:
-    """Take the lease ``name`` on ``conn`` if nobody holds it; return whether we hold it."""
+    """Take the session-level advisory lock ``name`` on ``conn`` if nobody holds it."""
     row = conn.execute(f"SELECT pg_try_advisory_lock({_KEY})", (name,)).fetchone()
     return bool(row and row[0])
 
@@ -36,7 +194,7 @@ def release(conn: psycopg.Connection[Any], name: str) -> None:
 
 @dataclass(frozen=True)
 class Holder:
-    """The backend that holds a lease."""
+    """The backend that holds an advisory lock."""
 
     pid: int
     application_name: str
@@ -51,7 +209,7 @@ class Holder:
 
 
 def holder(conn: psycopg.Connection[Any], name: str) -> Holder | None:
-    """Who holds the lease ``name`` now, if anyone."""
+    """Who holds the advisory lock ``name`` now, if anyone."""
     row = conn.execute(
         "SELECT a.pid, a.application_name, a.client_addr::text, a.backend_start "
         "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "

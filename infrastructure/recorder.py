@@ -37,6 +37,7 @@ from infrastructure.errors import (
     PersistenceError,
 )
 from infrastructure.log import LoggedNotification, OpenTransaction, Position
+from infrastructure.partitions import Partition
 from infrastructure.subscription import PollingSubscription
 
 logger = logging.getLogger(__name__)
@@ -331,14 +332,22 @@ class PostgresEventRecorder(ApplicationRecorder):
 
         return self._retry(read, what=f"reading the notification log after {after}")
 
-    def scan(self, after: Position, limit: int, topics: Sequence[str]) -> Scan:
-        """Read up to ``limit`` notifications after ``after``; return those of ``topics``.
+    def scan(
+        self,
+        after: Position,
+        limit: int,
+        topics: Sequence[str],
+        partition: Partition | None = None,
+    ) -> Scan:
+        """Read up to ``limit`` notifications after ``after``; return those of ``topics``
+        (and of ``partition``, where its key is computed in SQL).
 
         Also returns the position of the last notification scanned, matching or not, so a
         follower of rare event types moves past the rest of the log instead of scanning it
         again on every poll, and how many were scanned (fewer than ``limit``: the reader
         has reached the head). Payloads are fetched only for the matching rows.
         """
+        predicate = None if partition is None else partition.predicate("e")
         statement = sql.SQL(
             "WITH scanned AS MATERIALIZED ("
             " SELECT transaction_id, notification_id, topic FROM {t}"
@@ -347,10 +356,15 @@ class PostgresEventRecorder(ApplicationRecorder):
             " SELECT s.transaction_id::text::bigint, s.notification_id, e.originator_id,"
             " e.originator_version, e.topic, e.state, e.recorded_at"
             " FROM scanned s LEFT JOIN {t} e"
-            " ON e.notification_id = s.notification_id AND s.topic = ANY(%s)"
+            " ON e.notification_id = s.notification_id AND s.topic = ANY(%s){p}"
             " ORDER BY s.transaction_id, s.notification_id"
-        ).format(t=self._table)
+        ).format(
+            t=self._table,
+            p=sql.SQL("") if predicate is None else sql.SQL(" AND ") + predicate[0],
+        )
         params = [str(after.transaction_id), after.notification_id, limit, list(topics)]
+        if predicate is not None:
+            params += predicate[1]
 
         def read() -> Scan:
             with self.pool.connection() as conn, conn.cursor(binary=True) as cur:

@@ -45,7 +45,9 @@ class Tracking:
             " transaction_id = excluded.transaction_id,"
             " notification_id = excluded.notification_id, updated_at = clock_timestamp()"
         ).format(table)
-        self._delete = sql.SQL("DELETE FROM {} WHERE projection = %s").format(table)
+        self._delete = sql.SQL("DELETE FROM {} WHERE projection = %s AND partition >= %s").format(
+            table
+        )
 
     def position(
         self, conn: psycopg.Connection[Any], projection: str, partition: int = 0
@@ -98,6 +100,19 @@ class Tracking:
             self._set, (projection, partition, position.transaction_id, position.notification_id)
         )
 
-    def forget(self, conn: psycopg.Connection[Any], projection: str) -> None:
-        """Delete every recorded position of ``projection``."""
-        conn.execute(self._delete, (projection,))
+    def forget(
+        self, conn: psycopg.Connection[Any], projection: str, *, from_partition: int = 0
+    ) -> None:
+        """Delete the recorded positions of ``projection`` (of its partitions from
+        ``from_partition`` on)."""
+        conn.execute(self._delete, (projection, from_partition))
+
+    def positions(self, conn: psycopg.Connection[Any], projection: str) -> dict[int, Position]:
+        """Every partition's recorded position."""
+        rows = conn.execute(
+            sql.SQL(
+                "SELECT partition, transaction_id, notification_id FROM {} WHERE projection = %s"
+            ).format(sql.Identifier(self.schema, "tracking")),
+            (projection,),
+        ).fetchall()
+        return {r[0]: Position(r[1], r[2]) for r in rows}

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -50,7 +50,7 @@ class Monitor:
         *,
         projections: Sequence[type[Handlers]] = (),
         reactions: Sequence[type[Handlers]] = (),
-        workers: Sequence[ProjectionWorker] = (),
+        workers: Sequence[ProjectionWorker] | Callable[[], Sequence[ProjectionWorker]] = (),
         postgres_broker: bool = True,
         max_lag_s: float = 30.0,
         stall_s: float = 30.0,
@@ -60,7 +60,9 @@ class Monitor:
         self.schema = schema
         self.projections = list(projections)
         self.reactions = list(reactions)
-        self.workers = list(workers)
+        #: The workers whose loops the health check watches (a function: they change as
+        #: a worker group hands partitions over).
+        self.workers = workers if callable(workers) else (lambda: list(workers))
         self.postgres_broker = postgres_broker
         self.max_lag_s = max_lag_s
         self.stall_s = stall_s
@@ -131,7 +133,7 @@ class Monitor:
         now = time.monotonic()
         stalled = [
             f"{w.kind} {w.name}: loop stalled for {now - w.last_loop:.0f} s"
-            for w in self.workers
+            for w in self.workers()
             if now - w.last_loop > self.stall_s
         ]
         return Check(not stalled, tuple(stalled))

@@ -37,7 +37,9 @@ from eventsourcing.utils import get_topic
 from psycopg import pq, sql
 
 from infrastructure.errors import EventkitError
+from infrastructure.leases import Lease
 from infrastructure.log import LoggedNotification
+from infrastructure.partitions import PartitionKey
 
 
 @dataclass(frozen=True)
@@ -114,7 +116,15 @@ class Context:
     One context serves a whole batch; the worker sets :attr:`notification` per event.
     """
 
-    __slots__ = ("_conn", "_deferred", "_pending", "_statements", "notification", "tables")
+    __slots__ = (
+        "_conn",
+        "_deferred",
+        "_pending",
+        "_statements",
+        "lease",
+        "notification",
+        "tables",
+    )
 
     def __init__(
         self,
@@ -124,7 +134,11 @@ class Context:
         *,
         deferred: bool = False,
         statements: dict[str, bytes] | None = None,
+        lease: Lease | None = None,
     ) -> None:
+        #: The lease the worker applies the batch under (its partition, owner and
+        #: generation); None outside a worker.
+        self.lease = lease
         self._conn = conn
         self.tables = tables
         self.notification = notification
@@ -253,6 +267,11 @@ class Handlers:
     dispatch_method: ClassVar[str]
     #: The tables the handlers write, created by the runtime when they do not exist.
     tables: ClassVar[tuple[Table, ...]]
+    #: What splits the consumer's events into partitions: "stream" (order per stream),
+    #: "type" (order per event type), or a function of the notification returning a key.
+    partition_key: ClassVar[PartitionKey] = "stream"
+    #: Partitions when no operator has set a number (``eventkit partitions NAME --set``).
+    partitions: ClassVar[int] = 1
 
     @classmethod
     def event_types(cls) -> list[type[Any]]:

@@ -54,6 +54,7 @@ from infrastructure.log import LoggedNotification
 from infrastructure.recorder import PostgresEventRecorder, logged_notification
 from infrastructure.settings import Settings
 from infrastructure.transcoding import PydanticMapper
+from projections.group import Consumer
 from projections.projection import Context, Projection, create_tables, table_identifiers
 from projections.reaction import Reaction, ReactionContext
 from projections.worker import BatchReport, PollPolicy, ProjectionWorker
@@ -113,6 +114,8 @@ def follower_projection(reaction: type[Reaction], schema: str, handover: Handove
         {
             "name": name,
             "tables": (),
+            "partition_key": reaction.partition_key,
+            "partitions": reaction.partitions,
             "topics": classmethod(topics),
             "handler": classmethod(handler),
             "__module__": __name__,
@@ -136,8 +139,12 @@ def build_follower(
     notify_channel: str | None = None,
     tracking_name: str | None = None,
     on_batch: Callable[[BatchReport], None] | None = None,
+    partition: int = 0,
+    partitions: int = 1,
+    lease_ttl_s: float = 5.0,
 ) -> ProjectionWorker:
-    """The follower of one reaction: its position is tracked under the reaction's name."""
+    """The follower of one reaction (or of ``partition`` of its ``partitions``): its
+    position is tracked under the reaction's name."""
     return ProjectionWorker(
         follower_projection(reaction, schema, handover),
         url=url,
@@ -156,6 +163,9 @@ def build_follower(
         kind="reaction",
         # The reaction's latency is the actor's, from the event's commit to its execution.
         observe_latency=False,
+        partition=partition,
+        partitions=partitions,
+        lease_ttl_s=lease_ttl_s,
     )
 
 
@@ -542,6 +552,7 @@ class ReactionRuntime:
         notify_channel: str | None = None,
         follow: bool = True,
         relay_threads: int = 4,
+        lease_ttl_s: float = 5.0,
     ) -> None:
         names = [r.name for r in reactions]
         if len(set(names)) != len(names):
@@ -567,6 +578,30 @@ class ReactionRuntime:
         }
         for executor in self.executors.values():
             declare_actor(broker, schema, executor)
+
+        def maker(reaction: type[Reaction]) -> Callable[[int, int], ProjectionWorker]:
+            def make(partition: int, partitions: int) -> ProjectionWorker:
+                return build_follower(
+                    reaction,
+                    handover=handover,
+                    url=url,
+                    schema=schema,
+                    recorder=recorder,
+                    mapper=mapper,
+                    worker_id=worker_id,
+                    batch_size=batch_size,
+                    poll=poll,
+                    notify_channel=notify_channel,
+                    partition=partition,
+                    partitions=partitions,
+                    lease_ttl_s=lease_ttl_s,
+                )
+
+            return make
+
+        #: The followers as a :class:`WorkerGroup` runs them, partitioned.
+        self.consumers = [Consumer(r.name, type(r), maker(type(r))) for r in reactions]
+        #: Followers this runtime runs itself, one partition each (``follow=True``).
         self.followers = (
             [
                 build_follower(

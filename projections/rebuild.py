@@ -29,8 +29,9 @@ from psycopg import sql
 
 from infrastructure.deadletters import DeadLetters
 from infrastructure.errors import EventkitError
-from infrastructure.leases import holder, lease_name, try_acquire
+from infrastructure.leases import Leases, holder, lease_name, try_acquire
 from infrastructure.log import Position
+from infrastructure.partitions import Partition, recorded_partitions, set_partitions
 from infrastructure.recorder import PostgresEventRecorder
 from infrastructure.tracking import Tracking
 from projections.projection import Projection, create_tables, drop_tables, table_identifiers
@@ -71,8 +72,12 @@ def rebuild(
     retry: RetryPolicy | None = None,
     on_batch: Callable[[BatchReport], None] | None = None,
     stop: threading.Event | None = None,
+    partitions: int | None = None,
 ) -> RebuildResult:
-    """Build ``projection`` anew from the start of the log and swap it in (see module doc)."""
+    """Build ``projection`` anew from the start of the log and swap it in (see module doc);
+    with ``partitions``, the swapped-in view is followed in that many partitions."""
+    if partitions is not None:
+        Partition(projection.partition_key, partitions)  # refuse a bad number up front
     import time
 
     started = time.monotonic()
@@ -120,7 +125,7 @@ def rebuild(
         thread.join()
         if stop.is_set():
             raise RebuildError(f"rebuild of {projection.name!r} interrupted; nothing was swapped")
-        position = _swap(conn, worker, projection, schema)
+        position = _swap(conn, worker, projection, schema, partitions)
         drop_tables(conn, schema, projection, OLD_SUFFIX)
     logger.info("rebuilt %s up to %s and swapped it in", projection.name, position)
     return RebuildResult(
@@ -130,13 +135,21 @@ def rebuild(
 
 def reset(conn: psycopg.Connection[object], schema: str, projection: type[Projection]) -> None:
     """Drop the view and forget its position and dead letters: the next worker replays."""
-    if not try_acquire(conn, lease_name(schema, projection.name)):
-        owner = holder(conn, lease_name(schema, projection.name))
-        raise RebuildError(
-            f"projection {projection.name!r} is being worked on by "
-            f"{owner.describe() if owner else 'another process'}; stop its workers first"
-        )
     with conn.transaction():
+        leases = Leases(schema)
+        leases.lock(conn, projection.name)
+        held = [
+            r
+            for r in leases.rows(conn, [projection.name])
+            if r.owner is not None and r.expires_in_s > 0
+        ]
+        if held:
+            raise RebuildError(
+                f"projection {projection.name!r} is being worked on by "
+                f"{', '.join(sorted({r.owner or '' for r in held}))} (partitions "
+                f"{', '.join(str(r.partition) for r in held)}); stop its workers first"
+            )
+        leases.revoke(conn, projection.name)
         drop_tables(conn, schema, projection)
         Tracking(schema).forget(conn, projection.name)
         conn.execute(
@@ -181,6 +194,7 @@ def _swap(
     worker: ProjectionWorker,
     projection: type[Projection],
     schema: str,
+    partitions: int | None,
 ) -> Position:
     live = table_identifiers(schema, projection)
     new = table_identifiers(schema, projection, REBUILD_SUFFIX)
@@ -212,7 +226,19 @@ def _swap(
             conn.execute(
                 sql.SQL("ALTER TABLE {} RENAME TO {}").format(new[t.name], sql.Identifier(t.name))
             )
-        tracking.set(conn, projection.name, position)
+        # Every partition of the live name starts from the rebuilt position. A new number
+        # of partitions revokes the leases: each worker's next batch fails its fence
+        # (which checks the number too) and the group takes the new partitions.
+        count = recorded_partitions(conn, schema).get(projection.name, projection.partitions)
+        if partitions is not None and partitions != count:
+            leases = Leases(schema)
+            leases.lock(conn, projection.name)
+            set_partitions(conn, schema, projection.name, partitions)
+            leases.revoke(conn, projection.name)
+            count = partitions
+        for k in range(count):
+            tracking.set(conn, projection.name, position, k)
+        tracking.forget(conn, projection.name, from_partition=count)
         tracking.forget(conn, worker.name)
         DeadLetters(schema).rename_projection(conn, worker.name, projection.name)
     return position

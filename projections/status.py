@@ -12,17 +12,36 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
+import psycopg
 import psycopg_pool
 from dramatiq.common import dq_name
 from psycopg import sql
 
 from infrastructure.broker import queue_name
 from infrastructure.deadletters import DeadLetters
+from infrastructure.leases import Leases
 from infrastructure.log import Position
+from infrastructure.partitions import Partition, recorded_partitions
+from infrastructure.tracking import Tracking
 from projections.projection import Handlers
 
 #: A worker whose heartbeat is older than this is reported as stopped.
 HEARTBEAT_TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True)
+class PartitionRow:
+    """One partition of a consumer: its owner, lease, position and lag."""
+
+    partition: int
+    state: str
+    owner: str | None
+    generation: int | None
+    lease_expires_in_s: float | None
+    position: str
+    lag_events: int
+    lag_seconds: float
+    detail: str | None
 
 
 @dataclass(frozen=True)
@@ -37,20 +56,180 @@ class ProjectionStatus:
     dead_letters: int
     detail: str | None
     heartbeat_at: datetime | None
+    partitions: tuple[PartitionRow, ...] = ()
 
     def as_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["heartbeat_at"] = None if self.heartbeat_at is None else self.heartbeat_at.isoformat()
+        data["partitions"] = [asdict(p) for p in self.partitions]
         return data
+
+
+@dataclass(frozen=True)
+class Partitions:
+    """A consumer's partitions (``eventkit partitions NAME``)."""
+
+    name: str
+    partitions: int
+    key: str
+    rows: tuple[PartitionRow, ...]
+
+    def table(self) -> str:
+        header = (
+            "partition",
+            "state",
+            "owner",
+            "generation",
+            "lease s",
+            "position",
+            "lag",
+            "lag s",
+        )
+        lines = [header] + [
+            (
+                str(r.partition),
+                r.state,
+                r.owner or "-",
+                "-" if r.generation is None else str(r.generation),
+                "-" if r.lease_expires_in_s is None else f"{r.lease_expires_in_s:.1f}",
+                r.position,
+                str(r.lag_events),
+                f"{r.lag_seconds:.1f}",
+            )
+            for r in self.rows
+        ]
+        return f"{self.name}: {self.partitions} partition(s) by {self.key}\n" + _columns(lines)
+
+
+@dataclass(frozen=True)
+class Member:
+    """A worker process in the group (``eventkit workers``)."""
+
+    worker_id: str
+    host: str
+    pid: int
+    consumers: tuple[str, ...]
+    connections: int
+    leases: int
+    heartbeat_age_s: float
+    alive: bool
+
+
+def members(conn: psycopg.Connection[Any], schema: str) -> list[Member]:
+    """The worker processes in the group, with the leases each holds and the most
+    connections each may open."""
+    rows = conn.execute(
+        sql.SQL(
+            "SELECT m.worker_id, m.host, m.pid, m.consumers, m.connections,"
+            " (SELECT count(*) FROM {l} l WHERE l.owner = m.worker_id"
+            "  AND l.expires_at > clock_timestamp()),"
+            " extract(epoch FROM clock_timestamp() - m.heartbeat_at)::float8,"
+            " m.expires_at > clock_timestamp()"
+            " FROM {m} m ORDER BY m.worker_id"
+        ).format(l=sql.Identifier(schema, "leases"), m=sql.Identifier(schema, "worker_members"))
+    ).fetchall()
+    return [
+        Member(r[0], r[1], r[2], tuple(r[3]), r[4], int(r[5]), round(r[6], 1), r[7]) for r in rows
+    ]
+
+
+def render_members(rows: Sequence[Member]) -> str:
+    header = ("worker", "alive", "consumers", "leases", "max connections", "heartbeat s ago")
+    lines = [header] + [
+        (
+            m.worker_id,
+            "yes" if m.alive else "no",
+            ", ".join(m.consumers),
+            str(m.leases),
+            str(m.connections),
+            f"{m.heartbeat_age_s:.1f}",
+        )
+        for m in rows
+    ]
+    return _columns(lines)
+
+
+def _columns(lines: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in lines
+    )
+
+
+def partition_status(
+    conn: psycopg.Connection[Any], schema: str, consumer: type[Handlers], name: str | None = None
+) -> Partitions:
+    """Each partition of ``consumer`` (or of its rebuild, ``name``)."""
+    name = name or consumer.name
+    count = recorded_partitions(conn, schema).get(
+        name, consumer.partitions if name == consumer.name else 1
+    )
+    positions = Tracking(schema).positions(conn, name)
+    leases = {r.partition: r for r in Leases(schema).rows(conn, [name])}
+    states = {
+        r[0]: r[1:]
+        for r in conn.execute(
+            sql.SQL(
+                "SELECT partition, state, worker_id, detail,"
+                " extract(epoch FROM clock_timestamp() - heartbeat_at)::float8"
+                " FROM {} WHERE projection = %s"
+            ).format(sql.Identifier(schema, "projection_workers")),
+            (name,),
+        ).fetchall()
+    }
+    events = sql.Identifier(schema, "stored_events")
+    rows = []
+    for k in range(count):
+        position = positions.get(k, Position.ORIGIN)
+        predicate = Partition(consumer.partition_key, count, k).predicate("e")
+        where, params = (sql.SQL(""), []) if predicate is None else predicate
+        if predicate is not None:
+            where = sql.SQL(" AND ") + where
+        lag = conn.execute(
+            sql.SQL(
+                "SELECT count(*), coalesce(extract(epoch FROM clock_timestamp() - "
+                "min(recorded_at)), 0) FROM {} e WHERE "
+                "(transaction_id, notification_id) > (%s::text::xid8, %s) AND "
+                "topic = ANY(%s){}"
+            ).format(events, where),
+            [str(position.transaction_id), position.notification_id, consumer.topics(), *params],
+        ).fetchone()
+        assert lag is not None
+        state_row = states.get(k)
+        state = "stopped"
+        if state_row is not None and state_row[3] is not None:
+            state = state_row[0] if float(state_row[3]) <= HEARTBEAT_TIMEOUT_S else "stopped"
+        lease = leases.get(k)
+        held = lease is not None and lease.owner is not None and lease.expires_in_s > 0
+        rows.append(
+            PartitionRow(
+                partition=k,
+                state=state,
+                owner=lease.owner if held and lease is not None else None,
+                generation=lease.generation if lease is not None else None,
+                lease_expires_in_s=round(lease.expires_in_s, 1) if held and lease else None,
+                position=str(position),
+                lag_events=int(lag[0]),
+                lag_seconds=round(float(lag[1]), 3),
+                detail=state_row[2] if state_row is not None else None,
+            )
+        )
+    key = consumer.partition_key
+    return Partitions(
+        name,
+        count,
+        key if isinstance(key, str) else getattr(key, "__name__", "function"),
+        tuple(rows),
+    )
 
 
 def projection_status(
     pool: psycopg_pool.ConnectionPool, schema: str, projections: Sequence[type[Handlers]]
 ) -> list[ProjectionStatus]:
     """The status of each projection in ``projections`` (and of any rebuild under way);
-    for reactions, the status of their followers."""
+    for reactions, the status of their followers. Lag sums the partitions' lags; the
+    position is the lowest of the partitions' positions."""
     events = sql.Identifier(schema, "stored_events")
-    tracking = sql.Identifier(schema, "tracking")
     workers = sql.Identifier(schema, "projection_workers")
     result = []
     with pool.connection() as conn:
@@ -62,55 +241,44 @@ def projection_status(
             ).format(events)
         ).fetchone()
         head = None if head_row is None else Position(head_row[0], head_row[1])
-        names = []
         for p in projections:
-            names.append((p, p.name))
-            names.append((p, f"{p.name}#rebuild"))
-        for p, name in names:
-            row = conn.execute(
-                sql.SQL(
-                    "SELECT t.transaction_id, t.notification_id, w.state, w.worker_id, "
-                    "w.detail, w.heartbeat_at, "
-                    "extract(epoch FROM clock_timestamp() - w.heartbeat_at) "
-                    "FROM (SELECT %s::text AS projection) n "
-                    "LEFT JOIN {} t ON t.projection = n.projection AND t.partition = 0 "
-                    "LEFT JOIN {} w ON w.projection = n.projection"
-                ).format(tracking, workers),
-                (name,),
-            ).fetchone()
-            assert row is not None
-            position = Position.ORIGIN if row[0] is None else Position(row[0], row[1])
-            if name.endswith("#rebuild") and row[2] is None and row[0] is None:
-                continue  # no rebuild of this projection has run
-            state = row[2] or "stopped"
-            if row[6] is not None and float(row[6]) > HEARTBEAT_TIMEOUT_S:
-                state = "stopped"
-            if name.endswith("#rebuild") and state == "stopped":
-                continue  # a finished or abandoned rebuild
-            lag = conn.execute(
-                sql.SQL(
-                    "SELECT count(*), coalesce(extract(epoch FROM clock_timestamp() - "
-                    "min(recorded_at)), 0) FROM {} WHERE "
-                    "(transaction_id, notification_id) > (%s::text::xid8, %s) AND "
-                    "topic = ANY(%s)"
-                ).format(events),
-                (str(position.transaction_id), position.notification_id, p.topics()),
-            ).fetchone()
-            assert lag is not None
-            result.append(
-                ProjectionStatus(
-                    projection=name,
-                    state=state,
-                    worker_id=row[3],
-                    position=str(position),
-                    head=None if head is None else str(head),
-                    lag_events=int(lag[0]),
-                    lag_seconds=round(float(lag[1]), 3),
-                    dead_letters=dead.get(name, 0),
-                    detail=row[4],
-                    heartbeat_at=row[5],
+            for name in (p.name, f"{p.name}#rebuild"):
+                parts = partition_status(conn, schema, p, name)
+                latest = conn.execute(
+                    sql.SQL(
+                        "SELECT heartbeat_at FROM {} WHERE projection = %s "
+                        "ORDER BY heartbeat_at DESC LIMIT 1"
+                    ).format(workers),
+                    (name,),
+                ).fetchone()
+                states = {r.state for r in parts.rows}
+                state = next(
+                    (s for s in ("failing", "rebuilding", "running") if s in states), "stopped"
                 )
-            )
+                if name.endswith("#rebuild") and state == "stopped":
+                    continue  # no rebuild under way
+                owners = sorted({r.owner for r in parts.rows if r.owner})
+                details = [f"p{r.partition}: {r.detail}" for r in parts.rows if r.detail]
+                position = min(Position.parse(r.position) for r in parts.rows)
+                result.append(
+                    ProjectionStatus(
+                        projection=name,
+                        state=state,
+                        worker_id=", ".join(owners) or None,
+                        position=str(position),
+                        head=None if head is None else str(head),
+                        lag_events=sum(r.lag_events for r in parts.rows),
+                        lag_seconds=max(r.lag_seconds for r in parts.rows),
+                        dead_letters=dead.get(name, 0),
+                        detail=(
+                            "; ".join(details)
+                            if parts.partitions > 1
+                            else (details[0].split(": ", 1)[1] if details else None)
+                        ),
+                        heartbeat_at=None if latest is None else latest[0],
+                        partitions=parts.rows if parts.partitions > 1 else (),
+                    )
+                )
     return result
 
 

@@ -34,8 +34,9 @@ from psycopg import sql
 from infrastructure import metrics
 from infrastructure.deadletters import DeadLetter, DeadLetters
 from infrastructure.errors import EventDecodingError, PersistenceError
-from infrastructure.leases import holder, lease_name, try_acquire
+from infrastructure.leases import Lease, LeaseLostError, Leases
 from infrastructure.log import LoggedNotification, Position
+from infrastructure.partitions import Partition, record_partitions
 from infrastructure.recorder import PostgresEventRecorder, Scan
 from infrastructure.tracking import Tracking, TrackingConflictError
 from projections.projection import Context, Projection, create_tables, table_identifiers
@@ -125,12 +126,17 @@ class ProjectionWorker:
         sequenced: bool = True,
         kind: str = "projection",
         observe_latency: bool = True,
+        partition: int = 0,
+        partitions: int = 1,
+        lease_ttl_s: float = 5.0,
     ) -> None:
         """``decode=False`` hands handlers the notification itself rather than the decoded
         event (the reaction follower, which only forwards ids and positions);
         ``sequenced=False`` turns off parking a stream's later events behind its dead
         letter (reactions are not ordered per stream; their dead letters are retried by
-        ``eventkit dlq`` directly). ``tables`` overrides the projection's table names."""
+        ``eventkit dlq`` directly). ``tables`` overrides the projection's table names.
+        ``partition`` of ``partitions`` (by the consumer's ``partition_key``) is the part
+        of the log this worker follows, under a lease that lives ``lease_ttl_s``."""
         self.projection = projection
         self.url = url
         self.schema = schema
@@ -154,11 +160,23 @@ class ProjectionWorker:
         self.observe_latency = observe_latency
         #: ``time.monotonic()`` when the loop last turned (health checks).
         self.last_loop = time.monotonic()
-        self._m_batches = metrics.BATCHES.labels(kind, self.name, "0")
+        self.partition = Partition(type(projection).partition_key, partitions, partition)
+        self.leases = Leases(schema, lease_ttl_s)
+        self.lease: Lease | None = None
+        #: False when a :class:`WorkerGroup` renews the lease for this worker.
+        self.renews_itself = True
+        self._renewed_at = 0.0
+        self._reader: ThreadPoolExecutor | None = None
+        self._ahead: tuple[Position, Future[_Read]] | None = None
+        # Only this partition's owner parks letters of its streams when the key is the
+        # stream; with other keys, other partitions park letters of the same streams.
+        self._own_letters = self.partition.whole or self.partition.key == "stream"
+        part = str(partition)
+        self._m_batches = metrics.BATCHES.labels(kind, self.name, part)
         self._m_batch_events = metrics.BATCH_EVENTS.labels(kind, self.name)
         self._m_latency = metrics.PROCESSED_LATENCY.labels(kind, self.name)
         self._m_heartbeat = metrics.LOOP_HEARTBEAT.labels(kind, self.name)
-        self._m_lease = metrics.LEASE_OWNED.labels(kind, self.name, "0")
+        self._m_lease = metrics.LEASE_OWNED.labels(kind, self.name, part)
         self._m_processed: dict[str, Any] = {}
         self.topics = type(projection).topics()
         self.tracking = Tracking(schema)
@@ -174,10 +192,14 @@ class ProjectionWorker:
     # -- the loop ----------------------------------------------------------------------------
 
     def run(self, stop: threading.Event) -> None:
-        """Work until ``stop`` is set: take the lease, then follow the log.
+        """Work on this worker's partition until ``stop`` is set, managing its own lease.
 
-        Reconnects after a lost connection and re-reads the position after a conflict.
-        Returns when ``stop`` is set, after the batch in hand is committed.
+        Waits for the lease, then follows the log, renewing the lease as it goes.
+        Reconnects after a lost connection, takes the lease again after losing it, and
+        re-reads the position after a conflict. Returns when ``stop`` is set, after the
+        batch in hand is committed; gives the lease back so a waiting worker takes over
+        at once. (``eventkit workers`` runs partitions under a :class:`WorkerGroup`
+        instead, which shares them out between processes.)
         """
         delay = 0.1
         while not stop.is_set():
@@ -185,21 +207,33 @@ class ProjectionWorker:
                 with psycopg.connect(
                     self.url, autocommit=True, application_name=f"eventkit:{self.worker_id}"
                 ) as conn:
-                    if not self._acquire(conn, stop):
-                        return
+                    if self.lease is None:
+                        lease = self._wait_for_lease(conn, stop)
+                        if lease is None:
+                            return
+                    else:
+                        lease = self.lease  # kept across a reconnect: rows need no session
+                    self.attach(conn, lease)
+                    if self.notify_channel is not None:
+                        conn.execute(
+                            sql.SQL("LISTEN {}").format(sql.Identifier(self.notify_channel))
+                        )
                     delay = 0.1
                     self._follow(conn, stop)
-                    self._set_state(conn, "stopped")
-                    self._m_lease.set(0)
+                    self.detach(conn)
                     return
             except (psycopg.OperationalError, TrackingConflictError, PersistenceError) as e:
+                self._close_reader()
+                if isinstance(e, LeaseLostError):
+                    self.lease = None
                 self._m_lease.set(0)
                 metrics.ERRORS.labels(self.kind, self.name, type(e).__name__).inc()
                 if stop.is_set():
                     return
                 logger.warning(
-                    "projection %s: %s: %s; reconnecting in %.1f s",
-                    self.name,
+                    "%s %s: %s: %s; reconnecting in %.1f s",
+                    self.kind,
+                    self.label,
                     type(e).__name__,
                     e,
                     delay,
@@ -207,77 +241,151 @@ class ProjectionWorker:
                 stop.wait(delay)
                 delay = min(delay * 2, 5.0)
 
-    def _acquire(self, conn: psycopg.Connection[Any], stop: threading.Event) -> bool:
-        name = lease_name(self.schema, self.name)
+    @property
+    def label(self) -> str:
+        """The consumer's name, with its partition when it has several."""
+        p = self.partition
+        return self.name if p.whole else f"{self.name}[{p.index}/{p.count}]"
+
+    def _wait_for_lease(self, conn: psycopg.Connection[Any], stop: threading.Event) -> Lease | None:
         said = False
-        while not try_acquire(conn, name):
+        while True:
+            lease = self.leases.acquire(conn, self.name, self.partition.index, self.worker_id)
+            if lease is not None:
+                if said:
+                    metrics.LEASE_TAKEOVERS.labels(self.kind, self.name).inc()
+                return lease
             if not said:
-                owner = holder(conn, name)
+                rows = self.leases.rows(conn, [self.name])
+                row = next((r for r in rows if r.partition == self.partition.index), None)
                 logger.info(
-                    "projection %s is owned by %s; waiting to take over",
-                    self.name,
-                    owner.describe() if owner else "another worker",
+                    "%s %s is owned by %s (lease expires in %.1f s unless renewed); waiting "
+                    "to take over",
+                    self.kind,
+                    self.label,
+                    row.owner if row else "another worker",
+                    row.expires_in_s if row else 0.0,
                 )
                 said = True
             if stop.wait(self.poll.lease_wait_s):
-                return False
+                return None
             self.last_loop = time.monotonic()  # waiting for the lease is turning too
+
+    def attach(self, conn: psycopg.Connection[Any], lease: Lease) -> None:
+        """Start working under ``lease``: create the view, read the recorded position."""
+        self.lease = lease
         logger.info(
-            "projection %s: worker %s took the lease",
-            self.name,
+            "%s %s: worker %s took the lease (generation %d)",
+            self.kind,
+            self.label,
             self.worker_id,
-            extra={self.kind: self.name, "partition": 0, "position": str(self.position)},
+            lease.generation,
+            extra={
+                self.kind: self.name,
+                "partition": self.partition.index,
+                "position": str(self.position),
+            },
         )
         self._m_lease.set(1)
-        if said:
-            metrics.LEASE_TAKEOVERS.labels(self.kind, self.name).inc()
         with conn.transaction():
             create_tables(conn, self.schema, type(self.projection), self.table_suffix)
-        self.position = self.tracking.position(conn, self.name)
+            record_partitions(conn, self.schema, self.name, self.partition.count)
+        self.position = self.tracking.position(conn, self.name, self.partition.index)
         self._none_parked = not self.sequenced
-        if self.notify_channel is not None:
-            conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.notify_channel)))
+        self._renewed_at = time.monotonic()
         self._set_state(conn, self.state)
-        return True
+
+    def detach(self, conn: psycopg.Connection[Any] | None, *, stopped: bool = True) -> None:
+        """Stop working: record the state and give the lease back (when ``conn`` works)."""
+        self._close_reader()
+        lease, self.lease = self.lease, None
+        self._m_lease.set(0)
+        if conn is None or lease is None:
+            return
+        if stopped:
+            self._set_state(conn, "stopped")
+        self.leases.release(conn, lease)
+        logger.info("%s %s: worker %s gave the lease back", self.kind, self.label, self.worker_id)
 
     def _follow(self, conn: psycopg.Connection[Any], stop: threading.Event) -> None:
         interval = self.poll.min_interval_s
-        reader = ThreadPoolExecutor(1, thread_name_prefix=f"eventkit-read-{self.name}")
-        ahead: tuple[Position, Future[_Read]] | None = None
         try:
             while not stop.is_set():
-                self.last_loop = time.monotonic()
-                self._m_heartbeat.set_to_current_time()
-                if (
-                    self.sequenced
-                    and time.monotonic() - self._retries_checked_at >= self.poll.retry_check_s
-                ):
-                    self._process_retries(conn)
-                    self._retries_checked_at = time.monotonic()
-                read = self._take(ahead)
-                ahead = None
-                scan = read.scan
-                if scan.count < self.batch_size:
-                    self.caught_up.set()  # this read reached the head of the log
-                if time.monotonic() - self._heartbeat_at > 1.0:
-                    self._set_state(conn, self.state)
-                    if self._position_moved(conn):
-                        continue  # an operator moved it (a replay): read from there
-                if scan.last is None:
-                    self._idle(conn, stop, interval)
-                    interval = min(interval * 2, self.poll.max_interval_s)
+                self._renew_if_due(conn)
+                if self.step(conn, stop):
+                    interval = self.poll.min_interval_s
                     continue
-                interval = self.poll.min_interval_s
-                if scan.count == self.batch_size:
-                    # Catching up: read and decode the next batch while this one is applied.
-                    ahead = (scan.last, reader.submit(self._read, scan.last))
-                self._process_items(conn, read.items, scan.last, stop)
+                self._idle(conn, stop, interval)
+                interval = min(interval * 2, self.poll.max_interval_s)
         finally:
-            reader.shutdown(wait=True, cancel_futures=True)
+            self._close_reader()
+
+    def _renew_if_due(self, conn: psycopg.Connection[Any]) -> None:
+        """Standalone: renew the lease every third of its time to live."""
+        if self.lease is None or time.monotonic() - self._renewed_at < self.leases.ttl_s / 3:
+            return
+        held = self.leases.renew(conn, self.worker_id)
+        self._renewed_at = time.monotonic()
+        if self.lease not in held:
+            raise LeaseLostError(
+                f"{self.kind} {self.label}: worker {self.worker_id} lost its lease "
+                f"(generation {self.lease.generation}) before it could renew it"
+            )
+
+    def step(self, conn: psycopg.Connection[Any], stop: threading.Event) -> bool:
+        """Read the next batch and apply it; return False when there was nothing to read.
+
+        Raises :class:`LeaseLostError` when the lease was lost, and database errors.
+        """
+        self.last_loop = time.monotonic()
+        self._m_heartbeat.set_to_current_time()
+        if (
+            self.sequenced
+            and time.monotonic() - self._retries_checked_at >= self.poll.retry_check_s
+        ):
+            self._process_retries(conn)
+            self._retries_checked_at = time.monotonic()
+        read = self._take(self._ahead)
+        self._ahead = None
+        scan = read.scan
+        if scan.count < self.batch_size:
+            self.caught_up.set()  # this read reached the head of the log
+        if time.monotonic() - self._heartbeat_at > 1.0:
+            self._set_state(conn, self.state)
+            if self._position_moved(conn):
+                return True  # an operator moved it (a replay): read from there
+        if scan.last is None:
+            return False
+        if scan.count == self.batch_size:
+            # Catching up: read and decode the next batch while this one is applied.
+            if self._reader is None:
+                self._reader = ThreadPoolExecutor(
+                    1, thread_name_prefix=f"eventkit-read-{self.label}"
+                )
+            self._ahead = (scan.last, self._reader.submit(self._read, scan.last))
+        self._process_items(conn, read.items, scan.last, stop)
+        return True
+
+    def _close_reader(self) -> None:
+        self._ahead = None
+        if self._reader is not None:
+            self._reader.shutdown(wait=True, cancel_futures=True)
+            self._reader = None
+
+    def _pause(self, conn: psycopg.Connection[Any], stop: threading.Event, seconds: float) -> bool:
+        """Wait ``seconds`` (a retry's backoff), renewing a standalone worker's lease;
+        return True when asked to stop meanwhile."""
+        end = time.monotonic() + seconds
+        while (left := end - time.monotonic()) > 0:
+            if stop.wait(min(left, self.leases.ttl_s / 3)):
+                return True
+            if self.renews_itself:
+                self._renew_if_due(conn)
+        return stop.is_set()
 
     def _position_moved(self, conn: psycopg.Connection[Any]) -> bool:
         """Adopt the recorded position if an operator moved it (``reactions replay``)."""
-        recorded = self.tracking.position(conn, self.name)
+        recorded = self.tracking.position(conn, self.name, self.partition.index)
         if recorded == self.position:
             return False
         logger.warning(
@@ -291,8 +399,9 @@ class ProjectionWorker:
         return True
 
     def _read(self, after: Position) -> _Read:
-        scan = self.recorder.scan(after, self.batch_size, self.topics)
-        return _Read(scan, [self._decode(n) for n in scan.notifications])
+        scan = self.recorder.scan(after, self.batch_size, self.topics, self.partition)
+        contains = self.partition.contains
+        return _Read(scan, [self._decode(n) for n in scan.notifications if contains(n)])
 
     def _take(self, ahead: tuple[Position, Future[_Read]] | None) -> _Read:
         """The batch read ahead if it starts where this worker is now, else a fresh read.
@@ -418,7 +527,12 @@ class ProjectionWorker:
                 else:
                     if context is None:
                         context = Context(
-                            conn, self.tables, n, deferred=deferred, statements=self._statements
+                            conn,
+                            self.tables,
+                            n,
+                            deferred=deferred,
+                            statements=self._statements,
+                            lease=self.lease,
                         )
                     else:
                         context.notification = n
@@ -436,7 +550,7 @@ class ProjectionWorker:
             self._advance(conn, to)
         self.position = max(self.position, to)
         if items:
-            self._none_parked = not self.sequenced or not parked_streams
+            self._none_parked = not self.sequenced or (not parked_streams and self._own_letters)
             self._measure(items)
         if self.on_batch is not None and items:
             self.on_batch(
@@ -457,7 +571,7 @@ class ProjectionWorker:
             child = self._m_processed.get(topic)
             if child is None:
                 child = self._m_processed[topic] = metrics.EVENTS_PROCESSED.labels(
-                    self.kind, self.name, "0", topic
+                    self.kind, self.name, str(self.partition.index), topic
                 )
             child.inc(count)
         if self.observe_latency:
@@ -480,8 +594,14 @@ class ProjectionWorker:
     def _advance(self, conn: psycopg.Connection[Any], to: Position) -> None:
         """Record ``to`` in the caller's transaction; the caller sets ``self.position``
         once that transaction has committed."""
+        self._fence(conn)
         if to > self.position:
-            self.tracking.advance(conn, self.name, self.position, to)
+            self.tracking.advance(conn, self.name, self.position, to, self.partition.index)
+
+    def _fence(self, conn: psycopg.Connection[Any]) -> None:
+        """Check the lease inside the caller's transaction (see :mod:`infrastructure.leases`)."""
+        if self.lease is not None:
+            self.leases.fence(conn, self.lease, self.partition.count)
 
     def _decode(self, n: LoggedNotification) -> _Item:
         if not self.decode:
@@ -531,7 +651,7 @@ class ProjectionWorker:
         """Structured log fields for an event (``--log-format json``)."""
         return {
             self.kind: self.name,
-            "partition": 0,
+            "partition": self.partition.index,
             "position": str(n.position),
             "stream": str(n.originator_id),
             "version": n.originator_version,
@@ -569,7 +689,7 @@ class ProjectionWorker:
                 failure.error,
                 extra=self._fields(n),
             )
-            if stop.wait(self.retry.delay(attempt)):
+            if self._pause(conn, stop, self.retry.delay(attempt)):
                 return False
             attempt += 1
             try:
@@ -595,7 +715,12 @@ class ProjectionWorker:
     # -- dead letters an operator asked to retry -----------------------------------------------
 
     def _process_retries(self, conn: psycopg.Connection[Any]) -> None:
-        requested = self.dead_letters.retry_requested(conn, self.name)
+        requested = self.dead_letters.retry_requested(conn, self.name, self.partition)
+        if not self.partition.whole and callable(self.partition.key) and requested:
+            # A key function: keep the letters of this partition's events.
+            notifications = self.recorder.notifications([d.notification_id for d in requested])
+            mine = {n.id for n in notifications if self.partition.contains(n)}
+            requested = [d for d in requested if d.notification_id in mine]
         for stream, letters_iter in groupby(requested, key=lambda d: d.originator_id):
             letters = list(letters_iter)
             self._retry_stream(conn, stream, letters)
@@ -614,11 +739,16 @@ class ProjectionWorker:
                         raise _HandlerFailure(index, item.decoding_error)
                     if context is None:
                         context = Context(
-                            conn, self.tables, item.notification, statements=self._statements
+                            conn,
+                            self.tables,
+                            item.notification,
+                            statements=self._statements,
+                            lease=self.lease,
                         )
                     context.notification = item.notification
                     self._apply(item, context, index)
                 self.dead_letters.mark(conn, [d.dead_letter_id for d in letters], "retried")
+                self._fence(conn)
         except _HandlerFailure as failure:
             head = letters[failure.index]
             with conn.transaction():
@@ -656,9 +786,10 @@ class ProjectionWorker:
         self._heartbeat_at = time.monotonic()
         conn.execute(
             f'INSERT INTO "{self.schema}".projection_workers '
-            "(projection, state, worker_id, heartbeat_at, detail) "
-            "VALUES (%s, %s, %s, clock_timestamp(), %s) ON CONFLICT (projection) DO UPDATE SET "
+            "(projection, partition, state, worker_id, heartbeat_at, detail) "
+            "VALUES (%s, %s, %s, %s, clock_timestamp(), %s) "
+            "ON CONFLICT (projection, partition) DO UPDATE SET "
             "state = excluded.state, worker_id = excluded.worker_id, "
             "heartbeat_at = excluded.heartbeat_at, detail = excluded.detail",
-            (self.name, state, self.worker_id, detail),
+            (self.name, self.partition.index, state, self.worker_id, detail),
         )

@@ -8,7 +8,18 @@ import sys
 from collections.abc import Sequence
 
 from infrastructure.errors import EventkitError
-from scripts import benchmarks, db, demo, dlq, logs, reactions, rebuild, status, workers
+from scripts import (
+    benchmarks,
+    db,
+    demo,
+    dlq,
+    logs,
+    partitions,
+    reactions,
+    rebuild,
+    status,
+    workers,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     dlq.register(commands)
     rebuild.register(commands)
     reactions.register(commands)
+    partitions.register(commands)
     return parser
 
 

@@ -14,7 +14,8 @@ from infrastructure.broker import Handover, broker_kind
 from infrastructure.deadletters import DeadLetter, DeadLetters, Selector
 from infrastructure.errors import ConfigurationError
 from infrastructure.factory import shared_pool
-from infrastructure.leases import lease_name, release, try_acquire
+from infrastructure.leases import Leases
+from infrastructure.partitions import recorded_partitions
 from infrastructure.settings import Settings
 from projections.reactor import executed, requeue_dead_letters
 from projections.shop import PROJECTIONS
@@ -106,20 +107,25 @@ def _retry(args: argparse.Namespace) -> int:
     projections = sorted({d.projection for d in waiting})
     print(f"{requested} dead letter(s) of {', '.join(projections)} queued for retry")
     # Where no worker owns a projection this command knows, process its retries here,
-    # under its lease; otherwise the worker that owns it does, and we wait.
+    # under the leases of all its partitions; otherwise its workers do, and we wait.
     known = [p for p in projections if p in PROJECTIONS]
+    owner = f"dlq:{default_worker_id()}"
+    leases = Leases(settings.schema)
     for worker in build_workers(
-        select_projections(known) if known else [],
-        settings,
-        worker_id=f"dlq:{default_worker_id()}",
+        select_projections(known) if known else [], settings, worker_id=owner
     ):
         with psycopg.connect(url, autocommit=True) as conn:
-            name = lease_name(settings.schema, worker.name)
-            if try_acquire(conn, name):
-                try:
+            count = recorded_partitions(conn, settings.schema).get(
+                worker.name, PROJECTIONS[worker.name].partitions
+            )
+            held = [leases.acquire(conn, worker.name, k, owner) for k in range(count)]
+            try:
+                if all(held):
                     worker._process_retries(conn)
-                finally:
-                    release(conn, name)
+            finally:
+                for lease in held:
+                    if lease is not None:
+                        leases.release(conn, lease)
     deadline = time.monotonic() + args.timeout
     while True:
         with pool.connection() as conn:

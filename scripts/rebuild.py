@@ -13,6 +13,7 @@ from infrastructure.factory import shared_pool
 from infrastructure.recorder import PostgresEventRecorder
 from infrastructure.settings import Settings
 from infrastructure.transcoding import PydanticMapper
+from projections.projection import Projection
 from projections.rebuild import rebuild, reset
 from projections.worker import BatchReport
 from scripts.bootstrap import tune_gc
@@ -23,6 +24,12 @@ def register(commands: Any) -> None:
     parser = commands.add_parser("rebuild", help="rebuild a projection beside the live one")
     parser.add_argument("name", metavar="NAME")
     parser.add_argument("--batch-size", type=int, default=5000)
+    parser.add_argument(
+        "--partitions",
+        type=int,
+        metavar="P",
+        help="follow the rebuilt view in P partitions (any number: merge or split)",
+    )
     parser.set_defaults(run=_rebuild)
     blunt = commands.add_parser("reset", help="drop a projection's view and position")
     blunt.add_argument("name", metavar="NAME")
@@ -66,8 +73,21 @@ class Progress:
 
 def _rebuild(args: argparse.Namespace) -> int:
     tune_gc()
-    settings = Settings.from_env()
     [projection] = select_projections([args.name])
+    run_rebuild(
+        projection, Settings.from_env(), batch_size=args.batch_size, partitions=args.partitions
+    )
+    return 0
+
+
+def run_rebuild(
+    projection: type[Projection],
+    settings: Settings,
+    *,
+    batch_size: int = 5000,
+    partitions: int | None = None,
+) -> None:
+    """Rebuild ``projection`` with a progress bar, and say how it went."""
     pool, url = shared_pool(settings)
     recorder = PostgresEventRecorder(pool, settings.schema)
     with pool.connection() as conn:
@@ -83,8 +103,9 @@ def _rebuild(args: argparse.Namespace) -> int:
         recorder=recorder,
         mapper=PydanticMapper(),
         worker_id=f"rebuild:{default_worker_id()}",
-        batch_size=args.batch_size,
+        batch_size=batch_size,
         on_batch=progress,
+        partitions=partitions,
     )
     progress.finish()
     rate = (result.applied + result.parked) / result.seconds if result.seconds else 0.0
@@ -92,7 +113,6 @@ def _rebuild(args: argparse.Namespace) -> int:
         f"rebuilt {result.projection}: {result.applied:,} events applied, {result.parked} parked, "
         f"in {result.seconds:.1f} s ({rate:,.0f} events/s); now live at position {result.position}"
     )
-    return 0
 
 
 def _reset(args: argparse.Namespace) -> int:

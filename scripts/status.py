@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import asdict
 from typing import Any
 
 from infrastructure.broker import BrokerKind, broker_kind
@@ -16,8 +17,11 @@ from projections.shop.reactions import REACTION_TYPES
 from projections.status import (
     ProjectionStatus,
     ReactionStatus,
+    members,
+    partition_status,
     projection_status,
     reaction_status,
+    render_members,
 )
 from scripts.workers import select_projections, split_names
 
@@ -141,11 +145,23 @@ def _report(args: argparse.Namespace) -> str:
         [REACTION_TYPES[n] for n in reaction_names],
         postgres_broker=broker_kind(settings.broker_url) is BrokerKind.POSTGRES,
     )
+    consumers = [
+        *(select_projections(projection_names) if projection_names else []),
+        *[REACTION_TYPES[n] for n in reaction_names],
+    ]
+    with pool.connection() as conn:
+        group = members(conn, settings.schema)
+        partitioned = [
+            p
+            for p in (partition_status(conn, settings.schema, c) for c in consumers)
+            if p.partitions > 1
+        ]
     if args.json:
         return json.dumps(
             {
                 "projections": [r.as_json() for r in rows],
                 "reactions": [r.as_json() for r in reactions],
+                "workers": [asdict(m) for m in group],
             },
             indent=2,
         )
@@ -154,4 +170,7 @@ def _report(args: argparse.Namespace) -> str:
         parts.append(render(rows))
     if reactions:
         parts.append(render_reactions(reactions))
+    parts += [p.table() for p in partitioned]
+    if group:
+        parts.append(render_members(group))
     return "\n\n".join(parts)

@@ -19,6 +19,7 @@ from infrastructure.factory import shared_pool
 from infrastructure.recorder import PostgresEventRecorder
 from infrastructure.settings import Settings
 from infrastructure.transcoding import PydanticMapper
+from projections.group import Consumer, WorkerGroup
 from projections.monitoring import Monitor, MonitoringServer
 from projections.projection import Projection
 from projections.reactor import ReactionRuntime, reaction_runtime
@@ -44,7 +45,27 @@ def register(commands: Any) -> None:
     only = parser.add_mutually_exclusive_group()
     only.add_argument("--projections-only", action="store_true", help="run no reactions")
     only.add_argument("--reactions-only", action="store_true", help="run no projections")
-    parser.add_argument("--id", dest="worker_id", help="worker id (default: HOST:PID)")
+    parser.add_argument(
+        "--id",
+        dest="worker_id",
+        help="this worker's id in the group that shares out partitions (default: HOST:PID)",
+    )
+    parser.add_argument(
+        "--lease-ttl",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="a partition's lease expires this long after its owner's last heartbeat "
+        "(a paused or cut-off worker's partitions are taken over after it; a killed "
+        "worker's at the next heartbeat of another) (default %(default)s)",
+    )
+    parser.add_argument(
+        "--heartbeat",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="how often the worker renews its leases and plans partitions (default %(default)s)",
+    )
     parser.add_argument("--batch-size", type=int, default=1000)
     parser.add_argument("--max-attempts", type=int, default=5, help="tries before parking")
     parser.add_argument(
@@ -156,6 +177,60 @@ def build_workers(
     ]
 
 
+def build_group(
+    projections: Sequence[type[Projection]],
+    settings: Settings,
+    *,
+    worker_id: str,
+    batch_size: int = 1000,
+    retry: RetryPolicy | None = None,
+    reactions: Sequence[Consumer] = (),
+    heartbeat_s: float = 1.0,
+    lease_ttl_s: float = 5.0,
+    poll: PollPolicy | None = None,
+    on_batch: Callable[[BatchReport], None] | None = None,
+) -> WorkerGroup:
+    """This process's member of the worker group: ``projections`` and the reaction
+    followers ``reactions``, their partitions shared out with the other members."""
+    pool, url = shared_pool(settings)
+    recorder = PostgresEventRecorder(pool, settings.schema, notify_channel=settings.notify_channel)
+    mapper = PydanticMapper()
+
+    def maker(projection: type[Projection]) -> Callable[[int, int], ProjectionWorker]:
+        def make(partition: int, partitions: int) -> ProjectionWorker:
+            return ProjectionWorker(
+                projection(),
+                url=url,
+                schema=settings.schema,
+                recorder=recorder,
+                mapper=mapper,
+                worker_id=worker_id,
+                batch_size=batch_size,
+                retry=retry,
+                on_batch=on_batch,
+                notify_channel=settings.notify_channel,
+                partition=partition,
+                partitions=partitions,
+                lease_ttl_s=lease_ttl_s,
+                poll=poll,
+            )
+
+        return make
+
+    consumers = [Consumer(p.name, p, maker(p)) for p in projections]
+    return WorkerGroup(
+        [*consumers, *reactions],
+        url=url,
+        schema=settings.schema,
+        worker_id=worker_id,
+        heartbeat_s=heartbeat_s,
+        lease_ttl_s=lease_ttl_s,
+        notify_channel=settings.notify_channel,
+        poll=poll,
+        read_pool_size=settings.pool_max_size,
+    )
+
+
 def run_until(workers: Sequence[ProjectionWorker], stop: threading.Event) -> None:
     """Run each worker in a thread until ``stop`` is set; wait for all to finish."""
     threads = [
@@ -179,17 +254,7 @@ def _run(args: argparse.Namespace) -> int:
         projection_names = []
     if args.projections_only:
         reaction_names = []
-    workers = (
-        build_workers(
-            select_projections(projection_names),
-            settings,
-            worker_id=worker_id,
-            batch_size=args.batch_size,
-            retry=RetryPolicy(max_attempts=args.max_attempts),
-        )
-        if projection_names
-        else []
-    )
+    projections = select_projections(projection_names) if projection_names else []
     runtime = (
         build_reactions(
             reaction_names,
@@ -202,12 +267,23 @@ def _run(args: argparse.Namespace) -> int:
                 heartbeat_ttl_s=args.heartbeat_ttl,
                 maintenance_interval_s=args.heartbeat_ttl / 2,
             ),
+            follow=False,  # the group runs the followers, partitioned
         )
         if reaction_names
         else None
     )
-    if not workers and runtime is None:
+    if not projections and runtime is None:
         raise ConfigurationError("nothing to run: name a projection or a reaction")
+    group = build_group(
+        projections,
+        settings,
+        worker_id=worker_id,
+        batch_size=args.batch_size,
+        retry=RetryPolicy(max_attempts=args.max_attempts),
+        reactions=runtime.consumers if runtime is not None else (),
+        heartbeat_s=args.heartbeat,
+        lease_ttl_s=args.lease_ttl,
+    )
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -219,12 +295,12 @@ def _run(args: argparse.Namespace) -> int:
     logger.info(
         "worker %s running projections %s and reactions %s (broker: %s) on schema %s",
         worker_id,
-        ", ".join(w.name for w in workers) or "none",
+        ", ".join(p.name for p in projections) or "none",
         ", ".join(reaction_names) or "none",
         broker_kind(settings.broker_url).value,
         settings.schema,
     )
-    threads = [threading.Thread(target=run_until, args=(workers, stop), name="projections")]
+    threads = [threading.Thread(target=group.run, args=(stop,), name="group")]
     if runtime is not None:
         threads.append(threading.Thread(target=runtime.run, args=(stop,), name="reactions"))
     server = None
@@ -233,9 +309,9 @@ def _run(args: argparse.Namespace) -> int:
         monitor = Monitor(
             pool,
             settings.schema,
-            projections=select_projections(projection_names) if projection_names else [],
+            projections=projections,
             reactions=[REACTION_TYPES[n] for n in reaction_names],
-            workers=[*workers, *(runtime.followers if runtime is not None else [])],
+            workers=lambda: list(group.workers.values()),
             postgres_broker=broker_kind(settings.broker_url) is BrokerKind.POSTGRES,
             max_lag_s=args.max_lag,
         )

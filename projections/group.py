@@ -1,0 +1,391 @@
+"""A worker group: worker processes that share out the partitions of their consumers.
+
+Every ``eventkit workers`` process is a member. A member's coordinator thread refreshes
+the member's row in ``worker_members`` once a heartbeat, renews every lease it holds,
+finds dead members (row expired, or database session gone: the process was killed) and
+frees their leases, and computes which partitions are this member's: the live members
+that run a consumer, sorted by id, take its partitions round robin (starting at an offset
+from the consumer's name, so single-partition consumers spread over members too). Every
+member computes the same plan from the same rows, so a joining member takes a fair share
+within a heartbeat and the others hand those partitions over.
+
+One loop thread per consumer works on the partitions this member owns, each under its
+lease, on one connection: a process holds 1 + (consumers) + (read pool) connections
+whatever its number of partitions. A loop takes the leases of partitions planned for it
+once they are free, and gives back the ones planned for others after the batch in hand.
+A stopping member gives back every lease and deletes its row, so the others take over at
+once; a killed one is found dead at the next heartbeat of any other member (its session
+is gone), a paused or cut-off one when its row and leases expire. See
+:mod:`infrastructure.leases` for the fence that stops a member that lost a lease from
+committing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from infrastructure import metrics
+from infrastructure.errors import PersistenceError
+from infrastructure.leases import LeaseLostError, Leases
+from infrastructure.partitions import recorded_partitions
+from infrastructure.tracking import TrackingConflictError
+from projections.projection import Handlers
+from projections.worker import PollPolicy, ProjectionWorker
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Consumer:
+    """A projection or reaction follower a group runs, and how to make the worker of
+    partition ``k`` of ``P``: ``make(k, P)``."""
+
+    name: str
+    cls: type[Handlers]
+    make: Callable[[int, int], ProjectionWorker]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a member works on for one consumer: of ``partitions``, the ``mine``."""
+
+    partitions: int
+    mine: frozenset[int]
+
+
+def plan_for(name: str, partitions: int, members: Sequence[str], me: str) -> Plan:
+    """The partitions of consumer ``name`` that member ``me`` works on, when ``members``
+    (``me`` among them) run it: round robin over the sorted members."""
+    ordered = sorted(set(members) | {me})
+    offset = zlib.crc32(name.encode())
+    return Plan(
+        partitions,
+        frozenset(k for k in range(partitions) if ordered[(k + offset) % len(ordered)] == me),
+    )
+
+
+def members_channel(schema: str) -> str:
+    return f"eventkit_members_{schema}"[:63]
+
+
+class WorkerGroup:
+    """Runs ``consumers`` as one member of the group of worker processes on ``schema``."""
+
+    def __init__(
+        self,
+        consumers: Sequence[Consumer],
+        *,
+        url: str,
+        schema: str,
+        worker_id: str,
+        heartbeat_s: float = 1.0,
+        lease_ttl_s: float = 5.0,
+        notify_channel: str | None = None,
+        poll: PollPolicy | None = None,
+        read_pool_size: int = 0,
+    ) -> None:
+        if heartbeat_s * 2 > lease_ttl_s:
+            raise ValueError(
+                f"the lease time to live ({lease_ttl_s} s) must be at least twice the "
+                f"heartbeat ({heartbeat_s} s)"
+            )
+        self.consumers = list(consumers)
+        self.url = url
+        self.schema = schema
+        self.worker_id = worker_id
+        self.heartbeat_s = heartbeat_s
+        self.leases = Leases(schema, lease_ttl_s)
+        self.notify_channel = notify_channel
+        self.poll = poll or PollPolicy(max_interval_s=0.5)
+        #: Connections this process holds at most: the coordinator's, one per consumer
+        #: loop, and the pool the workers read the log through.
+        self.connections = 1 + len(self.consumers) + read_pool_size
+        self._plans: dict[str, Plan] = {}
+        self._dead: list[str] = []
+        self._lock = threading.Lock()
+        self._planned = threading.Event()
+        #: Every partition worker this member runs now, by (consumer, partition).
+        self.workers: dict[tuple[str, int], ProjectionWorker] = {}
+        self._table = sql.Identifier(schema, "worker_members")
+
+    # -- running ------------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        """Run until ``stop`` is set; then finish the batches in hand, give every lease
+        back and leave the group."""
+        loops_stop, coordinator_stop = threading.Event(), threading.Event()
+        coordinator = threading.Thread(
+            target=self._coordinate, args=(coordinator_stop,), name="eventkit-coordinator"
+        )
+        loops = [
+            threading.Thread(
+                target=self._loop, args=(c, loops_stop), name=f"eventkit-{c.name}", daemon=True
+            )
+            for c in self.consumers
+        ]
+        coordinator.start()
+        for t in loops:
+            t.start()
+        stop.wait()
+        loops_stop.set()
+        for t in loops:
+            t.join()
+        # The coordinator renews the leases until the loops have given them back.
+        coordinator_stop.set()
+        coordinator.join()
+
+    # -- the coordinator ------------------------------------------------------------------------
+
+    def _coordinate(self, stop: threading.Event) -> None:
+        delay = 0.1
+        while True:
+            try:
+                with psycopg.connect(
+                    self.url, autocommit=True, application_name=f"eventkit:{self.worker_id}"
+                ) as conn:
+                    conn.execute(
+                        sql.SQL("LISTEN {}").format(sql.Identifier(members_channel(self.schema)))
+                    )
+                    self._tick(conn, announce=True)
+                    delay = 0.1
+                    while not stop.is_set():
+                        for _ in conn.notifies(timeout=self.heartbeat_s, stop_after=1):
+                            pass  # a member joined or left: plan again now
+                        self._tick(conn)
+                    self._leave(conn)
+                    return
+            except psycopg.OperationalError as e:
+                metrics.ERRORS.labels("group", self.worker_id, type(e).__name__).inc()
+                if stop.is_set():
+                    return
+                logger.warning(
+                    "worker %s: coordinator lost its connection: %s; reconnecting in %.1f s",
+                    self.worker_id,
+                    e,
+                    delay,
+                )
+                stop.wait(delay)
+                delay = min(delay * 2, 5.0)
+
+    def _tick(self, conn: psycopg.Connection[Any], *, announce: bool = False) -> None:
+        names = [c.name for c in self.consumers]
+        with conn.transaction():
+            conn.execute(
+                sql.SQL(
+                    "INSERT INTO {} (worker_id, host, pid, backend_pid, consumers, connections,"
+                    " expires_at) VALUES (%s, %s, %s, pg_backend_pid(), %s, %s,"
+                    " clock_timestamp() + make_interval(secs => %s))"
+                    " ON CONFLICT (worker_id) DO UPDATE SET backend_pid = excluded.backend_pid,"
+                    " consumers = excluded.consumers, connections = excluded.connections,"
+                    " heartbeat_at = clock_timestamp(), expires_at = excluded.expires_at"
+                ).format(self._table),
+                (
+                    self.worker_id,
+                    socket.gethostname(),
+                    os.getpid(),
+                    names,
+                    self.connections,
+                    self.leases.ttl_s,
+                ),
+            )
+            self.leases.renew(conn, self.worker_id)
+            rows = conn.execute(
+                sql.SQL(
+                    "SELECT worker_id, consumers, expires_at > clock_timestamp() AND EXISTS"
+                    " (SELECT 1 FROM pg_stat_activity a WHERE a.pid = m.backend_pid)"
+                    " FROM {} m"
+                ).format(self._table)
+            ).fetchall()
+            dead = [r[0] for r in rows if not r[2] and r[0] != self.worker_id]
+            if dead:
+                conn.execute(
+                    sql.SQL("DELETE FROM {} WHERE worker_id = ANY(%s)").format(self._table),
+                    (dead,),
+                )
+                freed = self.leases.release_owners(conn, dead)
+                logger.warning(
+                    "worker %s: member(s) %s found dead (heartbeat expired or session gone); "
+                    "freed %d lease(s)",
+                    self.worker_id,
+                    ", ".join(dead),
+                    freed,
+                )
+            counts = recorded_partitions(conn, self.schema)
+            if announce or dead:
+                conn.execute("SELECT pg_notify(%s, %s)", (members_channel(self.schema), "plan"))
+        live = [(r[0], set(r[1])) for r in rows if r[2] or r[0] == self.worker_id]
+        plans = {
+            c.name: plan_for(
+                c.name,
+                counts.get(c.name, c.cls.partitions),
+                [w for w, consumers in live if c.name in consumers],
+                self.worker_id,
+            )
+            for c in self.consumers
+        }
+        with self._lock:
+            changed = plans != self._plans
+            self._plans = plans
+            self._dead = dead
+        if changed:
+            logger.info(
+                "worker %s: %d live member(s); plan: %s",
+                self.worker_id,
+                len(live),
+                "; ".join(
+                    f"{n} {sorted(p.mine)} of {p.partitions}" for n, p in sorted(plans.items())
+                ),
+            )
+        self._planned.set()
+
+    def _leave(self, conn: psycopg.Connection[Any]) -> None:
+        with conn.transaction():
+            conn.execute(
+                sql.SQL("DELETE FROM {} WHERE worker_id = %s").format(self._table),
+                (self.worker_id,),
+            )
+            self.leases.release_owners(conn, [self.worker_id])
+            conn.execute("SELECT pg_notify(%s, %s)", (members_channel(self.schema), "left"))
+        logger.info("worker %s left the group", self.worker_id)
+
+    def plan(self, name: str) -> tuple[Plan | None, list[str]]:
+        with self._lock:
+            return self._plans.get(name), list(self._dead)
+
+    # -- one consumer's loop ----------------------------------------------------------------------
+
+    def _loop(self, consumer: Consumer, stop: threading.Event) -> None:
+        workers: dict[int, ProjectionWorker] = {}
+        state = _LoopState()
+        delay = 0.1
+        self._planned.wait()
+        while not stop.is_set():
+            conn: psycopg.Connection[Any] | None = None
+            try:
+                with psycopg.connect(
+                    self.url, autocommit=True, application_name=f"eventkit:{self.worker_id}"
+                ) as conn:
+                    if self.notify_channel is not None:
+                        conn.execute(
+                            sql.SQL("LISTEN {}").format(sql.Identifier(self.notify_channel))
+                        )
+                    for w in workers.values():  # after a reconnect: the leases are rows
+                        if w.lease is not None:
+                            w.attach(conn, w.lease)
+                    delay = 0.1
+                    self._work(consumer, conn, workers, state, stop)
+                    for k in list(workers):
+                        workers.pop(k).detach(conn)
+                        self._forget(consumer, k)
+                    return
+            except Exception as e:
+                metrics.ERRORS.labels("group", consumer.name, type(e).__name__).inc()
+                if stop.is_set():
+                    for k in list(workers):
+                        workers.pop(k).detach(None)
+                        self._forget(consumer, k)
+                    return
+                logger.warning(
+                    "%s: %s: %s; reconnecting in %.1f s",
+                    consumer.name,
+                    type(e).__name__,
+                    e,
+                    delay,
+                    exc_info=not isinstance(e, psycopg.OperationalError | PersistenceError),
+                )
+                stop.wait(delay)
+                delay = min(delay * 2, 5.0)
+
+    def _work(
+        self,
+        consumer: Consumer,
+        conn: psycopg.Connection[Any],
+        workers: dict[int, ProjectionWorker],
+        state: _LoopState,
+        stop: threading.Event,
+    ) -> None:
+        interval = self.poll.min_interval_s
+        while not stop.is_set():
+            self._reconcile(consumer, conn, workers, state)
+            did = False
+            for k, w in list(workers.items()):
+                if stop.is_set():
+                    break
+                try:
+                    did = w.step(conn, stop) or did
+                except LeaseLostError as e:
+                    logger.warning("%s: %s", consumer.name, e)
+                    workers.pop(k).detach(None)
+                    self._forget(consumer, k)
+                except TrackingConflictError as e:
+                    logger.warning("%s: %s; reading its position again", consumer.name, e)
+                    if w.lease is not None:
+                        w.attach(conn, w.lease)
+            if did:
+                interval = self.poll.min_interval_s
+                continue
+            if self.notify_channel is None:
+                stop.wait(interval)
+            else:
+                for _ in conn.notifies(timeout=interval, stop_after=1):
+                    pass
+            interval = min(interval * 2, self.poll.max_interval_s)
+
+    def _reconcile(
+        self,
+        consumer: Consumer,
+        conn: psycopg.Connection[Any],
+        workers: dict[int, ProjectionWorker],
+        state: _LoopState,
+    ) -> None:
+        """Give back partitions planned for others; take free ones planned for us."""
+        plan, dead = self.plan(consumer.name)
+        if plan is None:
+            return
+        if plan.partitions != state.partitions:
+            for k in list(workers):
+                workers.pop(k).detach(conn)
+                self._forget(consumer, k)
+            state.partitions = plan.partitions
+        for k in list(workers):
+            if k not in plan.mine:
+                workers.pop(k).detach(conn)
+                self._forget(consumer, k)
+        wanted = plan.mine - workers.keys()
+        if not wanted or (
+            plan == state.tried_plan and time.monotonic() - state.tried_at < self.poll.lease_wait_s
+        ):
+            return
+        state.tried_plan, state.tried_at = plan, time.monotonic()
+        for k in sorted(wanted):
+            lease = self.leases.acquire(conn, consumer.name, k, self.worker_id, dead_owners=dead)
+            if lease is None:
+                continue  # its owner has not handed it over yet
+            worker = consumer.make(k, plan.partitions)
+            worker.renews_itself = False
+            worker.attach(conn, lease)
+            workers[k] = worker
+            with self._lock:
+                self.workers[(consumer.name, k)] = worker
+
+    def _forget(self, consumer: Consumer, partition: int) -> None:
+        with self._lock:
+            self.workers.pop((consumer.name, partition), None)
+
+
+@dataclass
+class _LoopState:
+    partitions: int | None = None
+    tried_plan: Plan | None = None
+    tried_at: float = 0.0

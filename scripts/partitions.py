@@ -1,0 +1,68 @@
+"""``eventkit partitions NAME [--set P]``: show or change a consumer's partitions."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from infrastructure.factory import shared_pool
+from infrastructure.settings import Settings
+from projections.partitioning import split
+from projections.shop import PROJECTIONS
+from projections.shop.reactions import REACTION_TYPES
+from projections.status import partition_status
+from scripts.rebuild import run_rebuild
+
+
+def register(commands: Any) -> None:
+    parser = commands.add_parser(
+        "partitions",
+        help="show a projection's or reaction's partitions, or change their number",
+    )
+    parser.add_argument("name", metavar="NAME")
+    parser.add_argument(
+        "--set",
+        dest="partitions",
+        type=int,
+        metavar="P",
+        help="split online into P partitions (P a multiple of the current number), or "
+        "else rebuild into P beside the live view with zero downtime",
+    )
+    parser.set_defaults(run=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+    consumers = {**PROJECTIONS, **REACTION_TYPES}
+    if args.name not in consumers:
+        print(f"unknown projection or reaction {args.name!r}; known: {', '.join(consumers)}")
+        return 2
+    cls = consumers[args.name]
+    pool, _ = shared_pool(settings)
+    if args.partitions is not None:
+        with pool.connection() as conn:
+            current = partition_status(conn, settings.schema, cls).partitions
+        if args.partitions % current == 0:
+            with pool.connection() as conn:
+                done = split(conn, settings.schema, args.name, cls.partitions, args.partitions)
+            print(
+                f"{args.name}: {done.before} -> {done.after} partitions (online split; each new "
+                "partition starts where its parent was)"
+            )
+        elif args.name in PROJECTIONS:
+            print(
+                f"{args.name}: {current} -> {args.partitions} partitions is not a split: "
+                "rebuilding beside the live view"
+            )
+            run_rebuild(PROJECTIONS[args.name], settings, partitions=args.partitions)
+        else:
+            print(
+                f"reaction {args.name}: {current} -> {args.partitions} partitions is not a "
+                f"split; set a multiple of {current} (a reaction is never rebuilt: that would "
+                "re-fire its side effects)"
+            )
+            return 1
+    with pool.connection() as conn:
+        status = partition_status(conn, settings.schema, cls)
+    print(status.table())
+    return 0
