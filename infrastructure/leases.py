@@ -79,7 +79,7 @@ class Leases:
             " generation = excluded.generation, acquired_at = excluded.acquired_at,"
             " expires_at = excluded.expires_at"
             " WHERE l.owner IS NULL OR l.expires_at < clock_timestamp()"
-            " OR l.owner = ANY(%s)"
+            " OR l.owner = ANY(%s) OR l.owner = excluded.owner"
             " RETURNING generation"
         ).format(t=table, ttl=ttl)
         self._renew = sql.SQL(
@@ -117,7 +117,9 @@ class Leases:
         *,
         dead_owners: Sequence[str] = (),
     ) -> Lease | None:
-        """Take the lease if it is free, expired or held by one of ``dead_owners``."""
+        """Take the lease if it is free, expired, held by one of ``dead_owners``, or held
+        by ``owner`` itself under an older generation (a worker of ``owner`` that lost
+        it, for example to a change of partitions): a new generation fences that one."""
         row = conn.execute(
             self._acquire, (projection, partition, owner, self.ttl_s, list(dead_owners))
         ).fetchone()

@@ -1,0 +1,247 @@
+"""Scale-out with real worker processes: partitions shared by a group, kill -9 and
+takeover, a member joining, a paused member fenced, and a split under load."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg_pool
+import pytest
+from psycopg import sql
+
+from domain.application import Shop
+from infrastructure.partitions import record_partitions
+from projections.partitioning import split
+from tests.integration.projection_support import stock_up, workload
+from tests.integration.scale_support import (
+    Audit,
+    caught_up,
+    check_view,
+    leases,
+    owners,
+    start,
+    wait_for,
+)
+
+
+@pytest.fixture
+def shop(app_env: dict[str, str]) -> Shop:
+    shop = Shop(env=app_env)
+    stock_up(shop)
+    return shop
+
+
+class Writers:
+    """Orders placed, paid and shipped continuously from a thread, until stopped."""
+
+    def __init__(self, shop: Shop) -> None:
+        self.shop = shop
+        self.stop = threading.Event()
+        self.commands = 0
+        self.thread = threading.Thread(target=self._run)
+
+    def _run(self) -> None:
+        seed = 0
+        while not self.stop.is_set():
+            self.commands += workload(self.shop, 5, seed=seed, stop=self.stop)
+            seed += 1
+
+    def __enter__(self) -> Writers:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.halt()
+
+    def halt(self) -> None:
+        self.stop.set()
+        self.thread.join()
+
+
+@pytest.fixture
+def workers(
+    database_url: str, schema: str, tmp_path: Path
+) -> Iterator[dict[str, subprocess.Popen[bytes]]]:
+    """Worker processes by id; any left running are stopped (SIGCONT first, then SIGTERM)."""
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    yield procs
+    for p in procs.values():
+        if p.poll() is None:
+            p.send_signal(signal.SIGCONT)
+            p.terminate()
+    for name, p in procs.items():
+        try:
+            p.wait(20)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            raise
+    for log in sorted(tmp_path.glob("*.log")):
+        print(f"--- {log.name}\n{log.read_text()[-4000:]}")
+
+
+def launch(
+    procs: dict[str, subprocess.Popen[bytes]],
+    worker_id: str,
+    database_url: str,
+    schema: str,
+    tmp_path: Path,
+    **options: float,
+) -> None:
+    procs[worker_id] = start(
+        worker_id, database_url, schema, log=tmp_path / f"{worker_id}.log", **options
+    )
+
+
+def fair(counts: dict[str, int], members: set[str], partitions: int) -> bool:
+    """Every partition held, by exactly ``members``, each holding its fair share."""
+    share = partitions // len(members)
+    return (
+        set(counts) == members
+        and sum(counts.values()) == partitions
+        and all(share <= c <= share + 1 for c in counts.values())
+    )
+
+
+def stop_all(procs: dict[str, subprocess.Popen[bytes]]) -> None:
+    for p in procs.values():
+        if p.poll() is None:
+            p.terminate()
+    for name, p in procs.items():
+        code = p.wait(30)
+        assert code in (0, -signal.SIGKILL), f"worker {name} exited with {code}"
+
+
+def test_three_workers_share_8_partitions_survive_kill_9_and_rebalance_for_a_fourth(
+    shop: Shop,
+    pool: psycopg_pool.ConnectionPool,
+    schema: str,
+    database_url: str,
+    workers: dict[str, subprocess.Popen[bytes]],
+    tmp_path: Path,
+) -> None:
+    with Writers(shop) as writers:
+        for w in ("w1", "w2", "w3"):
+            launch(workers, w, database_url, schema, tmp_path)
+        wait_for(
+            "8 partitions fairly shared by 3",
+            lambda: fair(owners(pool, schema), {"w1", "w2", "w3"}, 8),
+        )
+        time.sleep(1.0)
+        doomed = {k for k, (owner, _, _) in leases(pool, schema).items() if owner == "w2"}
+        killed_at = time.monotonic()
+        workers["w2"].kill()
+        took = wait_for(
+            "w2's partitions taken over",
+            lambda: fair(owners(pool, schema), {"w1", "w3"}, 8),
+            timeout=15,
+        )
+        print(f"takeover of partitions {sorted(doomed)} after kill -9: {took:.2f} s")
+        assert time.monotonic() - killed_at < 10
+        time.sleep(1.0)
+        launch(workers, "w4", database_url, schema, tmp_path)
+        wait_for(
+            "rebalanced over w1, w3, w4", lambda: fair(owners(pool, schema), {"w1", "w3", "w4"}, 8)
+        )
+        time.sleep(1.0)
+    assert writers.commands > 0
+    wait_for("all partitions caught up", lambda: caught_up(pool, schema))
+    stop_all(workers)
+    rows = check_view(pool, schema)
+    assert rows > 100
+    with pool.connection() as conn:
+        applied_by = dict(
+            conn.execute(
+                sql.SQL("SELECT owner, count(*) FROM {} GROUP BY owner").format(
+                    sql.Identifier(schema, "audit")
+                )
+            ).fetchall()
+        )
+    assert {"w1", "w3", "w4"} <= set(applied_by), applied_by
+
+
+def test_a_paused_worker_commits_nothing_for_the_partitions_it_lost(
+    shop: Shop,
+    pool: psycopg_pool.ConnectionPool,
+    schema: str,
+    database_url: str,
+    workers: dict[str, subprocess.Popen[bytes]],
+    tmp_path: Path,
+) -> None:
+    for w in ("w1", "w2"):
+        launch(workers, w, database_url, schema, tmp_path)
+    with Writers(shop):
+        wait_for("8 partitions shared by 2", lambda: fair(owners(pool, schema), {"w1", "w2"}, 8))
+        time.sleep(1.0)
+    wait_for("caught up", lambda: caught_up(pool, schema))
+    before = leases(pool, schema)
+    lost = {k: g for k, (owner, g, _) in before.items() if owner == "w1"}
+    os.kill(workers["w1"].pid, signal.SIGSTOP)
+    # Past its lease (3 s): w2 takes w1's partitions over.
+    wait_for("w2 owns every partition", lambda: owners(pool, schema) == {"w2": 8}, timeout=15)
+    taken = leases(pool, schema)
+    # w2 stops too, and events arrive that only the paused w1 could pick up on waking.
+    os.kill(workers["w2"].pid, signal.SIGSTOP)
+    workload(shop, 20, seed=99)
+    os.kill(workers["w1"].pid, signal.SIGCONT)
+    time.sleep(2.0)  # w1 wakes up with its old leases in memory and these events to read
+    os.kill(workers["w2"].pid, signal.SIGCONT)
+    with Writers(shop):
+        time.sleep(2.0)
+    wait_for("caught up after both resumed", lambda: caught_up(pool, schema))
+    stop_all(workers)
+    check_view(pool, schema)
+    with pool.connection() as conn:
+        stale = conn.execute(
+            sql.SQL(
+                "SELECT partition, generation, count(*) FROM {} a WHERE owner = 'w1' AND"
+                " (partition, generation) IN (SELECT * FROM unnest(%s::int[], %s::bigint[]))"
+                " AND applied_at > (SELECT t FROM unnest(%s::int[], %s::timestamptz[])"
+                " AS x(p, t) WHERE x.p = a.partition) GROUP BY 1, 2"
+            ).format(sql.Identifier(schema, "audit")),
+            (
+                list(lost),
+                list(lost.values()),
+                list(taken),
+                [taken[k][2] for k in taken],
+            ),
+        ).fetchall()
+    assert stale == [], f"w1 committed under leases it had lost: {stale}"
+    assert (tmp_path / "w1.log").read_text().count("not committing") >= 1
+
+
+def test_splitting_4_partitions_into_8_under_load_loses_and_doubles_nothing(
+    shop: Shop,
+    pool: psycopg_pool.ConnectionPool,
+    schema: str,
+    database_url: str,
+    workers: dict[str, subprocess.Popen[bytes]],
+    tmp_path: Path,
+) -> None:
+    with pool.connection() as conn:
+        record_partitions(conn, schema, Audit.name, 4)
+    with Writers(shop):
+        for w in ("w1", "w2"):
+            launch(workers, w, database_url, schema, tmp_path)
+        wait_for("4 partitions shared by 2", lambda: fair(owners(pool, schema), {"w1", "w2"}, 4))
+        time.sleep(1.5)
+        with pool.connection() as conn:
+            done = split(conn, schema, Audit.name, Audit.partitions, 8)
+        assert (done.before, done.after) == (4, 8)
+        wait_for("8 partitions shared by 2", lambda: fair(owners(pool, schema), {"w1", "w2"}, 8))
+        time.sleep(1.5)
+    wait_for("caught up", lambda: caught_up(pool, schema))
+    stop_all(workers)
+    check_view(pool, schema)
+    with pool.connection() as conn:
+        partitions = conn.execute(
+            sql.SQL("SELECT DISTINCT partition FROM {} WHERE partition >= 4").format(
+                sql.Identifier(schema, "audit")
+            )
+        ).fetchall()
+    assert partitions, "no event was applied by the new partitions 4..7"
