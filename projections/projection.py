@@ -325,8 +325,18 @@ def table_identifiers(
 def create_tables(
     conn: psycopg.Connection[Any], schema: str, projection: type[Handlers], suffix: str = ""
 ) -> None:
-    """Create those of the projection's tables that do not exist yet."""
+    """Create those of the projection's tables that do not exist yet.
+
+    Call it in a transaction: workers of several partitions start at once, and two
+    concurrent CREATE TABLEs of one name fail, so the check and the creation hold a
+    transaction-level advisory lock per projection.
+    """
     names = table_identifiers(schema, projection, suffix)
+    if projection.tables:
+        conn.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
+            (f"eventkit:{schema}:create:{projection.name}{suffix}",),
+        )
     for t in projection.tables:
         row = conn.execute(
             "SELECT to_regclass(format('%%I.%%I', %s::text, %s::text)) IS NOT NULL",

@@ -222,7 +222,7 @@ class ProjectionWorker:
                     self._follow(conn, stop)
                     self.detach(conn)
                     return
-            except (psycopg.OperationalError, TrackingConflictError, PersistenceError) as e:
+            except (psycopg.Error, PersistenceError) as e:
                 self._close_reader()
                 if isinstance(e, LeaseLostError):
                     self.lease = None

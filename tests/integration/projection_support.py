@@ -54,6 +54,8 @@ def make_worker(
     table_suffix: str = "",
     batch_size: int = 200,
     retry: RetryPolicy = FAST_RETRY,
+    partition: int = 0,
+    partitions: int = 1,
 ) -> ProjectionWorker:
     pool, url = shared_pool(settings)
     return ProjectionWorker(
@@ -68,6 +70,8 @@ def make_worker(
         batch_size=batch_size,
         retry=retry,
         poll=FAST_POLL,
+        partition=partition,
+        partitions=partitions,
     )
 
 

@@ -75,7 +75,7 @@ def workers(
         if p.poll() is None:
             p.send_signal(signal.SIGCONT)
             p.terminate()
-    for name, p in procs.items():
+    for p in procs.values():
         try:
             p.wait(20)
         except subprocess.TimeoutExpired:
