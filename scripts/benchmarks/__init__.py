@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from scripts.benchmarks import append, catchup, live, payload, reactions
+from scripts.benchmarks import append, catchup, live, payload, reactions, scale
 
 
 def register(commands: Any) -> None:
@@ -25,3 +25,4 @@ def register(commands: Any) -> None:
     catchup.register(suites)
     live.register(suites)
     reactions.register(suites)
+    scale.register(suites)
