@@ -41,7 +41,7 @@ from infrastructure.leases import LeaseLostError, Leases
 from infrastructure.partitions import recorded_partitions
 from infrastructure.tracking import TrackingConflictError
 from projections.projection import Handlers
-from projections.worker import PollPolicy, ProjectionWorker
+from projections.worker import PollPolicy, ProjectionWorker, connect
 
 logger = logging.getLogger(__name__)
 
@@ -137,7 +137,11 @@ class WorkerGroup:
         coordinator.start()
         for t in loops:
             t.start()
-        stop.wait()
+        # Wait in slices: a signal handler that sets ``stop`` runs in the main thread only
+        # once it executes bytecode, and a blocked wait may never wake for a signal that
+        # the kernel delivered to another thread (seen after SIGSTOP and SIGCONT).
+        while not stop.wait(0.2):
+            pass
         loops_stop.set()
         for t in loops:
             t.join()
@@ -151,9 +155,7 @@ class WorkerGroup:
         delay = 0.1
         while True:
             try:
-                with psycopg.connect(
-                    self.url, autocommit=True, application_name=f"eventkit:{self.worker_id}"
-                ) as conn:
+                with connect(self.url, self.worker_id, self.leases.ttl_s) as conn:
                     conn.execute(
                         sql.SQL("LISTEN {}").format(sql.Identifier(members_channel(self.schema)))
                     )
@@ -273,9 +275,7 @@ class WorkerGroup:
         while not stop.is_set():
             conn: psycopg.Connection[Any] | None = None
             try:
-                with psycopg.connect(
-                    self.url, autocommit=True, application_name=f"eventkit:{self.worker_id}"
-                ) as conn:
+                with connect(self.url, self.worker_id, self.leases.ttl_s) as conn:
                     if self.notify_channel is not None:
                         conn.execute(
                             sql.SQL("LISTEN {}").format(sql.Identifier(self.notify_channel))

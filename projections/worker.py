@@ -101,6 +101,19 @@ class _Read:
     items: list[_Item]
 
 
+def connect(url: str, worker_id: str, lease_ttl_s: float) -> psycopg.Connection[Any]:
+    """A worker's connection. A transaction left idle longer than a lease lives (its
+    process paused by SIGSTOP or a debugger, or cut off) is ended by the server, so the
+    row locks it holds (a lease row's, checked by its fence) never block a takeover for
+    longer than the lease would have."""
+    return psycopg.connect(
+        url,
+        autocommit=True,
+        application_name=f"eventkit:{worker_id}",
+        options=f"-c idle_in_transaction_session_timeout={int(lease_ttl_s * 1000)}",
+    )
+
+
 class ProjectionWorker:
     """Owns one projection (or a rebuild's copy of it) and keeps its view up to date."""
 
@@ -204,9 +217,7 @@ class ProjectionWorker:
         delay = 0.1
         while not stop.is_set():
             try:
-                with psycopg.connect(
-                    self.url, autocommit=True, application_name=f"eventkit:{self.worker_id}"
-                ) as conn:
+                with connect(self.url, self.worker_id, self.leases.ttl_s) as conn:
                     if self.lease is None:
                         lease = self._wait_for_lease(conn, stop)
                         if lease is None:

@@ -323,7 +323,8 @@ def _run(args: argparse.Namespace) -> int:
     for t in threads:
         t.start()
     for t in threads:
-        t.join()
+        while t.is_alive():  # in slices, so the signal handlers run (see WorkerGroup.run)
+            t.join(0.2)
     if server is not None:
         server.stop()
     logger.info("worker %s stopped", worker_id)
