@@ -43,16 +43,23 @@ class Queries:
         return sql.SQL(query).format(**self.tables)
 
     def position(self) -> Position:
-        """The position the projection has processed up to."""
+        """The position the projection has processed up to: with several partitions, the
+        lowest of theirs (each partition reads past other partitions' events, so an idle
+        one keeps up with the log's head)."""
         with self.pool.connection() as conn:
             row = conn.execute(
                 sql.SQL(
-                    "SELECT transaction_id, notification_id FROM {} "
-                    "WHERE projection = %s AND partition = 0"
-                ).format(sql.Identifier(self.schema, "tracking")),
-                (self.projection.name,),
+                    "SELECT t.transaction_id, t.notification_id FROM generate_series(0,"
+                    " coalesce((SELECT partitions FROM {p} WHERE projection = %s), %s) - 1) k"
+                    " LEFT JOIN {t} t ON t.projection = %s AND t.partition = k"
+                    " ORDER BY t.transaction_id NULLS FIRST, t.notification_id LIMIT 1"
+                ).format(
+                    p=sql.Identifier(self.schema, "partitioning"),
+                    t=sql.Identifier(self.schema, "tracking"),
+                ),
+                (self.projection.name, self.projection.partitions, self.projection.name),
             ).fetchone()
-        return Position.ORIGIN if row is None else Position(row[0], row[1])
+        return Position.ORIGIN if row is None or row[0] is None else Position(row[0], row[1])
 
     def wait_for(self, notification_id: int, timeout: float = 5.0) -> None:
         """Block until the projection has processed notification ``notification_id``.

@@ -7,15 +7,18 @@ import psycopg_pool
 import pytest
 
 from domain.application import Shop
+from domain.commands import OrderLineRequest, PlaceOrder
 from infrastructure.leases import LeaseLostError, Leases
 from infrastructure.log import LoggedNotification, Position
 from infrastructure.partitions import Partition, PartitionKey
 from infrastructure.recorder import PostgresEventRecorder
 from infrastructure.settings import Settings
 from projections.partitioning import RescaleError, split
+from projections.queries import Queries, ReadModelTimeoutError
 from projections.rebuild import rebuild
 from projections.worker import ProjectionWorker
 from tests.integration.projection_support import (
+    SKUS,
     make_worker,
     running,
     settings_for,
@@ -160,3 +163,31 @@ def test_a_rebuild_into_3_partitions_from_8_keeps_the_view_whole(
     with running(*workers):
         wait_for("3 partitions caught up", lambda: caught_up(pool, view_settings.schema))
     check_view(pool, view_settings.schema)
+
+
+class AuditQueries(Queries):
+    projection = Audit
+
+
+def test_read_your_writes_waits_for_the_partition_that_holds_the_event(
+    shop: Shop, view_settings: Settings, pool: psycopg_pool.ConnectionPool
+) -> None:
+    queries = AuditQueries(pool, view_settings.schema)
+    workers = [
+        make_worker(Audit(), view_settings, worker_id=f"w{k}", partition=k, partitions=4)
+        for k in range(4)
+    ]
+    with running(*workers[:3]):
+        placed = shop.place_order(
+            PlaceOrder(customer_id="c", lines=(OrderLineRequest(sku=SKUS[0], quantity=1),))
+        )
+        with pytest.raises(ReadModelTimeoutError, match="'audit'"):
+            queries.wait_for(placed.notification_id, timeout=1.0)  # partition 3 has no worker
+    with running(*workers):
+        queries.wait_for(placed.notification_id, timeout=10.0)
+    with pool.connection() as conn:
+        row = conn.execute(
+            f'SELECT count(*) FROM "{view_settings.schema}".audit WHERE stream = %s',
+            (placed.order_id,),
+        ).fetchone()
+    assert row == (1,)
