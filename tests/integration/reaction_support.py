@@ -90,6 +90,7 @@ def make_runtime(
     *,
     broker_url: str | None = None,
     threads: int = 4,
+    follow: bool = True,
 ) -> ReactionRuntime:
     """A runtime with fast timings, on the PostgreSQL broker unless ``broker_url`` names
     another."""
@@ -101,6 +102,7 @@ def make_runtime(
         worker_threads=threads,
         batch_size=200,
         poll=FAST_POLL,
+        follow=follow,
     )
 
 

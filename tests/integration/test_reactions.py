@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from functools import singledispatchmethod
@@ -19,11 +20,14 @@ from domain.orders import Order, OrderStatus
 from domain.payments import PaymentStatus
 from infrastructure.broker import message_id
 from infrastructure.deadletters import DeadLetters
+from infrastructure.factory import shared_pool
 from infrastructure.log import Position
+from infrastructure.partitions import record_partitions
 from infrastructure.recorder import PostgresEventRecorder
 from infrastructure.settings import Settings
 from infrastructure.tracking import Tracking
 from infrastructure.transcoding import PydanticMapper
+from projections.group import WorkerGroup
 from projections.projection import Table
 from projections.reaction import Reaction, ReactionContext, UnhandledEventError
 from projections.rebuild import rebuild
@@ -38,7 +42,7 @@ from projections.status import reaction_status
 from scripts.cli import main as eventkit
 from scripts.gateway import FakeGateway
 from scripts.reactions import replay, replay_from
-from tests.integration.projection_support import settings_for, stock_up
+from tests.integration.projection_support import FAST_POLL, settings_for, stock_up
 from tests.integration.reaction_support import (
     Audit,
     Effects,
@@ -371,3 +375,46 @@ def test_a_lost_database_connection_is_not_counted_as_a_try(
             sql.SQL("SELECT attempt FROM {}").format(sql.Identifier(schema, "survivors"))
         ).fetchone()
     assert row == (1,)  # five lost connections, and this is still its first try
+
+
+def test_a_reaction_follower_split_into_partitions_runs_each_reaction_once(
+    shop: Shop, pool: psycopg_pool.ConnectionPool, schema: str, react_settings: Settings
+) -> None:
+    with pool.connection() as conn:
+        record_partitions(conn, schema, Effects.name, 3)
+    orders = place(shop, 30)
+    runtime = make_runtime([Effects()], react_settings, follow=False)
+    group = WorkerGroup(
+        runtime.consumers,
+        url=shared_pool(react_settings)[1],
+        schema=schema,
+        worker_id="group",
+        heartbeat_s=0.2,
+        lease_ttl_s=2.0,
+        poll=FAST_POLL,
+    )
+    stop = threading.Event()
+    followers = threading.Thread(target=group.run, args=(stop,))
+    followers.start()
+    try:
+        with running_reactions(runtime):
+            orders += place(shop, 30)
+            wait_for(lambda: count(pool, schema, "effects") >= 60, "60 reactions")
+    finally:
+        stop.set()
+        followers.join(30)
+    with pool.connection() as conn:
+        got = conn.execute(
+            sql.SQL("SELECT order_id, count(*) FROM {} GROUP BY order_id").format(
+                sql.Identifier(schema, "effects")
+            )
+        ).fetchall()
+        partitions = conn.execute(
+            sql.SQL("SELECT partition FROM {} WHERE projection = %s ORDER BY 1").format(
+                sql.Identifier(schema, "tracking")
+            ),
+            (Effects.name,),
+        ).fetchall()
+    assert {r[0]: r[1] for r in got} == dict.fromkeys(orders, 1)
+    assert ledger_count(pool, schema, "effects") == 60
+    assert partitions == [(0,), (1,), (2,)]
