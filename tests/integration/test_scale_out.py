@@ -3,13 +3,16 @@ takeover, a member joining, a paused member fenced, and a split under load."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg_pool
 import pytest
@@ -18,8 +21,11 @@ from psycopg import sql
 from domain.application import Shop
 from infrastructure.partitions import record_partitions
 from projections.partitioning import split
-from tests.integration.projection_support import stock_up, workload
+from projections.shop import OrderSummaries
+from scripts.cli import main as eventkit
+from tests.integration.projection_support import settings_for, stock_up, workload
 from tests.integration.scale_support import (
+    ROOT,
     Audit,
     caught_up,
     check_view,
@@ -28,6 +34,7 @@ from tests.integration.scale_support import (
     start,
     wait_for,
 )
+from tests.integration.test_projections import replay_equals_live
 
 
 @pytest.fixture
@@ -245,3 +252,91 @@ def test_splitting_4_partitions_into_8_under_load_loses_and_doubles_nothing(
             )
         ).fetchall()
     assert partitions, "no event was applied by the new partitions 4..7"
+
+
+def test_operators_split_and_rebuild_partitions_of_a_running_projection_from_the_cli(
+    shop: Shop,
+    pool: psycopg_pool.ConnectionPool,
+    schema: str,
+    database_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    monkeypatch.setenv("EVENTKIT_SCHEMA", schema)
+    env = {**os.environ, "DATABASE_URL": database_url, "EVENTKIT_SCHEMA": schema}
+    command = [
+        sys.executable,
+        "-m",
+        "scripts.cli",
+        "workers",
+        "order_summaries",
+        "--projections-only",
+        "--heartbeat",
+        "0.5",
+        "--lease-ttl",
+        "3",
+    ]
+    procs = []
+    try:
+        with Writers(shop):
+            for i in range(2):
+                with (tmp_path / f"cli{i}.log").open("ab") as log:
+                    procs.append(
+                        subprocess.Popen(
+                            [*command, "--id", f"cli{i}"],
+                            cwd=ROOT,
+                            env=env,
+                            stdout=log,
+                            stderr=log,
+                        )
+                    )
+            assert eventkit(["partitions", "order_summaries", "--set", "4"]) == 0
+            assert "1 -> 4 partitions (online split" in capsys.readouterr().out
+            wait_for(
+                "4 partitions over cli0 and cli1",
+                lambda: _owners(pool, schema) == {"cli0": 2, "cli1": 2},
+            )
+            time.sleep(1.0)
+            assert eventkit(["partitions", "order_summaries", "--set", "3"]) == 0
+            out = capsys.readouterr().out
+            assert "is not a split: rebuilding" in out
+            assert "rebuilt order_summaries" in out
+            wait_for("3 partitions taken", lambda: sum(_owners(pool, schema).values()) == 3)
+            time.sleep(1.0)
+        wait_for("lag 0", lambda: _status(capsys)["projections"][0]["lag_events"] == 0)
+        status = _status(capsys)
+        [summaries] = status["projections"]
+        assert [p["partition"] for p in summaries["partitions"]] == [0, 1, 2]
+        assert {p["owner"] for p in summaries["partitions"]} == {"cli0", "cli1"}
+        members = {m["worker_id"]: m for m in status["workers"]}
+        assert set(members) == {"cli0", "cli1"}
+        assert all(m["connections"] <= 1 + 1 + 16 for m in members.values())
+        assert eventkit(["status", "order_summaries"]) == 0
+        text = capsys.readouterr().out
+        assert "order_summaries: 3 partition(s) by stream" in text
+        assert "max connections" in text
+    finally:
+        for p in procs:
+            p.terminate()
+        codes = [p.wait(30) for p in procs]
+    assert codes == [0, 0]
+    replay_equals_live(pool, settings_for(database_url, schema), [OrderSummaries])
+
+
+def _owners(pool: psycopg_pool.ConnectionPool, schema: str) -> dict[str, int]:
+    with pool.connection() as conn:
+        rows = conn.execute(
+            sql.SQL(
+                "SELECT owner, count(*) FROM {} WHERE projection = 'order_summaries' AND owner"
+                " IS NOT NULL AND expires_at > clock_timestamp() GROUP BY 1"
+            ).format(sql.Identifier(schema, "leases"))
+        ).fetchall()
+    return {r[0]: r[1] for r in rows}
+
+
+def _status(capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
+    assert eventkit(["status", "order_summaries", "--json"]) == 0
+    data: dict[str, Any] = json.loads(capsys.readouterr().out)
+    return data
