@@ -261,6 +261,11 @@ class WorkerGroup:
             conn.execute("SELECT pg_notify(%s, %s)", (members_channel(self.schema), "left"))
         logger.info("worker %s left the group", self.worker_id)
 
+    def current_workers(self) -> list[ProjectionWorker]:
+        """The partition workers this member runs now (for health checks)."""
+        with self._lock:
+            return list(self.workers.values())
+
     def plan(self, name: str) -> tuple[Plan | None, list[str]]:
         with self._lock:
             return self._plans.get(name), list(self._dead)

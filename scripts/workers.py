@@ -311,7 +311,7 @@ def _run(args: argparse.Namespace) -> int:
             settings.schema,
             projections=projections,
             reactions=[REACTION_TYPES[n] for n in reaction_names],
-            workers=lambda: list(group.workers.values()),
+            workers=group.current_workers,
             postgres_broker=broker_kind(settings.broker_url) is BrokerKind.POSTGRES,
             max_lag_s=args.max_lag,
         )
