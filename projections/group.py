@@ -167,15 +167,17 @@ class WorkerGroup:
                         self._tick(conn)
                     self._leave(conn)
                     return
-            except psycopg.OperationalError as e:
+            except Exception as e:
                 metrics.ERRORS.labels("group", self.worker_id, type(e).__name__).inc()
                 if stop.is_set():
                     return
                 logger.warning(
-                    "worker %s: coordinator lost its connection: %s; reconnecting in %.1f s",
+                    "worker %s: coordinator: %s: %s; reconnecting in %.1f s",
                     self.worker_id,
+                    type(e).__name__,
                     e,
                     delay,
+                    exc_info=not isinstance(e, psycopg.OperationalError),
                 )
                 stop.wait(delay)
                 delay = min(delay * 2, 5.0)
