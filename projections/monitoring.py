@@ -87,6 +87,13 @@ class Monitor:
             if s.projection.endswith("#rebuild"):
                 continue
             self._gauges("projection", s.projection, s.lag_events, s.lag_seconds, s.dead_letters)
+            for part in s.partitions:  # several partitions: each one's own lag too
+                metrics.LAG_EVENTS.labels("projection", s.projection, str(part.partition)).set(
+                    part.lag_events
+                )
+                metrics.LAG_SECONDS.labels("projection", s.projection, str(part.partition)).set(
+                    part.lag_seconds
+                )
             problems += self._judge("projection", s.projection, s.lag_seconds, s.state, s.detail)
         for r in reaction_status(
             self.pool, self.schema, self.reactions, postgres_broker=self.postgres_broker
@@ -114,6 +121,9 @@ class Monitor:
 
     @staticmethod
     def _gauges(kind: str, name: str, lag: int, lag_s: float, dead: int) -> None:
+        """The consumer's lag under partition "0": all of it for one partition; with
+        several, partition 0's gauges are set again by its own row (a dashboard sums
+        ``eventkit_lag_events`` by name)."""
         metrics.LAG_EVENTS.labels(kind, name, "0").set(lag)
         metrics.LAG_SECONDS.labels(kind, name, "0").set(lag_s)
         metrics.DEAD_LETTERS_OPEN.labels(kind, name).set(dead)
