@@ -347,46 +347,24 @@ class PostgresEventRecorder(ApplicationRecorder):
         again on every poll, and how many were scanned (fewer than ``limit``: the reader
         has reached the head). Payloads are fetched only for the matching rows.
         """
-        predicate = None if partition is None else partition.predicate("s")
-        if predicate is None:
-            statement = sql.SQL(
-                "WITH scanned AS MATERIALIZED ("
-                " SELECT transaction_id, notification_id, topic FROM {t}"
-                " WHERE (transaction_id, notification_id) > (%s::text::xid8, %s) AND "
-                + _SETTLED
-                + " ORDER BY transaction_id, notification_id LIMIT %s)"
-                " SELECT s.transaction_id::text::bigint, s.notification_id, e.originator_id,"
-                " e.originator_version, e.topic, e.state, e.recorded_at"
-                " FROM scanned s LEFT JOIN {t} e"
-                " ON e.notification_id = s.notification_id AND s.topic = ANY(%s)"
-                " ORDER BY s.transaction_id, s.notification_id"
-            ).format(t=self._table)
-            params = [str(after.transaction_id), after.notification_id, limit, list(topics)]
-        else:
-            # A partition: its key is computed from the scanned rows, and only its own
-            # events are fetched, in a LATERAL subquery that keeps the plan a nested loop
-            # over the index (with the condition on the joined table, PostgreSQL chose a
-            # hash join over a parallel scan of the whole log: 4x slower on 200,000 events).
-            statement = sql.SQL(
-                "WITH scanned AS MATERIALIZED ("
-                " SELECT transaction_id, notification_id, topic, originator_id FROM {t}"
-                " WHERE (transaction_id, notification_id) > (%s::text::xid8, %s) AND "
-                + _SETTLED
-                + " ORDER BY transaction_id, notification_id LIMIT %s)"
-                " SELECT s.transaction_id::text::bigint, s.notification_id, e.originator_id,"
-                " e.originator_version, e.topic, e.state, e.recorded_at"
-                " FROM scanned s LEFT JOIN LATERAL (SELECT originator_id, originator_version,"
-                " topic, state, recorded_at FROM {t} x WHERE x.notification_id ="
-                " s.notification_id AND s.topic = ANY(%s) AND {p}) e ON true"
-                " ORDER BY s.transaction_id, s.notification_id"
-            ).format(t=self._table, p=predicate[0])
-            params = [
-                str(after.transaction_id),
-                after.notification_id,
-                limit,
-                list(topics),
-                *predicate[1],
-            ]
+        predicate = None if partition is None else partition.predicate("e")
+        statement = sql.SQL(
+            "WITH scanned AS MATERIALIZED ("
+            " SELECT transaction_id, notification_id, topic FROM {t}"
+            " WHERE (transaction_id, notification_id) > (%s::text::xid8, %s) AND " + _SETTLED + ""
+            " ORDER BY transaction_id, notification_id LIMIT %s)"
+            " SELECT s.transaction_id::text::bigint, s.notification_id, e.originator_id,"
+            " e.originator_version, e.topic, e.state, e.recorded_at"
+            " FROM scanned s LEFT JOIN {t} e"
+            " ON e.notification_id = s.notification_id AND s.topic = ANY(%s){p}"
+            " ORDER BY s.transaction_id, s.notification_id"
+        ).format(
+            t=self._table,
+            p=sql.SQL("") if predicate is None else sql.SQL(" AND ") + predicate[0],
+        )
+        params = [str(after.transaction_id), after.notification_id, limit, list(topics)]
+        if predicate is not None:
+            params += predicate[1]
 
         def read() -> Scan:
             with self.pool.connection() as conn, conn.cursor(binary=True) as cur:
