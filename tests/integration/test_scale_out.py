@@ -156,6 +156,20 @@ def test_three_workers_share_8_partitions_survive_kill_9_and_rebalance_for_a_fou
             "rebalanced over w1, w3, w4", lambda: fair(owners(pool, schema), {"w1", "w3", "w4"}, 8)
         )
         time.sleep(1.0)
+        # A graceful stop hands the partitions over at once: well before a lease (3 s)
+        # could expire.
+        signalled = time.monotonic()
+        workers["w1"].terminate()
+        wait_for(
+            "w1's partitions handed over",
+            lambda: fair(owners(pool, schema), {"w3", "w4"}, 8),
+            timeout=10,
+        )
+        handed = time.monotonic() - signalled
+        print(f"handover after SIGTERM: {handed:.2f} s")
+        assert workers["w1"].wait(20) == 0
+        assert handed < 2.0
+        time.sleep(1.0)
     assert writers.commands > 0
     wait_for("all partitions caught up", lambda: caught_up(pool, schema))
     stop_all(workers)
