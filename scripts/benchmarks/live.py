@@ -107,6 +107,20 @@ def register(benchmarks: argparse._SubParsersAction) -> None:  # type: ignore[ty
             f"{FULL.duration_s:g} s (well under 90 s in all)"
         ),
     )
+    parser.add_argument(
+        "--rates",
+        type=lambda text: tuple(int(r) for r in text.split(",")),
+        default=RATES,
+        metavar="R[,R...]",
+        help="offered events/s to measure (default %(default)s)",
+    )
+    parser.add_argument(
+        "--systems",
+        type=lambda text: tuple(text.split(",")),
+        default=(EVENTKIT, EVENTSOURCING),
+        metavar="S[,S...]",
+        help="eventkit, eventsourcing or both (default)",
+    )
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write results to FILE")
     parser.set_defaults(run=run)
 
@@ -127,8 +141,8 @@ def run(args: argparse.Namespace) -> int:
     results: list[LiveResult] = []
     notes: list[str] = []
     with Writers(WRITERS) as writers:
-        for rate in RATES:
-            for system in (EVENTKIT, EVENTSOURCING):
+        for rate in args.rates:
+            for system in args.systems:
                 schema = f"bench_{run_id}_live_{SHORT[system]}_{rate}"
                 try:
                     result, note = _measure(
