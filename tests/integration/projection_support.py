@@ -94,7 +94,8 @@ def running(*workers: ProjectionWorker) -> Iterator[threading.Event]:
 def wait_until_caught_up(
     pool: psycopg_pool.ConnectionPool, schema: str, name: str, timeout: float = 30.0
 ) -> Position:
-    """Wait until projection ``name`` has recorded the log's head (of the events it reads)."""
+    """Wait until projection ``name`` has recorded the log's head (of the events it reads)
+    in every one of its partitions."""
     recorder = PostgresEventRecorder(pool, schema)
     deadline = time.monotonic() + timeout
     head = recorder.head() or Position.ORIGIN
@@ -102,11 +103,16 @@ def wait_until_caught_up(
         with pool.connection() as conn:
             row = conn.execute(
                 sql.SQL(
-                    "SELECT transaction_id, notification_id FROM {} WHERE projection = %s"
-                ).format(sql.Identifier(schema, "tracking")),
-                (name,),
+                    "SELECT t.transaction_id, t.notification_id FROM generate_series(0,"
+                    " coalesce((SELECT partitions FROM {p} WHERE projection = %s), 1) - 1) k"
+                    " LEFT JOIN {t} t ON t.projection = %s AND t.partition = k"
+                    " ORDER BY t.transaction_id NULLS FIRST, t.notification_id LIMIT 1"
+                ).format(
+                    p=sql.Identifier(schema, "partitioning"), t=sql.Identifier(schema, "tracking")
+                ),
+                (name, name),
             ).fetchone()
-        position = Position.ORIGIN if row is None else Position(row[0], row[1])
+        position = Position.ORIGIN if row is None or row[0] is None else Position(row[0], row[1])
         if position >= head:
             return position
         if time.monotonic() > deadline:

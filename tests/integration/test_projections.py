@@ -176,12 +176,14 @@ def test_projections_on_the_same_event_type_advance_independently(
     assert [(d.projection, d.originator_id) for d in parked] == [("order_history", poison.order_id)]
 
 
+@pytest.mark.parametrize("partitions", [1, 3])
 def test_a_poison_event_is_parked_with_its_stream_behind_it_then_retried_in_order(
     shop: Shop,
     view_settings: Settings,
     pool: psycopg_pool.ConnectionPool,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
+    partitions: int,
 ) -> None:
     poison = shop.place_order(
         PlaceOrder(customer_id="p", lines=(OrderLineRequest(sku=SKUS[2], quantity=1),))
@@ -190,8 +192,13 @@ def test_a_poison_event_is_parked_with_its_stream_behind_it_then_retried_in_orde
         PlaceOrder(customer_id="h", lines=(OrderLineRequest(sku=SKUS[2], quantity=1),))
     )
     OrderHistory.broken.add(poison.order_id)
-    worker = make_worker(OrderHistory(), view_settings)
-    with running(worker):
+    workers = [
+        make_worker(
+            OrderHistory(), view_settings, worker_id=f"w{k}", partition=k, partitions=partitions
+        )
+        for k in range(partitions)
+    ]
+    with running(*workers):
         for placed in (poison, healthy):
             shop.capture_payment(CapturePayment(payment_id=placed.payment_id))
             shop.ship_order(ShipOrder(order_id=placed.order_id))
