@@ -602,25 +602,7 @@ class ReactionRuntime:
         #: The followers as a :class:`WorkerGroup` runs them, partitioned.
         self.consumers = [Consumer(r.name, type(r), maker(type(r))) for r in reactions]
         #: Followers this runtime runs itself, one partition each (``follow=True``).
-        self.followers = (
-            [
-                build_follower(
-                    type(r),
-                    handover=handover,
-                    url=url,
-                    schema=schema,
-                    recorder=recorder,
-                    mapper=mapper,
-                    worker_id=worker_id,
-                    batch_size=batch_size,
-                    poll=poll,
-                    notify_channel=notify_channel,
-                )
-                for r in reactions
-            ]
-            if follow
-            else []
-        )
+        self.followers = [maker(type(r))(0, 1) for r in reactions] if follow else []
         self.relay = (
             None
             if kind is BrokerKind.POSTGRES

@@ -9,6 +9,7 @@ import signal
 import socket
 import threading
 from collections.abc import Callable, Sequence
+from functools import partial
 from types import FrameType
 from typing import Any
 
@@ -147,22 +148,25 @@ def select_projections(names: Sequence[str]) -> list[type[Projection]]:
     return [PROJECTIONS[n] for n in names] if names else list(PROJECTIONS.values())
 
 
-def build_workers(
-    projections: Sequence[type[Projection]],
+def worker_factory(
     settings: Settings,
     *,
     worker_id: str,
     batch_size: int = 1000,
     retry: RetryPolicy | None = None,
     on_batch: Callable[[BatchReport], None] | None = None,
-) -> list[ProjectionWorker]:
-    """One worker per projection, sharing the process's pool for reading the log."""
+    lease_ttl_s: float = 5.0,
+    poll: PollPolicy | None = None,
+) -> Callable[[type[Projection], int, int], ProjectionWorker]:
+    """Makes the worker of partition ``k`` of ``P`` of a projection: ``make(cls, k, P)``.
+    The workers of one factory share the process's pool for reading the log."""
     pool, url = shared_pool(settings)
     recorder = PostgresEventRecorder(pool, settings.schema, notify_channel=settings.notify_channel)
     mapper = PydanticMapper()
-    return [
-        ProjectionWorker(
-            p(),
+
+    def make(projection: type[Projection], partition: int, partitions: int) -> ProjectionWorker:
+        return ProjectionWorker(
+            projection(),
             url=url,
             schema=settings.schema,
             recorder=recorder,
@@ -172,9 +176,29 @@ def build_workers(
             retry=retry,
             on_batch=on_batch,
             notify_channel=settings.notify_channel,
+            partition=partition,
+            partitions=partitions,
+            lease_ttl_s=lease_ttl_s,
+            poll=poll,
         )
-        for p in projections
-    ]
+
+    return make
+
+
+def build_workers(
+    projections: Sequence[type[Projection]],
+    settings: Settings,
+    *,
+    worker_id: str,
+    batch_size: int = 1000,
+    retry: RetryPolicy | None = None,
+    on_batch: Callable[[BatchReport], None] | None = None,
+) -> list[ProjectionWorker]:
+    """One single-partition worker per projection, each managing its own lease."""
+    make = worker_factory(
+        settings, worker_id=worker_id, batch_size=batch_size, retry=retry, on_batch=on_batch
+    )
+    return [make(p, 0, 1) for p in projections]
 
 
 def build_group(
@@ -192,32 +216,17 @@ def build_group(
 ) -> WorkerGroup:
     """This process's member of the worker group: ``projections`` and the reaction
     followers ``reactions``, their partitions shared out with the other members."""
-    pool, url = shared_pool(settings)
-    recorder = PostgresEventRecorder(pool, settings.schema, notify_channel=settings.notify_channel)
-    mapper = PydanticMapper()
-
-    def maker(projection: type[Projection]) -> Callable[[int, int], ProjectionWorker]:
-        def make(partition: int, partitions: int) -> ProjectionWorker:
-            return ProjectionWorker(
-                projection(),
-                url=url,
-                schema=settings.schema,
-                recorder=recorder,
-                mapper=mapper,
-                worker_id=worker_id,
-                batch_size=batch_size,
-                retry=retry,
-                on_batch=on_batch,
-                notify_channel=settings.notify_channel,
-                partition=partition,
-                partitions=partitions,
-                lease_ttl_s=lease_ttl_s,
-                poll=poll,
-            )
-
-        return make
-
-    consumers = [Consumer(p.name, p, maker(p)) for p in projections]
+    make = worker_factory(
+        settings,
+        worker_id=worker_id,
+        batch_size=batch_size,
+        retry=retry,
+        on_batch=on_batch,
+        lease_ttl_s=lease_ttl_s,
+        poll=poll,
+    )
+    consumers = [Consumer(p.name, p, partial(make, p)) for p in projections]
+    _, url = shared_pool(settings)
     return WorkerGroup(
         [*consumers, *reactions],
         url=url,
