@@ -114,14 +114,17 @@ def start(
         return subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=out)
 
 
-def leases(pool: psycopg_pool.ConnectionPool, schema: str) -> dict[int, tuple[str, int, Any]]:
-    """partition -> (owner, generation, acquired_at) of the live leases of ``audit``."""
+def leases(
+    pool: psycopg_pool.ConnectionPool, schema: str, name: str = Audit.name
+) -> dict[int, tuple[str, int, Any]]:
+    """partition -> (owner, generation, acquired_at) of the live leases of ``name``."""
     with pool.connection() as conn:
         rows = conn.execute(
             sql.SQL(
                 "SELECT partition, owner, generation, acquired_at FROM {} WHERE projection ="
-                " 'audit' AND owner IS NOT NULL AND expires_at > clock_timestamp()"
-            ).format(sql.Identifier(schema, "leases"))
+                " %s AND owner IS NOT NULL AND expires_at > clock_timestamp()"
+            ).format(sql.Identifier(schema, "leases")),
+            (name,),
         ).fetchall()
     return {r[0]: (r[1], r[2], r[3]) for r in rows}
 
@@ -136,10 +139,12 @@ def wait_for(what: str, check: Any, timeout: float = 30.0) -> float:
     return time.monotonic() - started
 
 
-def owners(pool: psycopg_pool.ConnectionPool, schema: str) -> dict[str, int]:
-    """How many live leases each worker holds."""
+def owners(
+    pool: psycopg_pool.ConnectionPool, schema: str, name: str = Audit.name
+) -> dict[str, int]:
+    """How many live leases of ``name`` each worker holds."""
     counts: dict[str, int] = defaultdict(int)
-    for owner, _, _ in leases(pool, schema).values():
+    for owner, _, _ in leases(pool, schema, name).values():
         counts[owner] += 1
     return dict(counts)
 

@@ -310,14 +310,17 @@ def test_operators_split_and_rebuild_partitions_of_a_running_projection_from_the
             assert "1 -> 4 partitions (online split" in capsys.readouterr().out
             wait_for(
                 "4 partitions over cli0 and cli1",
-                lambda: _owners(pool, schema) == {"cli0": 2, "cli1": 2},
+                lambda: owners(pool, schema, "order_summaries") == {"cli0": 2, "cli1": 2},
             )
             time.sleep(1.0)
             assert eventkit(["partitions", "order_summaries", "--set", "3"]) == 0
             out = capsys.readouterr().out
             assert "is not a split: rebuilding" in out
             assert "rebuilt order_summaries" in out
-            wait_for("3 partitions taken", lambda: sum(_owners(pool, schema).values()) == 3)
+            wait_for(
+                "3 partitions taken",
+                lambda: sum(owners(pool, schema, "order_summaries").values()) == 3,
+            )
             time.sleep(1.0)
         wait_for("lag 0", lambda: _status(capsys)["projections"][0]["lag_events"] == 0)
         status = _status(capsys)
@@ -337,17 +340,6 @@ def test_operators_split_and_rebuild_partitions_of_a_running_projection_from_the
         codes = [p.wait(30) for p in procs]
     assert codes == [0, 0]
     replay_equals_live(pool, settings_for(database_url, schema), [OrderSummaries])
-
-
-def _owners(pool: psycopg_pool.ConnectionPool, schema: str) -> dict[str, int]:
-    with pool.connection() as conn:
-        rows = conn.execute(
-            sql.SQL(
-                "SELECT owner, count(*) FROM {} WHERE projection = 'order_summaries' AND owner"
-                " IS NOT NULL AND expires_at > clock_timestamp() GROUP BY 1"
-            ).format(sql.Identifier(schema, "leases"))
-        ).fetchall()
-    return {r[0]: r[1] for r in rows}
 
 
 def _status(capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
