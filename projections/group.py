@@ -38,6 +38,7 @@ from psycopg import sql
 from infrastructure import metrics
 from infrastructure.errors import PersistenceError
 from infrastructure.leases import LeaseLostError, Leases
+from infrastructure.log import Position
 from infrastructure.partitions import recorded_partitions
 from infrastructure.tracking import TrackingConflictError
 from projections.projection import Handlers
@@ -75,6 +76,10 @@ def plan_for(name: str, partitions: int, members: Sequence[str], me: str) -> Pla
     )
 
 
+#: An idle loop whose log head has not moved still reads every partition this often.
+IDLE_ROUND_S = 0.5
+
+
 def members_channel(schema: str) -> str:
     return f"eventkit_members_{schema}"[:63]
 
@@ -107,7 +112,7 @@ class WorkerGroup:
         self.heartbeat_s = heartbeat_s
         self.leases = Leases(schema, lease_ttl_s)
         self.notify_channel = notify_channel
-        self.poll = poll or PollPolicy(max_interval_s=0.5)
+        self.poll = poll or PollPolicy()
         #: Connections this process holds at most: the coordinator's, one per consumer
         #: loop, and the pool the workers read the log through.
         self.connections = 1 + len(self.consumers) + read_pool_size
@@ -323,8 +328,18 @@ class WorkerGroup:
         stop: threading.Event,
     ) -> None:
         interval = self.poll.min_interval_s
+        seen: Position | None = None  # the log's head when every partition last caught up
+        rounds_at = 0.0
         while not stop.is_set():
             self._reconcile(consumer, conn, workers, state)
+            head = next(iter(workers.values())).recorder.head() if workers else None
+            if seen is not None and head == seen and time.monotonic() - rounds_at < IDLE_ROUND_S:
+                # Idle: one look at the log's head instead of a read per partition; every
+                # partition still turns twice a second (dead letters to retry, its state).
+                self._idle(conn, stop, interval)
+                interval = min(interval * 2, self.poll.max_interval_s)
+                continue
+            rounds_at = time.monotonic()
             did = False
             for k, w in list(workers.items()):
                 if stop.is_set():
@@ -340,14 +355,20 @@ class WorkerGroup:
                     if w.lease is not None:
                         w.attach(conn, w.lease)
             if did:
+                seen = None
                 interval = self.poll.min_interval_s
                 continue
-            if self.notify_channel is None:
-                stop.wait(interval)
-            else:
-                for _ in conn.notifies(timeout=interval, stop_after=1):
-                    pass
+            seen = head  # every partition read up to at least this head and found nothing
+            self._idle(conn, stop, interval)
             interval = min(interval * 2, self.poll.max_interval_s)
+
+    def _idle(self, conn: psycopg.Connection[Any], stop: threading.Event, seconds: float) -> None:
+        """Wait ``seconds``, or less when a writer's notification hint arrives."""
+        if self.notify_channel is None:
+            stop.wait(seconds)
+            return
+        for _ in conn.notifies(timeout=seconds, stop_after=1):
+            pass
 
     def _reconcile(
         self,
