@@ -98,7 +98,7 @@ class PostgresEventRecorder(ApplicationRecorder):
             "WHERE originator_id = %s"
         ).format(table)
         self._read_after = sql.SQL(
-            "SELECT {} FROM {} WHERE (transaction_id, notification_id) > (%s::text::xid8, %s) "
+            "SELECT {} FROM {} e WHERE (transaction_id, notification_id) > (%s::text::xid8, %s) "
             "AND " + _SETTLED
         ).format(sql.SQL(_NOTIFICATION_COLUMNS), table)
         self._insert_cache: dict[int, bytes] = {}
@@ -322,7 +322,10 @@ class PostgresEventRecorder(ApplicationRecorder):
         if topics:
             statement += sql.SQL(" AND topic = ANY(%s)")
             params.append(list(topics))
-        statement += sql.SQL(" ORDER BY transaction_id, notification_id LIMIT %s")
+        # e.transaction_id, not transaction_id: that name is also the output column of
+        # transaction_id::text::bigint, which the index cannot order (a sort of every row
+        # after the position instead of an index scan).
+        statement += sql.SQL(" ORDER BY e.transaction_id, e.notification_id LIMIT %s")
         params.append(limit)
 
         def read() -> list[LoggedNotification]:
@@ -387,8 +390,8 @@ class PostgresEventRecorder(ApplicationRecorder):
     def notifications(self, notification_ids: Sequence[int]) -> list[LoggedNotification]:
         """The notifications with these ids, in log order (dead-letter retries)."""
         statement = sql.SQL(
-            "SELECT {} FROM {} WHERE notification_id = ANY(%s) "
-            "ORDER BY transaction_id, notification_id"
+            "SELECT {} FROM {} e WHERE notification_id = ANY(%s) "
+            "ORDER BY e.transaction_id, e.notification_id"
         ).format(sql.SQL(_NOTIFICATION_COLUMNS), self._table)
 
         def read() -> list[LoggedNotification]:
@@ -413,9 +416,12 @@ class PostgresEventRecorder(ApplicationRecorder):
             with self.pool.connection() as conn:
                 row = conn.execute(
                     sql.SQL(
-                        "SELECT transaction_id::text::bigint, notification_id FROM {} WHERE "
+                        "SELECT transaction_id::text::bigint, notification_id FROM {} e WHERE "
                         + _SETTLED
-                        + " ORDER BY transaction_id DESC, notification_id DESC LIMIT 1"
+                        # e.: the output column of the same name is the bigint cast,
+                        # which no index orders (a scan of the whole log, measured 35 ms
+                        # on 200,000 events against 0.26 ms)
+                        + " ORDER BY e.transaction_id DESC, e.notification_id DESC LIMIT 1"
                     ).format(self._table)
                 ).fetchone()
             return None if row is None else Position(row[0], row[1])

@@ -236,8 +236,8 @@ def projection_status(
         dead = DeadLetters(schema).count_open(conn)
         head_row = conn.execute(
             sql.SQL(
-                "SELECT transaction_id::text::bigint, notification_id FROM {} "
-                "ORDER BY transaction_id DESC, notification_id DESC LIMIT 1"
+                "SELECT transaction_id::text::bigint, notification_id FROM {} e "
+                "ORDER BY e.transaction_id DESC, e.notification_id DESC LIMIT 1"
             ).format(events)
         ).fetchone()
         head = None if head_row is None else Position(head_row[0], head_row[1])

@@ -506,8 +506,8 @@ def _last_position(pool: psycopg_pool.ConnectionPool, schema: str) -> Position:
     with pool.connection() as conn:
         row = conn.execute(
             sql.SQL(
-                "SELECT transaction_id::text::bigint, notification_id FROM {} "
-                "ORDER BY transaction_id DESC, notification_id DESC LIMIT 1"
+                "SELECT transaction_id::text::bigint, notification_id FROM {} e "
+                "ORDER BY e.transaction_id DESC, e.notification_id DESC LIMIT 1"
             ).format(sql.Identifier(schema, "stored_events"))
         ).fetchone()
     return Position.ORIGIN if row is None else Position(row[0], row[1])

@@ -361,8 +361,8 @@ def _wait_for_owners(url: str, schema: str, name: str, owners: set[str], timeout
 def _head(conn: psycopg.Connection[tuple[object, ...]], schema: str) -> tuple[int, int]:
     row = conn.execute(
         sql.SQL(
-            "SELECT transaction_id::text::bigint, notification_id FROM {}"
-            " ORDER BY transaction_id DESC, notification_id DESC LIMIT 1"
+            "SELECT transaction_id::text::bigint, notification_id FROM {} e"
+            " ORDER BY e.transaction_id DESC, e.notification_id DESC LIMIT 1"
         ).format(sql.Identifier(schema, "stored_events"))
     ).fetchone()
     assert row is not None

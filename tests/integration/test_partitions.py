@@ -93,8 +93,8 @@ def caught_up_with_key(
 ) -> bool:
     with pool.connection() as conn:
         row = conn.execute(
-            f'SELECT transaction_id::text::bigint, notification_id FROM "{schema}".stored_events'
-            " ORDER BY transaction_id DESC, notification_id DESC LIMIT 1"
+            f'SELECT transaction_id::text::bigint, notification_id FROM "{schema}".stored_events e'
+            " ORDER BY e.transaction_id DESC, e.notification_id DESC LIMIT 1"
         ).fetchone()
     assert row is not None
     return all(w.position >= Position(row[0], row[1]) for w in workers)
