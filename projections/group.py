@@ -99,6 +99,7 @@ class WorkerGroup:
         notify_channel: str | None = None,
         poll: PollPolicy | None = None,
         read_pool_size: int = 0,
+        durable_commits: bool = False,
     ) -> None:
         if heartbeat_s * 2 > lease_ttl_s:
             raise ValueError(
@@ -106,6 +107,9 @@ class WorkerGroup:
                 f"heartbeat ({heartbeat_s} s)"
             )
         self.consumers = list(consumers)
+        #: Whether batch commits wait for the disk (see :func:`projections.worker.connect`);
+        #: the coordinator's (membership, leases) always do.
+        self.durable_commits = durable_commits
         self.url = url
         self.schema = schema
         self.worker_id = worker_id
@@ -287,7 +291,12 @@ class WorkerGroup:
         while not stop.is_set():
             conn: psycopg.Connection[Any] | None = None
             try:
-                with connect(self.url, self.worker_id, self.leases.ttl_s) as conn:
+                with connect(
+                    self.url,
+                    self.worker_id,
+                    self.leases.ttl_s,
+                    durable_commits=self.durable_commits,
+                ) as conn:
                     if self.notify_channel is not None:
                         conn.execute(
                             sql.SQL("LISTEN {}").format(sql.Identifier(self.notify_channel))

@@ -101,16 +101,27 @@ class _Read:
     items: list[_Item]
 
 
-def connect(url: str, worker_id: str, lease_ttl_s: float) -> psycopg.Connection[Any]:
-    """A worker's connection. A transaction left idle longer than a lease lives (its
-    process paused by SIGSTOP or a debugger, or cut off) is ended by the server, so the
-    row locks it holds (a lease row's, checked by its fence) never block a takeover for
-    longer than the lease would have."""
+def connect(
+    url: str, worker_id: str, lease_ttl_s: float, *, durable_commits: bool = True
+) -> psycopg.Connection[Any]:
+    """A worker's connection.
+
+    A transaction left idle longer than a lease lives (its process paused by SIGSTOP or a
+    debugger, or cut off) is ended by the server, so the row locks it holds (a lease
+    row's, checked by its fence) never block a takeover for longer than the lease would
+    have.
+
+    ``durable_commits=False`` sets ``synchronous_commit = off``: a batch's commit returns
+    without waiting for its WAL to reach disk. Safe for views: a batch and its position are
+    one transaction, so a server crash can only lose the last batches whole (at most
+    3 x ``wal_writer_delay``), and the worker applies them again from the position that
+    was lost with them. The events themselves are written with durable commits.
+    """
+    options = f"-c idle_in_transaction_session_timeout={int(lease_ttl_s * 1000)}"
+    if not durable_commits:
+        options += " -c synchronous_commit=off"
     return psycopg.connect(
-        url,
-        autocommit=True,
-        application_name=f"eventkit:{worker_id}",
-        options=f"-c idle_in_transaction_session_timeout={int(lease_ttl_s * 1000)}",
+        url, autocommit=True, application_name=f"eventkit:{worker_id}", options=options
     )
 
 
@@ -142,6 +153,7 @@ class ProjectionWorker:
         partition: int = 0,
         partitions: int = 1,
         lease_ttl_s: float = 5.0,
+        durable_commits: bool = False,
     ) -> None:
         """``decode=False`` hands handlers the notification itself rather than the decoded
         event (the reaction follower, which only forwards ids and positions);
@@ -149,7 +161,9 @@ class ProjectionWorker:
         letter (reactions are not ordered per stream; their dead letters are retried by
         ``eventkit dlq`` directly). ``tables`` overrides the projection's table names.
         ``partition`` of ``partitions`` (by the consumer's ``partition_key``) is the part
-        of the log this worker follows, under a lease that lives ``lease_ttl_s``."""
+        of the log this worker follows, under a lease that lives ``lease_ttl_s``.
+        ``durable_commits`` makes each batch's commit wait for the disk (see
+        :func:`connect`; off by default)."""
         self.projection = projection
         self.url = url
         self.schema = schema
@@ -178,6 +192,7 @@ class ProjectionWorker:
         self.lease: Lease | None = None
         #: False when a :class:`WorkerGroup` renews the lease for this worker.
         self.renews_itself = True
+        self.durable_commits = durable_commits
         self._renewed_at = 0.0
         self._reader: ThreadPoolExecutor | None = None
         self._ahead: tuple[Position, Future[_Read]] | None = None
@@ -217,7 +232,12 @@ class ProjectionWorker:
         delay = 0.1
         while not stop.is_set():
             try:
-                with connect(self.url, self.worker_id, self.leases.ttl_s) as conn:
+                with connect(
+                    self.url,
+                    self.worker_id,
+                    self.leases.ttl_s,
+                    durable_commits=self.durable_commits,
+                ) as conn:
                     if self.lease is None:
                         lease = self._wait_for_lease(conn, stop)
                         if lease is None:

@@ -61,6 +61,13 @@ def register(commands: Any) -> None:
         "worker's at the next heartbeat of another) (default %(default)s)",
     )
     parser.add_argument(
+        "--durable-commits",
+        action="store_true",
+        help="make every batch's commit wait for the disk (synchronous_commit); by default "
+        "views and positions commit without waiting: a server crash then loses the last "
+        "batches whole, and the workers apply them again",
+    )
+    parser.add_argument(
         "--heartbeat",
         type=float,
         default=1.0,
@@ -157,6 +164,7 @@ def worker_factory(
     on_batch: Callable[[BatchReport], None] | None = None,
     lease_ttl_s: float = 5.0,
     poll: PollPolicy | None = None,
+    durable_commits: bool = False,
 ) -> Callable[[type[Projection], int, int], ProjectionWorker]:
     """Makes the worker of partition ``k`` of ``P`` of a projection: ``make(cls, k, P)``.
     The workers of one factory share the process's pool for reading the log."""
@@ -180,6 +188,7 @@ def worker_factory(
             partitions=partitions,
             lease_ttl_s=lease_ttl_s,
             poll=poll,
+            durable_commits=durable_commits,
         )
 
     return make
@@ -213,6 +222,7 @@ def build_group(
     lease_ttl_s: float = 5.0,
     poll: PollPolicy | None = None,
     on_batch: Callable[[BatchReport], None] | None = None,
+    durable_commits: bool = False,
 ) -> WorkerGroup:
     """This process's member of the worker group: ``projections`` and the reaction
     followers ``reactions``, their partitions shared out with the other members."""
@@ -224,6 +234,7 @@ def build_group(
         on_batch=on_batch,
         lease_ttl_s=lease_ttl_s,
         poll=poll,
+        durable_commits=durable_commits,
     )
     consumers = [Consumer(p.name, p, partial(make, p)) for p in projections]
     _, url = shared_pool(settings)
@@ -237,6 +248,7 @@ def build_group(
         notify_channel=settings.notify_channel,
         poll=poll,
         read_pool_size=settings.pool_max_size,
+        durable_commits=durable_commits,
     )
 
 
@@ -292,6 +304,7 @@ def _run(args: argparse.Namespace) -> int:
         reactions=runtime.consumers if runtime is not None else (),
         heartbeat_s=args.heartbeat,
         lease_ttl_s=args.lease_ttl,
+        durable_commits=args.durable_commits,
     )
     stop = threading.Event()
 

@@ -29,7 +29,7 @@ from projections.shop import (
     StockLevels,
 )
 from projections.status import projection_status
-from projections.worker import PollPolicy
+from projections.worker import PollPolicy, connect
 from scripts.cli import main
 from tests.integration.projection_support import (
     SKUS,
@@ -456,3 +456,14 @@ def test_status_watch_refreshes_until_told_to_stop(
     assert out.count("-- ") == 3  # not a terminal: one stamped report per refresh
     assert out.count("order_summaries") == 3
     assert out.count("charge_payments") == 3
+
+
+@pytest.mark.parametrize(("durable", "expected"), [(False, "off"), (True, "on")])
+def test_worker_connections_commit_views_without_waiting_for_the_disk_unless_asked(
+    database_url: str, durable: bool, expected: str
+) -> None:
+    with connect(database_url, "test", 5.0, durable_commits=durable) as conn:
+        row = conn.execute("SHOW synchronous_commit").fetchone()
+        timeout = conn.execute("SHOW idle_in_transaction_session_timeout").fetchone()
+    assert row == (expected,)
+    assert timeout == ("5s",)
