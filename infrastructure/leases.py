@@ -145,7 +145,18 @@ class Leases:
         projection still has ``partitions`` partitions; keep both rows locked (``FOR
         SHARE``) until that transaction ends. Raises :class:`LeaseLostError`.
         """
-        row = conn.execute(self._fence, (lease.projection, lease.partition)).fetchone()
+        self.check_fence(self.send_fence(conn, lease), lease, partitions)
+
+    def send_fence(self, conn: psycopg.Connection[Any], lease: Lease) -> psycopg.Cursor[Any]:
+        """Send the fence's query without waiting for its row (in pipeline mode it then
+        travels with the statements after it); :meth:`check_fence` reads it."""
+        cursor = conn.cursor()
+        cursor.execute(self._fence, (lease.projection, lease.partition))
+        return cursor
+
+    def check_fence(self, cursor: psycopg.Cursor[Any], lease: Lease, partitions: int) -> None:
+        """Raise :class:`LeaseLostError` unless the fence sent on ``cursor`` held."""
+        row = cursor.fetchone()
         if row is not None and row[0] == lease.owner and row[1] == lease.generation:
             if not row[2] and row[3] == partitions:
                 return

@@ -107,6 +107,26 @@ class Tracking:
         ``from_partition`` on)."""
         conn.execute(self._delete, (projection, from_partition))
 
+    def lowest(
+        self, conn: psycopg.Connection[Any], projection: str, default_partitions: int = 1
+    ) -> Position:
+        """The lowest position of ``projection``'s partitions (recorded number, else
+        ``default_partitions``); the origin while any partition has none. Everything up to
+        it has been processed: each partition reads past other partitions' events."""
+        row = conn.execute(
+            sql.SQL(
+                "SELECT t.transaction_id, t.notification_id FROM generate_series(0,"
+                " coalesce((SELECT partitions FROM {p} WHERE projection = %s), %s) - 1) k"
+                " LEFT JOIN {t} t ON t.projection = %s AND t.partition = k"
+                " ORDER BY t.transaction_id NULLS FIRST, t.notification_id LIMIT 1"
+            ).format(
+                p=sql.Identifier(self.schema, "partitioning"),
+                t=sql.Identifier(self.schema, "tracking"),
+            ),
+            (projection, default_partitions, projection),
+        ).fetchone()
+        return Position.ORIGIN if row is None or row[0] is None else Position(row[0], row[1])
+
     def positions(self, conn: psycopg.Connection[Any], projection: str) -> dict[int, Position]:
         """Every partition's recorded position."""
         rows = conn.execute(

@@ -289,7 +289,6 @@ class WorkerGroup:
         delay = 0.1
         self._planned.wait()
         while not stop.is_set():
-            conn: psycopg.Connection[Any] | None = None
             try:
                 with connect(
                     self.url,
@@ -338,10 +337,13 @@ class WorkerGroup:
     ) -> None:
         interval = self.poll.min_interval_s
         seen: Position | None = None  # the log's head when every partition last caught up
+        idle = False  # the last round read nothing: look at the head before the next one
         rounds_at = 0.0
         while not stop.is_set():
             self._reconcile(consumer, conn, workers, state)
-            head = next(iter(workers.values())).recorder.head() if workers else None
+            # Catching up, no look at the head: it costs a query per round and is only
+            # needed once a round comes back empty.
+            head = next(iter(workers.values())).recorder.head() if idle and workers else None
             if seen is not None and head == seen and time.monotonic() - rounds_at < IDLE_ROUND_S:
                 # Idle: one look at the log's head instead of a read per partition; every
                 # partition still turns twice a second (dead letters to retry, its state).
@@ -364,10 +366,12 @@ class WorkerGroup:
                     if w.lease is not None:
                         w.attach(conn, w.lease)
             if did:
-                seen = None
+                seen, idle = None, False
                 interval = self.poll.min_interval_s
                 continue
-            seen = head  # every partition read up to at least this head and found nothing
+            # Every partition read up to at least this head (None after a busy round: the
+            # next round, with the head looked at first, confirms) and found nothing.
+            seen, idle = head, True
             self._idle(conn, stop, interval)
             interval = min(interval * 2, self.poll.max_interval_s)
 

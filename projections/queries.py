@@ -17,6 +17,7 @@ from psycopg import sql
 
 from infrastructure.errors import EventkitError
 from infrastructure.log import Position
+from infrastructure.tracking import Tracking
 from projections.projection import Projection, table_identifiers
 
 
@@ -44,22 +45,11 @@ class Queries:
 
     def position(self) -> Position:
         """The position the projection has processed up to: with several partitions, the
-        lowest of theirs (each partition reads past other partitions' events, so an idle
-        one keeps up with the log's head)."""
+        lowest of theirs."""
         with self.pool.connection() as conn:
-            row = conn.execute(
-                sql.SQL(
-                    "SELECT t.transaction_id, t.notification_id FROM generate_series(0,"
-                    " coalesce((SELECT partitions FROM {p} WHERE projection = %s), %s) - 1) k"
-                    " LEFT JOIN {t} t ON t.projection = %s AND t.partition = k"
-                    " ORDER BY t.transaction_id NULLS FIRST, t.notification_id LIMIT 1"
-                ).format(
-                    p=sql.Identifier(self.schema, "partitioning"),
-                    t=sql.Identifier(self.schema, "tracking"),
-                ),
-                (self.projection.name, self.projection.partitions, self.projection.name),
-            ).fetchone()
-        return Position.ORIGIN if row is None or row[0] is None else Position(row[0], row[1])
+            return Tracking(self.schema).lowest(
+                conn, self.projection.name, self.projection.partitions
+            )
 
     def wait_for(self, notification_id: int, timeout: float = 5.0) -> None:
         """Block until the projection has processed notification ``notification_id``.

@@ -624,10 +624,13 @@ class ProjectionWorker:
 
     def _advance(self, conn: psycopg.Connection[Any], to: Position) -> None:
         """Record ``to`` in the caller's transaction; the caller sets ``self.position``
-        once that transaction has committed."""
-        self._fence(conn)
+        once that transaction has committed. The lease's fence is sent first and read
+        after the position's update: in a pipelined batch both share one round trip."""
+        fence = None if self.lease is None else self.leases.send_fence(conn, self.lease)
         if to > self.position:
             self.tracking.advance(conn, self.name, self.position, to, self.partition.index)
+        if fence is not None and self.lease is not None:
+            self.leases.check_fence(fence, self.lease, self.partition.count)
 
     def _fence(self, conn: psycopg.Connection[Any]) -> None:
         """Check the lease inside the caller's transaction (see :mod:`infrastructure.leases`)."""

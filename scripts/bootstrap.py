@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import gc
+import logging
+import signal
+import threading
 from collections.abc import Mapping
+from types import FrameType
 
 from infrastructure.factory import shared_pool
 from infrastructure.settings import Settings
@@ -49,3 +53,19 @@ def tune_gc() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
+
+
+def stop_on_signals() -> threading.Event:
+    """An event that SIGTERM or SIGINT (Ctrl-C) sets: workers finish their batches in hand
+    and stop. Call it from the main thread."""
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        logging.getLogger(__name__).info(
+            "received %s: finishing the current batches", signal.Signals(signum).name
+        )
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    return stop

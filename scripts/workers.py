@@ -5,12 +5,10 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import socket
 import threading
 from collections.abc import Callable, Sequence
 from functools import partial
-from types import FrameType
 from typing import Any
 
 from domain.application import Shop
@@ -27,7 +25,7 @@ from projections.reactor import ReactionRuntime, reaction_runtime
 from projections.shop import PROJECTIONS
 from projections.shop.reactions import REACTION_TYPES, shop_reactions
 from projections.worker import BatchReport, PollPolicy, ProjectionWorker, RetryPolicy
-from scripts.bootstrap import application_env, tune_gc
+from scripts.bootstrap import application_env, stop_on_signals, tune_gc
 
 logger = logging.getLogger(__name__)
 
@@ -306,14 +304,7 @@ def _run(args: argparse.Namespace) -> int:
         lease_ttl_s=args.lease_ttl,
         durable_commits=args.durable_commits,
     )
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        logger.info("received %s: finishing the current batches", signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stop = stop_on_signals()
     logger.info(
         "worker %s running projections %s and reactions %s (broker: %s) on schema %s",
         worker_id,

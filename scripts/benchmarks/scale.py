@@ -22,11 +22,9 @@ import signal
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from types import FrameType
 from uuid import uuid4
 
 import psycopg
@@ -50,7 +48,7 @@ from scripts.benchmarks.proj_systems import (
 from scripts.benchmarks.proj_writers import Load, Writers
 from scripts.benchmarks.report import format_rate, format_table, write_json
 from scripts.benchmarks.systems import drop_schemas
-from scripts.bootstrap import tune_gc
+from scripts.bootstrap import stop_on_signals, tune_gc
 
 ROOT = Path(__file__).resolve().parents[2]
 QUICK_EVENTS = 20_000
@@ -204,13 +202,7 @@ def _serve(name: str, worker_id: str) -> None:
         lease_ttl_s=LEASE_TTL_S,
         read_pool_size=settings.pool_max_size,
     )
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    group.run(stop)
+    group.run(stop_on_signals())
 
 
 def _stop(procs: list[subprocess.Popen[bytes]]) -> None:

@@ -32,6 +32,7 @@ from infrastructure.factory import shared_pool
 from infrastructure.log import Position
 from infrastructure.recorder import PostgresEventRecorder
 from infrastructure.settings import Settings
+from infrastructure.tracking import Tracking
 from infrastructure.transcoding import PydanticMapper
 from projections.projection import Context, Projection, Table, UnhandledEventError
 from projections.worker import PollPolicy, ProjectionWorker, RetryPolicy
@@ -101,18 +102,7 @@ def wait_until_caught_up(
     head = recorder.head() or Position.ORIGIN
     while True:
         with pool.connection() as conn:
-            row = conn.execute(
-                sql.SQL(
-                    "SELECT t.transaction_id, t.notification_id FROM generate_series(0,"
-                    " coalesce((SELECT partitions FROM {p} WHERE projection = %s), 1) - 1) k"
-                    " LEFT JOIN {t} t ON t.projection = %s AND t.partition = k"
-                    " ORDER BY t.transaction_id NULLS FIRST, t.notification_id LIMIT 1"
-                ).format(
-                    p=sql.Identifier(schema, "partitioning"), t=sql.Identifier(schema, "tracking")
-                ),
-                (name, name),
-            ).fetchone()
-        position = Position.ORIGIN if row is None or row[0] is None else Position(row[0], row[1])
+            position = Tracking(schema).lowest(conn, name)
         if position >= head:
             return position
         if time.monotonic() > deadline:

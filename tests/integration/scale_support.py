@@ -11,15 +11,12 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import subprocess
 import sys
-import threading
 import time
 from collections import defaultdict
 from functools import singledispatchmethod
 from pathlib import Path
-from types import FrameType
 from typing import Any
 from uuid import UUID
 
@@ -34,6 +31,7 @@ from infrastructure.transcoding import PydanticMapper
 from projections.group import Consumer, WorkerGroup
 from projections.projection import Context, Projection, Table
 from projections.worker import PollPolicy, ProjectionWorker, RetryPolicy
+from scripts.bootstrap import stop_on_signals
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -230,14 +228,7 @@ def main() -> None:
         poll=poll,
         read_pool_size=settings.pool_max_size,
     )
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    group.run(stop)
+    group.run(stop_on_signals())
 
 
 if __name__ == "__main__":
