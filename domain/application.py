@@ -27,7 +27,6 @@ from decimal import Decimal
 from typing import TypeVar, cast
 from uuid import UUID
 
-from eventsourcing.application import Application
 from eventsourcing.domain import DomainEventProtocol
 from eventsourcing.persistence import EventStore, IntegrityError
 from eventsourcing.utils import EnvType
@@ -48,7 +47,7 @@ from domain.errors import (
     UnknownPaymentError,
     UnknownStockItemError,
 )
-from domain.model import Aggregate
+from domain.model import Aggregate, Application
 from domain.orders import Currency, Order, OrderLine, OrderStatus
 from domain.payments import Payment, PaymentStatus
 from domain.stock import StockItem
@@ -115,7 +114,7 @@ class PaymentView:
     version: int
 
 
-class Shop(Application[UUID]):
+class Shop(Application):
     """Sells stock items: registers and receives stock, takes orders, payments, shipments."""
 
     name = "Shop"

@@ -28,6 +28,7 @@ from eventsourcing.persistence import ApplicationRecorder, Notification, StoredE
 from psycopg import sql
 
 from infrastructure import metrics
+from infrastructure.appending import AppendStatements
 from infrastructure.database import TRANSIENT_ERRORS, retry_transient
 from infrastructure.errors import (
     AppendOutcomeUnknownError,
@@ -101,7 +102,7 @@ class PostgresEventRecorder(ApplicationRecorder):
             "SELECT {} FROM {} e WHERE (transaction_id, notification_id) > (%s::text::xid8, %s) "
             "AND " + _SETTLED
         ).format(sql.SQL(_NOTIFICATION_COLUMNS), table)
-        self._insert_cache: dict[int, bytes] = {}
+        self._statements = AppendStatements(schema)
 
     def _retry(self, operation: Callable[[], T], *, what: str) -> T:
         return retry_transient(operation, what=what, on_failure=self._check_pool)
@@ -175,11 +176,7 @@ class PostgresEventRecorder(ApplicationRecorder):
     ) -> list[int]:
         # One statement, so in autocommit mode the save is one transaction and one round trip.
         if len(rows) <= COPY_THRESHOLD:
-            statement = self._insert_statement(conn, len(rows))
-            params = [value for row in rows for value in row]
-            with conn.cursor() as cur:
-                cur.execute(statement, params)
-                ids = [r[0] for r in cur.fetchall()]
+            ids = self._statements.insert(conn, rows)
         else:
             # Allocate the ids first (sequence values are not transactional, so a rolled
             # back COPY only leaves a gap), then stream the rows in binary COPY.
@@ -196,20 +193,6 @@ class PostgresEventRecorder(ApplicationRecorder):
         if len(ids) != len(rows):
             raise PersistenceError(f"appended {len(rows)} events but got {len(ids)} ids back")
         return ids
-
-    def _insert_statement(self, conn: psycopg.Connection[Any], n: int) -> bytes:
-        # Rendered once per size: composing the statement on every save costs more than
-        # the rest of the recorder's Python work for a one-event save.
-        statement = self._insert_cache.get(n)
-        if statement is None:
-            values = sql.SQL(", ").join(sql.SQL("(%s, %s, %s, %s)") for _ in range(n))
-            statement = (
-                sql.SQL("INSERT INTO {} ({}) VALUES {} RETURNING notification_id")
-                .format(self._table, sql.SQL(_COLUMNS), values)
-                .as_bytes(conn)
-            )
-            self._insert_cache[n] = statement
-        return statement
 
     def _conflict(
         self, error: psycopg.errors.UniqueViolation, rows: list[tuple[UUID, int, str, bytes]]

@@ -52,6 +52,16 @@ def pool(database: tuple[psycopg_pool.ConnectionPool, str]) -> psycopg_pool.Conn
 @pytest.fixture
 def schema(pool: psycopg_pool.ConnectionPool) -> Iterator[str]:
     """A freshly migrated schema of its own for one test, dropped afterwards."""
+    yield from _migrated_schema(pool)
+
+
+@pytest.fixture
+def other_schema(pool: psycopg_pool.ConnectionPool) -> Iterator[str]:
+    """A second schema like ``schema``, for tests of two event stores on one server."""
+    yield from _migrated_schema(pool)
+
+
+def _migrated_schema(pool: psycopg_pool.ConnectionPool) -> Iterator[str]:
     name = f"test_{uuid4().hex[:16]}"
     with pool.connection() as conn:
         migrate(conn, name)

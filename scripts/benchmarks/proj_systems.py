@@ -33,6 +33,7 @@ from eventsourcing.postgres import PostgresDatastore, PostgresTrackingRecorder
 from eventsourcing.projection import Projection as PlainProjection
 from psycopg import sql
 
+from domain.model import Application as EventkitApplication
 from infrastructure.migrations import migrate
 from infrastructure.settings import redact
 from projections.projection import Context, Projection, Table, UnhandledEventError
@@ -56,8 +57,8 @@ _UPSERT: LiteralString = (
 )
 
 
-class EventkitLog(Application[UUID]):
-    """Saves the benchmark's events with eventkit's recorder."""
+class EventkitLog(EventkitApplication):
+    """Saves the benchmark's events with eventkit's application base class and recorder."""
 
 
 class PlainLog(Application[UUID]):

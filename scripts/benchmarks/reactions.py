@@ -29,11 +29,11 @@ from dataclasses import asdict, dataclass
 from functools import singledispatchmethod
 from pathlib import Path
 from typing import Any
-from uuid import UUID, uuid4
+from uuid import uuid4
 
-from eventsourcing.application import Application
 from psycopg import sql
 
+from domain.model import Application
 from infrastructure.broker import BrokerKind, reachable
 from infrastructure.factory import shared_pool
 from infrastructure.settings import Settings
@@ -140,7 +140,7 @@ def _setup(
     )
     _, url = shared_pool(settings)
     runtime = reaction_runtime([Noop()], settings, worker_id="bench", follow=follow)
-    app: Application[UUID] = Application(
+    app = Application(
         {
             "PERSISTENCE_MODULE": "infrastructure.factory",
             "DATABASE_URL": url,
@@ -268,7 +268,7 @@ def _write_paced(
     schema: str, database_url: str | None, rate: float, seconds: float, results: Any
 ) -> None:
     """Save 10-event streams at ``rate`` events/s for ``seconds``; report (saved, offered/s)."""
-    app: Application[UUID] = Application(
+    app = Application(
         {
             "PERSISTENCE_MODULE": "infrastructure.factory",
             "EVENTKIT_SCHEMA": schema,

@@ -20,6 +20,7 @@ from eventsourcing.persistence import ApplicationRecorder
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
+from domain.model import Application as EventkitApplication
 from infrastructure.errors import ConfigurationError
 from infrastructure.factory import Factory
 from infrastructure.migrations import migrate
@@ -35,11 +36,11 @@ NOTIFY_CHANNEL = "eventkit"
 POOL_MAX_SIZE = 40
 
 
-class EventkitBench(Application[UUID]):
-    """An application that records with eventkit."""
+class EventkitBench(EventkitApplication):
+    """An application that records with eventkit (eventkit's application base class)."""
 
 
-class NotifyingEventkitBench(Application[UUID]):
+class NotifyingEventkitBench(EventkitApplication):
     """An application that records with eventkit and sends ``NOTIFY`` with every save."""
 
     def construct_recorder(self) -> ApplicationRecorder:
