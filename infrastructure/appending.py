@@ -38,6 +38,9 @@ _INT8 = struct.Struct("!q")
 #: The parameters' type oids (uuid, int8, text, bytea) and formats (1 binary, 0 text).
 _TYPES = (2950, 20, 25, 17)
 _FORMATS = (1, 1, 0, 1)
+_TUPLES_OK = int(pq.ExecStatus.TUPLES_OK)
+_COMMAND_OK = int(pq.ExecStatus.COMMAND_OK)
+_FATAL_ERROR = int(pq.ExecStatus.FATAL_ERROR)
 #: SQLSTATEs: the named statement is missing / is there already.
 _UNDEFINED_STATEMENT = "26000"
 _DUPLICATE_STATEMENT = "42P05"
@@ -82,14 +85,15 @@ class AppendStatements:
             if name not in _statements_of(conn):
                 self._prepare(conn, name, n)
             result = _run(conn, name, params, formats)
-            if _sqlstate(result) == _UNDEFINED_STATEMENT:
+            if result.status == _FATAL_ERROR and _sqlstate(result) == _UNDEFINED_STATEMENT:
                 # Prepared statements were dropped under us (DISCARD ALL): once more.
                 _forget(conn)
                 self._prepare(conn, name, n)
                 result = _run(conn, name, params, formats)
-        if result.status != pq.ExecStatus.TUPLES_OK:
+        if result.status != _TUPLES_OK:
             raise _error(conn, result, f"append of {n} event(s) to {self._table}")
-        return [int(result.get_value(i, 0) or b"0") for i in range(result.ntuples)]
+        value = result.get_value
+        return [int(value(i, 0) or b"") for i in range(result.ntuples)]
 
     def _name(self, n: int) -> bytes:
         name = self._names.get(n)
@@ -116,7 +120,7 @@ class AppendStatements:
         conn.pgconn.send_prepare(name, self._query(n, "$N"), param_types=_TYPES * n)
         results = conn.wait(execute(conn.pgconn))
         result = results[-1]
-        if result.status != pq.ExecStatus.COMMAND_OK and _sqlstate(result) != _DUPLICATE_STATEMENT:
+        if result.status != _COMMAND_OK and _sqlstate(result) != _DUPLICATE_STATEMENT:
             raise _error(conn, result, f"preparing the append of {n} event(s) to {self._table}")
         with _prepared_lock:
             _prepared.setdefault(conn, set()).add(name)
@@ -141,7 +145,7 @@ def _run(
 
 
 def _sqlstate(result: pq.abc.PGresult) -> str | None:
-    if result.status != pq.ExecStatus.FATAL_ERROR:
+    if result.status != _FATAL_ERROR:
         return None
     code = result.error_field(pq.DiagnosticField.SQLSTATE)
     return code.decode() if code else None
@@ -149,6 +153,6 @@ def _sqlstate(result: pq.abc.PGresult) -> str | None:
 
 def _error(conn: psycopg.Connection[Any], result: pq.abc.PGresult, what: str) -> Exception:
     """The server's error as psycopg raises it (``UniqueViolation``, ...), else a clear one."""
-    if result.status == pq.ExecStatus.FATAL_ERROR:
+    if result.status == _FATAL_ERROR:
         return errors.error_from_result(result, encoding=conn.info.encoding)
     return PersistenceError(f"{what}: unexpected result status {pq.ExecStatus(result.status).name}")
