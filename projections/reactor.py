@@ -16,12 +16,13 @@ the broker and is tried again later: nothing is dropped.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import threading
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -277,7 +278,7 @@ class ReactionExecutor:
         the broker for its next try.
         """
         try:
-            with self.pool.connection() as conn, conn.transaction():
+            with self._connection() as conn, conn.transaction():
                 row = conn.execute(
                     self._begin_bytes or self._render(conn),
                     (message_id, message_id, self.name, notification_id, attempt, notification_id),
@@ -386,6 +387,16 @@ class ReactionExecutor:
             self.counts.executed += 1
         self._m_executed.inc()
         self._m_latency.observe(time.time() - n.recorded_at.timestamp())
+
+    @contextlib.contextmanager
+    def _connection(self) -> Iterator[psycopg.Connection[Any]]:
+        # getconn/putconn rather than pool.connection(), whose ``with conn`` adds a
+        # commit call (the transaction() block has committed or rolled back already).
+        conn = self.pool.getconn()
+        try:
+            yield conn
+        finally:
+            self.pool.putconn(conn)
 
     def _render(self, conn: psycopg.Connection[Any]) -> bytes:
         """The first statement as bytes, rendered once (psycopg would quote its
