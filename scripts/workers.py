@@ -61,9 +61,10 @@ def register(commands: Any) -> None:
     parser.add_argument(
         "--durable-commits",
         action="store_true",
-        help="make every batch's commit wait for the disk (synchronous_commit); by default "
-        "views and positions commit without waiting: a server crash then loses the last "
-        "batches whole, and the workers apply them again",
+        help="make every batch's and reaction's commit wait for the disk "
+        "(synchronous_commit); by default views, positions and reactions' ledger rows "
+        "commit without waiting: a server crash then loses the last batches and executions "
+        "whole, and the workers apply or run them again",
     )
     parser.add_argument(
         "--heartbeat",
@@ -127,6 +128,7 @@ def build_reactions(
     poll: PollPolicy | None = None,
     broker_options: BrokerOptions | None = None,
     follow: bool = True,
+    durable_commits: bool = False,
 ) -> ReactionRuntime:
     """The shop's named reactions with their followers, broker and dramatiq worker."""
     shop = Shop(application_env(settings))
@@ -140,6 +142,7 @@ def build_reactions(
         batch_size=batch_size,
         poll=poll,
         follow=follow,
+        durable_commits=durable_commits,
     )
 
 
@@ -287,6 +290,7 @@ def _run(args: argparse.Namespace) -> int:
                 maintenance_interval_s=args.heartbeat_ttl / 2,
             ),
             follow=False,  # the group runs the followers, partitioned
+            durable_commits=args.durable_commits,
         )
         if reaction_names
         else None

@@ -91,6 +91,7 @@ def make_runtime(
     broker_url: str | None = None,
     threads: int = 4,
     follow: bool = True,
+    durable_commits: bool = False,
 ) -> ReactionRuntime:
     """A runtime with fast timings, on the PostgreSQL broker unless ``broker_url`` names
     another."""
@@ -103,6 +104,7 @@ def make_runtime(
         batch_size=200,
         poll=FAST_POLL,
         follow=follow,
+        durable_commits=durable_commits,
     )
 
 

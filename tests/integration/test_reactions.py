@@ -418,3 +418,43 @@ def test_a_reaction_follower_split_into_partitions_runs_each_reaction_once(
     assert {r[0]: r[1] for r in got} == dict.fromkeys(orders, 1)
     assert ledger_count(pool, schema, "effects") == 60
     assert partitions == [(0,), (1,), (2,)]
+
+
+class CommitMode(Reaction):
+    """Records the synchronous_commit setting its execution's transaction commits with."""
+
+    name = "commit_mode"
+    tables = (Table("commit_mode", "CREATE TABLE {table} (message_id uuid, setting text)"),)
+
+    @singledispatchmethod
+    def react(self, event: object, context: ReactionContext) -> None:
+        raise UnhandledEventError(self, event)
+
+    @react.register
+    def _(self, event: Order.Placed, context: ReactionContext) -> None:
+        context.execute(
+            "INSERT INTO {commit_mode} VALUES (%s, current_setting('synchronous_commit'))",
+            (context.message_id,),
+        )
+
+
+@pytest.mark.parametrize(("durable", "expected"), [(False, "off"), (True, "on")])
+def test_executions_commit_without_waiting_for_the_disk_unless_durable(
+    shop: Shop,
+    pool: psycopg_pool.ConnectionPool,
+    schema: str,
+    react_settings: Settings,
+    durable: bool,
+    expected: str,
+) -> None:
+    place(shop, 3)
+    runtime = make_runtime([CommitMode()], react_settings, durable_commits=durable)
+    with running_reactions(runtime):
+        wait_for(lambda: count(pool, schema, "commit_mode") == 3, "three executions")
+    with pool.connection() as conn:
+        settings = conn.execute(
+            sql.SQL("SELECT DISTINCT setting FROM {}").format(sql.Identifier(schema, "commit_mode"))
+        ).fetchall()
+        # The pool's connection itself is untouched: the setting was the transaction's.
+        assert conn.execute("SHOW synchronous_commit").fetchone() == ("on",)
+    assert settings == [(expected,)]
