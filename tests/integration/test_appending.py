@@ -9,11 +9,21 @@ from uuid import UUID, uuid4
 import psycopg
 import pytest
 from eventsourcing.persistence import StoredEvent
-from psycopg import errors, sql
+from psycopg import errors, pq, sql
 
 from domain.model import Application
 from infrastructure.appending import AppendStatements
 from infrastructure.factory import event_recorder
+from infrastructure.libpq import (
+    INT8_OID,
+    TEXT_OID,
+    UUID_OID,
+    PreparedStatement,
+    StatementLostError,
+    command,
+    literal,
+    numbered,
+)
 from tests.integration.test_recorder import Account
 
 
@@ -55,7 +65,7 @@ def test_statements_dropped_under_the_connection_are_prepared_again(
     statements = AppendStatements(schema)
     statements.insert(conn, rows(uuid4(), 1, 2))
     [name] = prepared_names(conn)
-    assert name.startswith("eventkit_append_")
+    assert name.startswith("eventkit_")
     conn.execute("DISCARD ALL")  # what a pooler may run between clients
     assert prepared_names(conn) == set()
 
@@ -142,3 +152,34 @@ def test_eventkit_applications_save_aggregates_events_and_nothing(
     assert [e.originator_version for e in stored_events] == [1, 2]
     notification_ids = [r.notification.id for r in recordings]
     assert notification_ids == sorted(notification_ids)
+
+
+def test_begin_and_run_opens_a_transaction_and_survives_a_dropped_statement(
+    conn: psycopg.Connection[object], database_url: str, schema: str
+) -> None:
+    insert = PreparedStatement(
+        numbered(
+            f'INSERT INTO "{schema}".stored_events (originator_id, originator_version, topic, '
+            "state) VALUES (%s, %s, %s, '\\x7b7d') RETURNING originator_version, '%s'"
+        ),
+        (UUID_OID, INT8_OID, TEXT_OID),
+    )
+    with psycopg.connect(database_url, autocommit=True) as writer:
+        for version in (1, 2):
+            if version == 2:
+                writer.execute("DEALLOCATE ALL")  # what psycopg does after a rollback
+            topic = literal(writer, "it's")
+            result = insert.begin_and_run(writer, f"'{uuid4()}', {version}, {topic}")
+            assert result.get_value(0, 0) == str(version).encode()
+            assert result.get_value(0, 1) == b"%s"  # a literal, not a placeholder
+            assert writer.info.transaction_status == pq.TransactionStatus.INTRANS
+            assert stored(conn, schema) == []  # not committed yet
+            command(writer, b"ROLLBACK")
+        # In a transaction, a statement dropped under it ends the transaction.
+        command(writer, b"BEGIN")
+        writer.execute("DEALLOCATE ALL")
+        with pytest.raises(StatementLostError):
+            insert.run(writer, [uuid4().bytes, (1).to_bytes(8, "big"), b"x"], (1, 1, 0))
+        assert writer.info.transaction_status == pq.TransactionStatus.IDLE
+        insert.run(writer, [uuid4().bytes, (1).to_bytes(8, "big"), b"x"], (1, 1, 0))
+    assert len(stored(conn, schema)) == 1
