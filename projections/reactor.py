@@ -84,6 +84,10 @@ class MissingEventError(EventkitError):
     """A reaction message names an event the store does not hold."""
 
 
+class HandlerSwallowedError(EventkitError):
+    """A reaction's handler returned after one of its statements failed."""
+
+
 class _Unrunnable(Exception):
     """A message that no try can run (its event is missing or cannot be decoded)."""
 
@@ -437,7 +441,16 @@ class ReactionExecutor:
                     with contextlib.suppress(psycopg.Error):  # the connection is gone
                         libpq.command(conn, b"ROLLBACK")
                 raise
-            if conn.pgconn.transaction_status != pq.TransactionStatus.IDLE:
+            status = conn.pgconn.transaction_status
+            if status == pq.TransactionStatus.INERROR:
+                # A statement failed and the handler went on: PostgreSQL would answer
+                # COMMIT with a silent rollback. Say so, and let the message be tried again.
+                libpq.command(conn, b"ROLLBACK")
+                raise HandlerSwallowedError(
+                    f"reaction {self.name!r}: a database statement of the handler failed "
+                    "and the handler returned normally; nothing of the message was committed"
+                )
+            if status != pq.TransactionStatus.IDLE:
                 libpq.command(conn, b"COMMIT")
         finally:
             self.pool.putconn(conn)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Iterator
@@ -458,3 +459,35 @@ def test_executions_commit_without_waiting_for_the_disk_unless_durable(
         # The pool's connection itself is untouched: the setting was the transaction's.
         assert conn.execute("SHOW synchronous_commit").fetchone() == ("on",)
     assert settings == [(expected,)]
+
+
+class Swallower(Reaction):
+    """Catches the error of a failing statement and returns as if all went well."""
+
+    name = "swallower"
+    max_attempts = 2
+    min_backoff_ms = 10
+    max_backoff_ms = 20
+
+    @singledispatchmethod
+    def react(self, event: object, context: ReactionContext) -> None:
+        raise UnhandledEventError(self, event)
+
+    @react.register
+    def _(self, event: Order.Placed, context: ReactionContext) -> None:
+        with contextlib.suppress(psycopg.errors.DivisionByZero):
+            context.execute("SELECT 1 / 0")
+
+
+def test_a_handler_that_swallows_a_database_error_commits_nothing_and_is_parked(
+    shop: Shop, pool: psycopg_pool.ConnectionPool, schema: str, react_settings: Settings
+) -> None:
+    place(shop, 1)
+    runtime = make_runtime([Swallower()], react_settings)
+    with running_reactions(runtime):
+        wait_for(lambda: count(pool, schema, "dead_letters") == 1, "the message to be parked")
+    with pool.connection() as conn:
+        [letter] = DeadLetters(schema).select(conn)
+    assert letter.attempts == Swallower.max_attempts
+    assert letter.error_class == "HandlerSwallowedError"
+    assert count(pool, schema, "reaction_ledger") == 0
