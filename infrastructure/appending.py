@@ -34,15 +34,21 @@ Row = tuple[UUID, int, str, bytes]
 class AppendStatements:
     """``INSERT ... RETURNING notification_id`` of n rows into one schema's ``stored_events``."""
 
-    def __init__(self, schema: str) -> None:
+    def __init__(self, schema: str, *, prepared: bool = True) -> None:
+        """``prepared=False``: every insert goes through psycopg's cursor, unprepared as
+        far as the connection's ``prepare_threshold`` says (for poolers that cannot keep
+        a connection's prepared statements)."""
         self._table = '"{}"."stored_events"'.format(schema.replace('"', '""'))
+        self._use_prepared = prepared
         self._prepared: dict[int, PreparedStatement] = {}
         self._queries: dict[tuple[int, str], bytes] = {}
 
     def insert(self, conn: psycopg.Connection[Any], rows: list[Row]) -> list[int]:
         """Insert ``rows`` in one statement on ``conn``; return their notification ids."""
         n = len(rows)
-        if not conn.autocommit and conn.info.transaction_status == pq.TransactionStatus.IDLE:
+        if not self._use_prepared or (
+            not conn.autocommit and conn.info.transaction_status == pq.TransactionStatus.IDLE
+        ):
             # psycopg opens the transaction of a non-autocommit connection before its first
             # statement; libpq would run this one on its own. Let psycopg do both.
             with conn.cursor() as cur:

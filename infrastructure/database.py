@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import psycopg
 import psycopg_pool
@@ -44,13 +44,17 @@ def create_pool(
 
     Connections are in autocommit mode: a single statement is its own transaction (one
     round trip for a one-statement append), and multi-statement work opens an explicit
-    ``conn.transaction()``.
+    ``conn.transaction()``. With ``settings.prepared_statements`` off, psycopg prepares
+    nothing on them and recorders on the pool append without prepared statements.
     """
+    kwargs: dict[str, Any] = {"autocommit": True, "application_name": name}
+    if not settings.prepared_statements:
+        kwargs["prepare_threshold"] = None
     pool = psycopg_pool.ConnectionPool(
         url,
         min_size=settings.pool_min_size,
         max_size=settings.pool_max_size,
-        kwargs={"autocommit": True, "application_name": name},
+        kwargs=kwargs,
         name=name,
         open=False,
     )

@@ -102,7 +102,11 @@ class PostgresEventRecorder(ApplicationRecorder):
             "SELECT {} FROM {} e WHERE (transaction_id, notification_id) > (%s::text::xid8, %s) "
             "AND " + _SETTLED
         ).format(sql.SQL(_NOTIFICATION_COLUMNS), table)
-        self._statements = AppendStatements(schema)
+        # A pool whose connections must not hold prepared statements (see
+        # Settings.prepared_statements) appends through psycopg's cursor instead.
+        kwargs = pool.kwargs if isinstance(pool.kwargs, dict) else {}
+        prepared = kwargs.get("prepare_threshold", 5) is not None
+        self._statements = AppendStatements(schema, prepared=prepared)
 
     def _retry(self, operation: Callable[[], T], *, what: str) -> T:
         return retry_transient(operation, what=what, on_failure=self._check_pool)

@@ -36,6 +36,11 @@ class Settings:
     #: Where reaction messages go (``BROKER_URL``): ``amqp://`` for RabbitMQ, ``redis://``
     #: for Redis; unset (or ``postgres``) for the PostgreSQL broker in eventkit's schema.
     broker_url: str | None = None
+    #: Named prepared statements (``EVENTKIT_PREPARED_STATEMENTS=off`` turns them off):
+    #: appends run a statement prepared once per connection, and psycopg prepares any
+    #: statement it has run 5 times. Turn them off for writers that reach PostgreSQL through
+    #: PgBouncer older than 1.21 in transaction mode (see docs/scaling.md).
+    prepared_statements: bool = True
 
     def __post_init__(self) -> None:
         if not _SCHEMA_NAME.match(self.schema):
@@ -61,6 +66,7 @@ class Settings:
             pool_max_size=_int(env, "EVENTKIT_POOL_MAX_SIZE", 16),
             notify=env.get("EVENTKIT_NOTIFY", "").lower() in {"1", "true", "yes", "on"},
             broker_url=env.get("BROKER_URL") or None,
+            prepared_statements=_flag(env, "EVENTKIT_PREPARED_STATEMENTS", True),
         )
 
     @property
@@ -77,6 +83,17 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
         return int(raw)
     except ValueError:
         raise ConfigurationError(f"{name}={raw!r} is not a whole number") from None
+
+
+def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if raw == "":
+        return default
+    if raw in {"1", "true", "yes", "on"}:
+        return True
+    if raw in {"0", "false", "no", "off"}:
+        return False
+    raise ConfigurationError(f"{name}={raw!r} is neither on nor off")
 
 
 def redact(url: str) -> str:

@@ -13,6 +13,7 @@ from psycopg import errors, pq, sql
 
 from domain.model import Application
 from infrastructure.appending import AppendStatements
+from infrastructure.database import create_pool
 from infrastructure.factory import event_recorder
 from infrastructure.libpq import (
     INT8_OID,
@@ -24,6 +25,8 @@ from infrastructure.libpq import (
     literal,
     numbered,
 )
+from infrastructure.recorder import PostgresEventRecorder
+from infrastructure.settings import Settings
 from tests.integration.test_recorder import Account
 
 
@@ -183,3 +186,20 @@ def test_begin_and_run_opens_a_transaction_and_survives_a_dropped_statement(
         assert writer.info.transaction_status == pq.TransactionStatus.IDLE
         insert.run(writer, [uuid4().bytes, (1).to_bytes(8, "big"), b"x"], (1, 1, 0))
     assert len(stored(conn, schema)) == 1
+
+
+def test_without_prepared_statements_appends_prepare_nothing(
+    database_url: str, schema: str
+) -> None:
+    settings = Settings(database_url=database_url, schema=schema, prepared_statements=False)
+    pool = create_pool(database_url, settings, name="eventkit-unprepared")
+    try:
+        recorder = PostgresEventRecorder(pool, schema)
+        stream = uuid4()
+        for version in range(1, 12):  # past psycopg's threshold of 5 runs
+            recorder.insert_events([StoredEvent(stream, version, "Tested", b"{}")])
+        with pool.connection() as c:
+            assert prepared_names(c) == set()
+        assert [e.originator_version for e in recorder.select_events(stream)] == list(range(1, 12))
+    finally:
+        pool.close()

@@ -48,3 +48,11 @@ def test_pool_sizes_must_be_ordered() -> None:
 )
 def test_redact_hides_passwords(url: str, shown: str) -> None:
     assert redact(url) == shown
+
+
+def test_prepared_statements_are_on_unless_turned_off() -> None:
+    assert Settings.from_env({}).prepared_statements is True
+    for off in ("off", "0", "false", "NO"):
+        assert not Settings.from_env({"EVENTKIT_PREPARED_STATEMENTS": off}).prepared_statements
+    with pytest.raises(ConfigurationError, match="EVENTKIT_PREPARED_STATEMENTS='sometimes'"):
+        Settings.from_env({"EVENTKIT_PREPARED_STATEMENTS": "sometimes"})
