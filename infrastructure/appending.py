@@ -19,14 +19,24 @@ from typing import Any
 from uuid import UUID
 
 import psycopg
-from psycopg import pq
+from psycopg import pq, sql
 
-from infrastructure.libpq import BYTEA_OID, INT8_OID, TEXT_OID, UUID_OID, PreparedStatement
+from infrastructure.libpq import (
+    BYTEA_OID,
+    INT8_OID,
+    TEXT_OID,
+    UUID_OID,
+    PreparedStatement,
+    numbered,
+)
 
 _INT8 = struct.Struct("!q")
 _TYPES = (UUID_OID, INT8_OID, TEXT_OID, BYTEA_OID)
 #: The parameters' formats: 1 binary, 0 text.
 _FORMATS = (1, 1, 0, 1)
+
+#: The columns an append writes (the rest take their defaults).
+COLUMNS = "originator_id, originator_version, topic, state"
 
 Row = tuple[UUID, int, str, bytes]
 
@@ -38,27 +48,25 @@ class AppendStatements:
         """``prepared=False``: every insert goes through psycopg's cursor, unprepared as
         far as the connection's ``prepare_threshold`` says (for poolers that cannot keep
         a connection's prepared statements)."""
-        self._table = '"{}"."stored_events"'.format(schema.replace('"', '""'))
+        self._table = sql.Identifier(schema, "stored_events")
         self._use_prepared = prepared
         self._prepared: dict[int, PreparedStatement] = {}
-        self._queries: dict[tuple[int, str], bytes] = {}
+        self._queries: dict[int, str] = {}
 
     def insert(self, conn: psycopg.Connection[Any], rows: list[Row]) -> list[int]:
         """Insert ``rows`` in one statement on ``conn``; return their notification ids."""
         n = len(rows)
         if not self._use_prepared or (
-            not conn.autocommit and conn.info.transaction_status == pq.TransactionStatus.IDLE
+            not conn.autocommit and conn.pgconn.transaction_status == pq.TransactionStatus.IDLE
         ):
             # psycopg opens the transaction of a non-autocommit connection before its first
             # statement; libpq would run this one on its own. Let psycopg do both.
             with conn.cursor() as cur:
-                cur.execute(self._query(n, "%s"), [value for row in rows for value in row])
+                cur.execute(self._query(n).encode(), [value for row in rows for value in row])
                 return [r[0] for r in cur.fetchall()]
         statement = self._prepared.get(n)
         if statement is None:
-            statement = self._prepared[n] = PreparedStatement(
-                self._query(n, "$N").decode(), _TYPES * n
-            )
+            statement = self._prepared[n] = PreparedStatement(numbered(self._query(n)), _TYPES * n)
         params: list[bytes | None] = []
         for originator_id, version, topic, state in rows:
             params += (originator_id.bytes, _INT8.pack(version), topic.encode(), state)
@@ -66,17 +74,14 @@ class AppendStatements:
         value = result.get_value
         return [int(value(i, 0) or b"") for i in range(result.ntuples)]
 
-    def _query(self, n: int, placeholder: str) -> bytes:
-        """The statement with libpq's ``$1`` placeholders, or psycopg's ``%s``."""
-        query = self._queries.get((n, placeholder))
+    def _query(self, n: int) -> str:
+        """The ``INSERT`` of ``n`` rows, with psycopg's ``%s`` placeholders."""
+        query = self._queries.get(n)
         if query is None:
-            params = iter(range(1, 4 * n + 1))
-            values = ", ".join(
-                "(" + ", ".join(placeholder.replace("N", str(next(params))) for _ in range(4)) + ")"
-                for _ in range(n)
+            values = sql.SQL(", ").join(sql.SQL("(%s, %s, %s, %s)") for _ in range(n))
+            query = self._queries[n] = (
+                sql.SQL("INSERT INTO {} ({}) VALUES {} RETURNING notification_id")
+                .format(self._table, sql.SQL(COLUMNS), values)
+                .as_string(None)
             )
-            query = self._queries[n, placeholder] = (
-                f"INSERT INTO {self._table} (originator_id, originator_version, topic, state) "
-                f"VALUES {values} RETURNING notification_id"
-            ).encode()
         return query

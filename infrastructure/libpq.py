@@ -76,7 +76,7 @@ class PreparedStatement:
                 _forget(conn)
                 in_transaction = conn.pgconn.transaction_status == pq.TransactionStatus.INERROR
                 if in_transaction:
-                    command(conn, b"ROLLBACK", locked=True)
+                    _command(conn, b"ROLLBACK")
                 self._prepare(conn)
                 if in_transaction:
                     raise StatementLostError(
@@ -134,13 +134,10 @@ class StatementLostError(psycopg.OperationalError):
     """A prepared statement vanished inside a transaction, which is now rolled back."""
 
 
-def command(conn: psycopg.Connection[Any], statement: bytes, *, locked: bool = False) -> None:
+def command(conn: psycopg.Connection[Any], statement: bytes) -> None:
     """Run a parameterless command (``BEGIN``, ``COMMIT``, ``ROLLBACK``) through libpq."""
-    if locked:
+    with conn.lock:
         result = _command(conn, statement)
-    else:
-        with conn.lock:
-            result = _command(conn, statement)
     if result.status != COMMAND_OK:
         raise error(conn, result, statement.decode())
 

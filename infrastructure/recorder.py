@@ -28,7 +28,7 @@ from eventsourcing.persistence import ApplicationRecorder, Notification, StoredE
 from psycopg import sql
 
 from infrastructure import metrics
-from infrastructure.appending import AppendStatements
+from infrastructure.appending import COLUMNS, AppendStatements
 from infrastructure.database import TRANSIENT_ERRORS, retry_transient
 from infrastructure.errors import (
     AppendOutcomeUnknownError,
@@ -52,7 +52,6 @@ _APPEND_ATTEMPTS = 5
 _MAX_NOTIFICATION_ID = 2**63 - 1
 _DUPLICATE_KEY = re.compile(r"=\(([^,]+), (\d+)\) already exists")
 
-_COLUMNS = "originator_id, originator_version, topic, state"
 _NOTIFICATION_COLUMNS = (
     "originator_id, originator_version, topic, state, notification_id, "
     "transaction_id::text::bigint, recorded_at"
@@ -92,7 +91,7 @@ class PostgresEventRecorder(ApplicationRecorder):
         self._table = table
         self._sequence = f"{schema}.stored_events_notification_id_seq"
         self._copy = sql.SQL("COPY {} (notification_id, {}) FROM STDIN (FORMAT BINARY)").format(
-            table, sql.SQL(_COLUMNS)
+            table, sql.SQL(COLUMNS)
         )
         self._select_events = sql.SQL(
             "SELECT originator_id, originator_version, topic, state FROM {} "
@@ -105,7 +104,7 @@ class PostgresEventRecorder(ApplicationRecorder):
         # A pool whose connections must not hold prepared statements (see
         # Settings.prepared_statements) appends through psycopg's cursor instead.
         kwargs = pool.kwargs if isinstance(pool.kwargs, dict) else {}
-        prepared = kwargs.get("prepare_threshold", 5) is not None
+        prepared = "prepare_threshold" not in kwargs or kwargs["prepare_threshold"] is not None
         self._statements = AppendStatements(schema, prepared=prepared)
 
     def _retry(self, operation: Callable[[], T], *, what: str) -> T:

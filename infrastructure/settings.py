@@ -14,6 +14,8 @@ from infrastructure.errors import ConfigurationError
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+_ON = frozenset({"1", "true", "yes", "on"})
+_OFF = frozenset({"0", "false", "no", "off"})
 
 
 @dataclass(frozen=True)
@@ -64,7 +66,7 @@ class Settings:
             home=Path(env.get("EVENTKIT_HOME") or PROJECT_ROOT / ".eventkit"),
             pool_min_size=_int(env, "EVENTKIT_POOL_MIN_SIZE", 1),
             pool_max_size=_int(env, "EVENTKIT_POOL_MAX_SIZE", 16),
-            notify=env.get("EVENTKIT_NOTIFY", "").lower() in {"1", "true", "yes", "on"},
+            notify=env.get("EVENTKIT_NOTIFY", "").lower() in _ON,
             broker_url=env.get("BROKER_URL") or None,
             prepared_statements=_flag(env, "EVENTKIT_PREPARED_STATEMENTS", True),
         )
@@ -89,9 +91,9 @@ def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
     raw = env.get(name, "").strip().lower()
     if raw == "":
         return default
-    if raw in {"1", "true", "yes", "on"}:
+    if raw in _ON:
         return True
-    if raw in {"0", "false", "no", "off"}:
+    if raw in _OFF:
         return False
     raise ConfigurationError(f"{name}={raw!r} is neither on nor off")
 

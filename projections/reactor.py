@@ -262,17 +262,14 @@ class ReactionExecutor:
             " SELECT EXISTS (SELECT 1 FROM claimed), e.* FROM ({one}) one"
             " LEFT JOIN ({load}) e ON true"
         ).format(
-            one=sql.SQL(
-                "SELECT 1"
-                if durable_commits
-                else "SELECT set_config('synchronous_commit', 'off', true)"
-            ),
+            one=sql.SQL("SELECT 1" if durable_commits else _ASYNC_COMMIT),
             ack=sql.SQL("SELECT 1 WHERE %s IS NULL") if self._ack is None else self._ack,
             ledger=sql.Identifier(schema, "reaction_ledger"),
             load=recorder.notification_query(),
         )
-        self._begin: libpq.PreparedStatement | None = None
-        self._name_literal: str | None = None
+        #: The first statement, prepared, and the reaction's name as an SQL literal:
+        #: built on the first message (both need a connection).
+        self._begin: tuple[libpq.PreparedStatement, str] | None = None
 
     def create_tables(self, conn: psycopg.Connection[Any]) -> None:
         with conn.transaction():
@@ -460,16 +457,15 @@ class ReactionExecutor:
     ) -> tuple[Any, ...]:
         """BEGIN and the first statement, in one round trip: whether the ledger took the
         message, then the event's columns (NULL when the store does not hold it)."""
-        if self._begin is None or self._name_literal is None:
-            self._name_literal = libpq.literal(conn, self.name)
-            self._begin = libpq.PreparedStatement(
+        if self._begin is None:
+            statement = libpq.PreparedStatement(
                 libpq.numbered(self._begin_sql.as_string(conn)), _BEGIN_TYPES
             )
+            self._begin = statement, libpq.literal(conn, self.name)
+        statement, name = self._begin
         m = f"'{message_id}'"
-        result = self._begin.begin_and_run(
-            conn,
-            f"{m}, {m}, {self._name_literal}, {notification_id:d}, {attempt:d}, "
-            f"{notification_id:d}",
+        result = statement.begin_and_run(
+            conn, f"{m}, {m}, {name}, {notification_id:d}, {attempt:d}, {notification_id:d}"
         )
         transformer = Transformer.from_context(conn)
         transformer.set_pgresult(result)
