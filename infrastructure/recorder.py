@@ -420,6 +420,27 @@ class PostgresEventRecorder(ApplicationRecorder):
 
         return self._retry(read, what="reading the head of the notification log")
 
+    def last_recorded(self) -> Position | None:
+        """The log position of the last event committed so far, settled or not.
+
+        Unlike :meth:`head`, this counts events a reader cannot see yet because an older
+        transaction (of any kind, anywhere in the cluster) is still open. Once writers have
+        stopped, a follower whose position reaches it has handled every event; ``head`` can
+        be reached while such a transaction holds the last events back.
+        """
+
+        def read() -> Position | None:
+            with self.pool.connection() as conn:
+                row = conn.execute(
+                    sql.SQL(
+                        "SELECT transaction_id::text::bigint, notification_id FROM {} e"
+                        " ORDER BY e.transaction_id DESC, e.notification_id DESC LIMIT 1"
+                    ).format(self._table)
+                ).fetchone()
+            return None if row is None else Position(row[0], row[1])
+
+        return self._retry(read, what="reading the last recorded position of the log")
+
     def position_of(self, notification_id: int) -> Position | None:
         """The log position of a notification id, or None when no such row exists."""
 

@@ -60,6 +60,7 @@ from infrastructure.broker import BrokerOptions
 from infrastructure.deadletters import DeadLetters
 from infrastructure.factory import shared_pool
 from infrastructure.log import Position
+from infrastructure.recorder import PostgresEventRecorder
 from infrastructure.settings import Settings, redact
 from infrastructure.tracking import Tracking
 from projections.monitoring import Monitor, MonitoringServer
@@ -502,15 +503,9 @@ def _drain(monitor: LagMonitor, timeout: float = 30.0) -> bool:
 
 
 def _last_position(pool: psycopg_pool.ConnectionPool, schema: str) -> Position:
-    """The log position of the last event recorded so far (committed or not, when read)."""
-    with pool.connection() as conn:
-        row = conn.execute(
-            sql.SQL(
-                "SELECT transaction_id::text::bigint, notification_id FROM {} e "
-                "ORDER BY e.transaction_id DESC, e.notification_id DESC LIMIT 1"
-            ).format(sql.Identifier(schema, "stored_events"))
-        ).fetchone()
-    return Position.ORIGIN if row is None else Position(row[0], row[1])
+    """The log position of the last event committed so far, whether followers may read it
+    yet or not."""
+    return PostgresEventRecorder(pool, schema).last_recorded() or Position.ORIGIN
 
 
 @dataclasses.dataclass(frozen=True)

@@ -95,11 +95,16 @@ def running(*workers: ProjectionWorker) -> Iterator[threading.Event]:
 def wait_until_caught_up(
     pool: psycopg_pool.ConnectionPool, schema: str, name: str, timeout: float = 30.0
 ) -> Position:
-    """Wait until projection ``name`` has recorded the log's head (of the events it reads)
-    in every one of its partitions."""
+    """Wait until projection ``name`` has recorded the position of the last event written
+    so far in every one of its partitions.
+
+    That position, not the readable head: an unrelated open transaction (another worker's
+    batch) can hold the last events back from readers for a moment, and a projection at
+    the head then has not seen them yet.
+    """
     recorder = PostgresEventRecorder(pool, schema)
     deadline = time.monotonic() + timeout
-    head = recorder.head() or Position.ORIGIN
+    head = recorder.last_recorded() or Position.ORIGIN
     while True:
         with pool.connection() as conn:
             position = Tracking(schema).lowest(conn, name)

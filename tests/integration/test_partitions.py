@@ -91,13 +91,9 @@ def test_partitioned_workers_with_a_key_function_build_the_whole_view(
 def caught_up_with_key(
     pool: psycopg_pool.ConnectionPool, schema: str, workers: list[ProjectionWorker]
 ) -> bool:
-    with pool.connection() as conn:
-        row = conn.execute(
-            f'SELECT transaction_id::text::bigint, notification_id FROM "{schema}".stored_events e'
-            " ORDER BY e.transaction_id DESC, e.notification_id DESC LIMIT 1"
-        ).fetchone()
-    assert row is not None
-    return all(w.position >= Position(row[0], row[1]) for w in workers)
+    last = PostgresEventRecorder(pool, schema).last_recorded()
+    assert last is not None
+    return all(w.position >= last for w in workers)
 
 
 def test_a_lease_taken_by_another_worker_fences_the_old_holder(

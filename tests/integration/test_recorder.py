@@ -134,6 +134,25 @@ def test_head_and_position_of(recorder: PostgresEventRecorder) -> None:
     assert recorder.position_of(10**12) is None
 
 
+def test_last_recorded_counts_events_an_open_older_transaction_holds_back(
+    recorder: PostgresEventRecorder, database_url: str
+) -> None:
+    """The readable head stops below an open transaction that is older than the last
+    append (here an idle one; in a test, another worker's batch); the last recorded
+    position does not. Waiting for the head alone can end before a follower has seen the
+    last event."""
+    [first] = recorder.insert_events(events(uuid4(), 1, 1))
+    with psycopg.connect(database_url, autocommit=True) as other, other.transaction():
+        other.execute("SELECT pg_current_xact_id()")  # takes a transaction id, stays open
+        [last] = recorder.insert_events(events(uuid4(), 1, 1))
+        head, recorded = recorder.head(), recorder.last_recorded()
+        assert head is not None
+        assert head.notification_id == first
+        assert recorded is not None
+        assert recorded.notification_id == last
+    assert recorder.head() == recorder.last_recorded() == recorded
+
+
 def test_positions_print_and_parse() -> None:
     assert Position.parse(str(Position(12, 34))) == Position(12, 34)
     with pytest.raises(ValueError, match="TRANSACTION_ID/NOTIFICATION_ID"):
