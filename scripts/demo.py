@@ -472,10 +472,10 @@ def _place_poison_order(shop: Shop) -> OrderPlacement:
 def _drain(monitor: LagMonitor, timeout: float = 30.0) -> bool:
     """Show the lag now and then until every view has the last event; False on timeout.
 
-    A lag of zero is not enough: ``projection_status`` counts only events below the
-    server's oldest running transaction (``pg_snapshot_xmin``), which followers must not
-    pass, so while a transaction anywhere on the server is open, events committed after
-    it are in neither the lag nor the views. The demo waits for its own last event.
+    The lag counts every committed event of a view's types, readable or not; the demo
+    also waits until each view's position has passed the demo's own last event (of any
+    type), which followers reach only once no older transaction anywhere on the server
+    holds it back from them.
     """
     last = _last_position(monitor.pool, monitor.schema)
     deadline = time.monotonic() + timeout
