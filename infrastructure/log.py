@@ -63,10 +63,13 @@ class OpenTransaction:
     state: str | None
     application_name: str | None
     query: str | None
+    #: Seconds since the transaction began, by the server's clock.
+    open_for_s: float | None = None
 
     def describe(self) -> str:
+        age = "" if self.open_for_s is None else f", for {self.open_for_s:.0f} s"
         return (
             f"transaction {self.transaction_id} (backend pid {self.pid}, "
             f"application {self.application_name!r}, state {self.state}, "
-            f"open since {self.started_at}): {self.query!r}"
+            f"open since {self.started_at}{age}): {self.query!r}"
         )

@@ -465,13 +465,14 @@ class PostgresEventRecorder(ApplicationRecorder):
         with self.pool.connection() as conn:
             row = conn.execute(
                 "SELECT a.pid, pg_snapshot_xmin(pg_current_snapshot())::text::bigint, "
-                "a.xact_start, a.state, a.application_name, left(a.query, 200) "
+                "a.xact_start, a.state, a.application_name, left(a.query, 200), "
+                "extract(epoch FROM clock_timestamp() - a.xact_start)::float8 "
                 "FROM (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin) s "
                 "LEFT JOIN pg_stat_activity a ON a.backend_xid = xid(s.xmin)"
             ).fetchone()
         if row is None or row[0] is None:
             return None
-        return OpenTransaction(row[0], row[1], row[2], row[3], row[4], row[5])
+        return OpenTransaction(*row)
 
     # -- eventsourcing's notification API ---------------------------------------------------
 

@@ -42,6 +42,7 @@ from infrastructure.log import Position
 from infrastructure.partitions import recorded_partitions
 from infrastructure.tracking import TrackingConflictError
 from projections.projection import Handlers
+from projections.status import autovacuum_warning
 from projections.worker import PollPolicy, ProjectionWorker, connect
 
 logger = logging.getLogger(__name__)
@@ -124,6 +125,7 @@ class WorkerGroup:
         self._dead: list[str] = []
         self._lock = threading.Lock()
         self._planned = threading.Event()
+        self._server_checked = False  # autovacuum looked at (once per process)
         #: Every partition worker this member runs now, by (consumer, partition).
         self.workers: dict[tuple[str, int], ProjectionWorker] = {}
         self._table = sql.Identifier(schema, "worker_members")
@@ -169,6 +171,11 @@ class WorkerGroup:
                         sql.SQL("LISTEN {}").format(sql.Identifier(members_channel(self.schema)))
                     )
                     self._tick(conn, announce=True)
+                    if not self._server_checked:
+                        self._server_checked = True
+                        warning = autovacuum_warning(conn)
+                        if warning is not None:
+                            logger.warning("worker %s: %s", self.worker_id, warning)
                     delay = 0.1
                     while not stop.is_set():
                         for _ in conn.notifies(timeout=self.heartbeat_s, stop_after=1):

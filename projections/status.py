@@ -22,11 +22,15 @@ from infrastructure.deadletters import DeadLetters
 from infrastructure.leases import Leases
 from infrastructure.log import Position
 from infrastructure.partitions import Partition, recorded_partitions
+from infrastructure.recorder import PostgresEventRecorder
 from infrastructure.tracking import Tracking
 from projections.projection import Handlers
 
 #: A worker whose heartbeat is older than this is reported as stopped.
 HEARTBEAT_TIMEOUT_S = 10.0
+#: An open transaction that holds every follower back is reported once it is this old
+#: (a worker's own batch transaction lasts milliseconds).
+HOLD_WARNING_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -377,3 +381,37 @@ def reaction_status(
             )
         )
     return result
+
+
+def server_warnings(
+    pool: psycopg_pool.ConnectionPool, schema: str, *, hold_s: float | None = None
+) -> list[str]:
+    """What on the server slows every worker down, said so that an operator can act on it:
+    a transaction open for ``hold_s`` (default :data:`HOLD_WARNING_S`) or longer that
+    keeps followers from reading past it, and autovacuum turned off."""
+    hold_s = HOLD_WARNING_S if hold_s is None else hold_s
+    warnings = []
+    holder = PostgresEventRecorder(pool, schema).oldest_open_transaction()
+    if holder is not None and holder.open_for_s is not None and holder.open_for_s >= hold_s:
+        warnings.append(
+            f"followers cannot read past {holder.describe()}; events committed since it "
+            "began reach no projection or reaction until it ends (commit or roll it back, "
+            "or end it with pg_terminate_backend)"
+        )
+    with pool.connection() as conn:
+        warning = autovacuum_warning(conn)
+    if warning is not None:
+        warnings.append(warning)
+    return warnings
+
+
+def autovacuum_warning(conn: psycopg.Connection[Any]) -> str | None:
+    """A warning when the server runs without autovacuum, else None."""
+    row = conn.execute("SELECT current_setting('autovacuum')").fetchone()
+    if row is None or row[0] != "off":
+        return None
+    return (
+        "autovacuum is off on this server: the PostgreSQL broker's queue table and the "
+        "tracking, lease and worker rows are updated in place and bloat without it, and "
+        "workers slow down as they do (docs/reactions.md); turn it on, or VACUUM them often"
+    )

@@ -22,6 +22,7 @@ from projections.status import (
     projection_status,
     reaction_status,
     render_members,
+    server_warnings,
 )
 from scripts.workers import select_projections, split_names
 
@@ -156,12 +157,14 @@ def _report(args: argparse.Namespace) -> str:
             for p in (partition_status(conn, settings.schema, c) for c in consumers)
             if p.partitions > 1
         ]
+    warnings = server_warnings(pool, settings.schema)
     if args.json:
         return json.dumps(
             {
                 "projections": [r.as_json() for r in rows],
                 "reactions": [r.as_json() for r in reactions],
                 "workers": [asdict(m) for m in group],
+                "warnings": warnings,
             },
             indent=2,
         )
@@ -173,4 +176,5 @@ def _report(args: argparse.Namespace) -> str:
     parts += [p.table() for p in partitioned]
     if group:
         parts.append(render_members(group))
+    parts += [f"warning: {w}" for w in warnings]
     return "\n\n".join(parts)

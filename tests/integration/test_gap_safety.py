@@ -10,6 +10,7 @@ scenario does make a reader skip when the guard is taken away, so the tests can 
 
 from __future__ import annotations
 
+import json
 import random
 import threading
 import time
@@ -29,6 +30,9 @@ from hypothesis import strategies as st
 import infrastructure.recorder as recorder_module
 from infrastructure.log import LoggedNotification, Position
 from infrastructure.recorder import PostgresEventRecorder
+from projections import status as status_module
+from projections.status import autovacuum_warning, server_warnings
+from scripts.cli import main
 
 
 @contextmanager
@@ -183,6 +187,47 @@ def test_the_reader_is_held_back_and_says_by_whom(
             assert "long_migration" in holder.describe()
     after = recorder.oldest_open_transaction()
     assert after is None or after.application_name != "long_migration"
+
+
+def test_status_warns_of_a_transaction_that_holds_followers_back(
+    recorder: PostgresEventRecorder,
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    def held(hold_s: float) -> list[str]:
+        warnings = server_warnings(recorder.pool, recorder.schema, hold_s=hold_s)
+        return [w for w in warnings if w.startswith("followers cannot read past")]
+
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    monkeypatch.setenv("EVENTKIT_SCHEMA", recorder.schema)
+    with open_transaction(database_url) as idle:
+        idle.execute("SET application_name = 'long_migration'")
+        append_in(idle, recorder, [event(uuid4(), 1)])
+        holder = recorder.oldest_open_transaction()
+        assert holder is not None
+        assert holder.open_for_s is not None
+        [warning] = held(0.0)
+        assert f"transaction {holder.transaction_id} (backend pid {holder.pid}" in warning
+        assert held(3600.0) == []  # younger than that: a worker's batch, not worth a word
+        monkeypatch.setattr(status_module, "HOLD_WARNING_S", 0.0)
+        assert main(["status", "--json"]) == 0
+        reported = json.loads(capsys.readouterr().out)["warnings"]
+        assert any(w.startswith("followers cannot read past") for w in reported)
+        assert main(["status"]) == 0
+        assert "warning: followers cannot read past transaction" in capsys.readouterr().out
+    assert not any("long_migration" in w for w in held(0.0))
+
+
+def test_autovacuum_is_warned_of_exactly_when_the_server_has_it_off(
+    pool: psycopg_pool.ConnectionPool, recorder: PostgresEventRecorder
+) -> None:
+    with pool.connection() as conn:
+        row = conn.execute("SHOW autovacuum").fetchone()
+        warning = autovacuum_warning(conn)
+    assert row is not None
+    assert (warning is not None) == (row[0] == "off")
+    assert (warning in server_warnings(pool, recorder.schema)) == (warning is not None)
 
 
 def test_events_of_one_transaction_are_contiguous_in_log_order(
