@@ -91,3 +91,7 @@ class MigrationError(EventkitError):
 
 class EmbeddedPostgresError(EventkitError):
     """The embedded PostgreSQL server could not be started, stopped or found."""
+
+
+class DuplicateWorkerError(EventkitError):
+    """Another live worker process already uses this worker id."""

@@ -36,7 +36,7 @@ import psycopg
 from psycopg import sql
 
 from infrastructure import metrics
-from infrastructure.errors import PersistenceError
+from infrastructure.errors import DuplicateWorkerError, PersistenceError
 from infrastructure.leases import LeaseLostError, Leases
 from infrastructure.log import Position
 from infrastructure.partitions import recorded_partitions
@@ -164,6 +164,7 @@ class WorkerGroup:
 
     def _coordinate(self, stop: threading.Event) -> None:
         delay = 0.1
+        waiting = False  # for a live process with the same worker id to stop
         while True:
             try:
                 with connect(self.url, self.worker_id, self.leases.ttl_s) as conn:
@@ -171,6 +172,12 @@ class WorkerGroup:
                         sql.SQL("LISTEN {}").format(sql.Identifier(members_channel(self.schema)))
                     )
                     self._tick(conn, announce=True)
+                    if waiting:
+                        logger.info(
+                            "worker %s: the other process with this id is gone; joined the group",
+                            self.worker_id,
+                        )
+                        waiting = False
                     if not self._server_checked:
                         self._server_checked = True
                         warning = autovacuum_warning(conn)
@@ -182,6 +189,13 @@ class WorkerGroup:
                             pass  # a member joined or left: plan again now
                         self._tick(conn)
                     self._leave(conn)
+                    return
+            except DuplicateWorkerError as e:
+                metrics.ERRORS.labels("group", self.worker_id, type(e).__name__).inc()
+                if not waiting:
+                    logger.error("%s", e)
+                    waiting = True
+                if stop.wait(self.heartbeat_s):
                     return
             except Exception as e:
                 metrics.ERRORS.labels("group", self.worker_id, type(e).__name__).inc()
@@ -201,14 +215,22 @@ class WorkerGroup:
     def _tick(self, conn: psycopg.Connection[Any], *, announce: bool = False) -> None:
         names = [c.name for c in self.consumers]
         with conn.transaction():
-            conn.execute(
+            # The member row is this process's, or free to take: its process is gone (its
+            # heartbeat expired or its session ended). A live process of another host or
+            # pid under the same id keeps it, and this one waits (DuplicateWorkerError).
+            joined = conn.execute(
                 sql.SQL(
-                    "INSERT INTO {} (worker_id, host, pid, backend_pid, consumers, connections,"
-                    " expires_at) VALUES (%s, %s, %s, pg_backend_pid(), %s, %s,"
+                    "INSERT INTO {} AS m (worker_id, host, pid, backend_pid, consumers,"
+                    " connections, expires_at) VALUES (%s, %s, %s, pg_backend_pid(), %s, %s,"
                     " clock_timestamp() + make_interval(secs => %s))"
-                    " ON CONFLICT (worker_id) DO UPDATE SET backend_pid = excluded.backend_pid,"
+                    " ON CONFLICT (worker_id) DO UPDATE SET host = excluded.host,"
+                    " pid = excluded.pid, backend_pid = excluded.backend_pid,"
                     " consumers = excluded.consumers, connections = excluded.connections,"
                     " heartbeat_at = clock_timestamp(), expires_at = excluded.expires_at"
+                    " WHERE (m.host, m.pid) = (excluded.host, excluded.pid)"
+                    " OR m.expires_at <= clock_timestamp()"
+                    " OR NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.pid = m.backend_pid)"
+                    " RETURNING 1"
                 ).format(self._table),
                 (
                     self.worker_id,
@@ -218,7 +240,9 @@ class WorkerGroup:
                     self.connections,
                     self.leases.ttl_s,
                 ),
-            )
+            ).fetchone()
+            if joined is None:
+                raise self._duplicate(conn)
             self.leases.renew(conn, self.worker_id)
             rows = conn.execute(
                 sql.SQL(
@@ -269,6 +293,24 @@ class WorkerGroup:
             )
         self._planned.set()
 
+    def _duplicate(self, conn: psycopg.Connection[Any]) -> DuplicateWorkerError:
+        row = conn.execute(
+            sql.SQL(
+                "SELECT host, pid, extract(epoch FROM clock_timestamp() - heartbeat_at)::float8"
+                " FROM {} WHERE worker_id = %s"
+            ).format(self._table),
+            (self.worker_id,),
+        ).fetchone()
+        other = "another process" if row is None else f"pid {row[1]} on host {row[0]}"
+        age = "" if row is None else f", heartbeat {row[2]:.1f} s ago"
+        return DuplicateWorkerError(
+            f"worker id {self.worker_id!r} is in use by {other} (alive{age}); this process "
+            "(pid {pid} on host {host}) runs nothing until that one stops. Give each worker "
+            "process its own --id, or leave --id out".format(
+                pid=os.getpid(), host=socket.gethostname()
+            )
+        )
+
     def _leave(self, conn: psycopg.Connection[Any]) -> None:
         with conn.transaction():
             conn.execute(
@@ -294,7 +336,9 @@ class WorkerGroup:
         workers: dict[int, ProjectionWorker] = {}
         state = _LoopState()
         delay = 0.1
-        self._planned.wait()
+        while not self._planned.wait(0.2):  # the coordinator has not joined the group yet
+            if stop.is_set():
+                return
         while not stop.is_set():
             try:
                 with connect(

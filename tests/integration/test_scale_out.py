@@ -186,6 +186,49 @@ def test_three_workers_share_8_partitions_survive_kill_9_and_rebalance_for_a_fou
     assert {"w1", "w3", "w4"} <= set(applied_by), applied_by
 
 
+def test_a_second_process_with_the_same_worker_id_waits_then_takes_over(
+    shop: Shop,
+    pool: psycopg_pool.ConnectionPool,
+    schema: str,
+    database_url: str,
+    workers: dict[str, subprocess.Popen[bytes]],
+    tmp_path: Path,
+) -> None:
+    """Leases are owned by worker id: two live processes under one --id would both work on
+    its partitions. The second runs nothing, says why, and takes over when the first stops."""
+
+    def member_pid() -> int | None:
+        with pool.connection() as conn:
+            row = conn.execute(
+                sql.SQL("SELECT pid FROM {} WHERE worker_id = 'dup'").format(
+                    sql.Identifier(schema, "worker_members")
+                )
+            ).fetchone()
+        return None if row is None else int(row[0])
+
+    second_log = tmp_path / "dup-second.log"
+    workload(shop, 10, seed=1)
+    first = workers["dup-first"] = start(
+        "dup", database_url, schema, log=tmp_path / "dup-first.log"
+    )
+    wait_for("the first to hold every partition", lambda: owners(pool, schema) == {"dup": 8})
+    second = workers["dup-second"] = start("dup", database_url, schema, log=second_log)
+    wait_for("the second to say why it waits", lambda: "is in use by" in second_log.read_text())
+    assert f"worker id 'dup' is in use by pid {first.pid}" in second_log.read_text()
+    workload(shop, 10, seed=2)
+    time.sleep(1.0)
+    assert member_pid() == first.pid
+    first.terminate()
+    assert first.wait(20) == 0
+    wait_for("the second to join", lambda: member_pid() == second.pid)
+    wait_for("the second to hold every partition", lambda: owners(pool, schema) == {"dup": 8})
+    assert "joined the group" in second_log.read_text()
+    workload(shop, 10, seed=3)
+    wait_for("all partitions caught up", lambda: caught_up(pool, schema))
+    stop_all(workers)
+    assert check_view(pool, schema) > 10
+
+
 def test_a_paused_worker_commits_nothing_for_the_partitions_it_lost(
     shop: Shop,
     pool: psycopg_pool.ConnectionPool,
