@@ -5,9 +5,10 @@ Select it with ``PERSISTENCE_MODULE=infrastructure.factory``.
 An ``Application`` constructed with that setting records its events with
 :class:`PostgresEventRecorder` and maps them with :class:`PydanticMapper`. The database is
 ``DATABASE_URL`` (or the embedded server when it is unset) and the schema ``EVENTKIT_SCHEMA``
-(default ``eventkit``), both read through eventsourcing's ``Environment``, so an
-application-specific ``<APPNAME>_DATABASE_URL`` wins. Pools are shared per process and URL,
-and each schema is migrated once per process, on first use.
+(default ``eventkit``); these and every other eventkit setting (``Settings.ENV_NAMES``,
+docs/operations.md) are read through eventsourcing's ``Environment``, so an application's
+``env`` and an application-specific ``<APPNAME>_DATABASE_URL`` win. Pools are shared per
+process and URL, and each schema is migrated once per process, on first use.
 """
 
 from __future__ import annotations
@@ -36,26 +37,30 @@ from infrastructure.settings import Settings
 from infrastructure.transcoding import PydanticJSONTranscoder, PydanticMapper
 
 _lock = threading.Lock()
-_pools: dict[str, psycopg_pool.ConnectionPool] = {}
+_pools: dict[tuple[str, bool], psycopg_pool.ConnectionPool] = {}
 _migrated: set[tuple[str, str]] = set()
-_SETTING_NAMES = (
-    "DATABASE_URL",
-    "EVENTKIT_SCHEMA",
-    "EVENTKIT_HOME",
-    "EVENTKIT_POOL_MIN_SIZE",
-    "EVENTKIT_POOL_MAX_SIZE",
-    "EVENTKIT_NOTIFY",
-)
+
+
+def settings_of(env: Environment) -> Settings:
+    """eventkit's settings from an application's environment (its ``env`` over the
+    process's), every variable that ``Settings.from_env`` reads."""
+    values = {name: env.get(name) for name in Settings.ENV_NAMES}
+    return Settings.from_env({k: v for k, v in values.items() if v is not None})
 
 
 def shared_pool(settings: Settings) -> tuple[psycopg_pool.ConnectionPool, str]:
-    """The process's pool for the settings' database (opened on first use), and its URL."""
+    """The process's pool for the settings' database (opened on first use), and its URL.
+
+    One pool per URL, and another for the same URL without prepared statements
+    (``EVENTKIT_PREPARED_STATEMENTS=off``): that setting changes what runs on the pool's
+    connections, so a pool made for the other value is never handed out."""
     url = resolve_database_url(settings)
+    key = (url, settings.prepared_statements)
     with _lock:
-        pool = _pools.get(url)
+        pool = _pools.get(key)
         if pool is None or pool.closed:
             pool = create_pool(url, settings)
-            _pools[url] = pool
+            _pools[key] = pool
         if (url, settings.schema) not in _migrated:
             with pool.connection() as conn:
                 migrate(conn, settings.schema)
@@ -80,8 +85,7 @@ class Factory(InfrastructureFactory[TrackingRecorder]):
 
     def __init__(self, env: Environment | EnvType | None) -> None:
         super().__init__(env)
-        values = {name: self.env.get(name) for name in _SETTING_NAMES}
-        self.settings = Settings.from_env({k: v for k, v in values.items() if v is not None})
+        self.settings = settings_of(self.env)
         self.pool, self.url = shared_pool(self.settings)
 
     def transcoder(self) -> Transcoder:

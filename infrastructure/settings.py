@@ -7,6 +7,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from infrastructure.errors import ConfigurationError
 
@@ -55,6 +56,18 @@ class Settings:
                 f"pool sizes must satisfy 1 <= EVENTKIT_POOL_MIN_SIZE ({self.pool_min_size}) "
                 f"<= EVENTKIT_POOL_MAX_SIZE ({self.pool_max_size})"
             )
+
+    #: Every environment variable :meth:`from_env` reads.
+    ENV_NAMES: ClassVar[tuple[str, ...]] = (
+        "DATABASE_URL",
+        "EVENTKIT_SCHEMA",
+        "EVENTKIT_HOME",
+        "EVENTKIT_POOL_MIN_SIZE",
+        "EVENTKIT_POOL_MAX_SIZE",
+        "EVENTKIT_NOTIFY",
+        "BROKER_URL",
+        "EVENTKIT_PREPARED_STATEMENTS",
+    )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:

@@ -1,9 +1,26 @@
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
+from eventsourcing.utils import Environment
 
 from infrastructure.errors import ConfigurationError
+from infrastructure.factory import settings_of
 from infrastructure.settings import Settings, redact
+
+#: A value other than the default for every setting.
+NOT_DEFAULT = {
+    "DATABASE_URL": "postgresql://u@h/db",
+    "EVENTKIT_SCHEMA": "shop",
+    "EVENTKIT_HOME": "/srv/eventkit",
+    "EVENTKIT_POOL_MIN_SIZE": "3",
+    "EVENTKIT_POOL_MAX_SIZE": "9",
+    "EVENTKIT_NOTIFY": "1",
+    "BROKER_URL": "amqp://guest:guest@mq:5672/",
+    "EVENTKIT_PREPARED_STATEMENTS": "off",
+}
 
 
 def test_database_url_unset_means_embedded() -> None:
@@ -56,3 +73,23 @@ def test_prepared_statements_are_on_unless_turned_off() -> None:
         assert not Settings.from_env({"EVENTKIT_PREPARED_STATEMENTS": off}).prepared_statements
     with pytest.raises(ConfigurationError, match="EVENTKIT_PREPARED_STATEMENTS='sometimes'"):
         Settings.from_env({"EVENTKIT_PREPARED_STATEMENTS": "sometimes"})
+
+
+def test_every_setting_is_documented_and_read() -> None:
+    table = Path(__file__).parents[2].joinpath("docs", "operations.md").read_text()
+    documented = set(re.findall(r"^\| `([A-Z_]+)`(?:, `([A-Z_]+)`)?", table, re.MULTILINE))
+    names = {n for pair in documented for n in pair if n}
+    assert names == set(Settings.ENV_NAMES) == set(NOT_DEFAULT)
+    defaults = Settings.from_env({})
+    for name, value in NOT_DEFAULT.items():
+        assert Settings.from_env({name: value}) != defaults, f"{name} is not read"
+
+
+def test_an_application_env_carries_every_setting() -> None:
+    """An Application's ``env`` (``PERSISTENCE_MODULE=infrastructure.factory``) sets what
+    the process environment would: EVENTKIT_PREPARED_STATEMENTS=off used to be dropped, so
+    writers behind a transaction pooler still prepared statements."""
+    from_app = settings_of(Environment("Shop", NOT_DEFAULT))
+    assert from_app == Settings.from_env(NOT_DEFAULT)
+    assert from_app.prepared_statements is False
+    assert from_app.broker_url == NOT_DEFAULT["BROKER_URL"]
