@@ -106,6 +106,7 @@ class PostgresEventRecorder(ApplicationRecorder):
         kwargs = pool.kwargs if isinstance(pool.kwargs, dict) else {}
         prepared = "prepare_threshold" not in kwargs or kwargs["prepare_threshold"] is not None
         self._statements = AppendStatements(schema, prepared=prepared)
+        self._scans: dict[str | None, bytes] = {}
 
     def _retry(self, operation: Callable[[], T], *, what: str) -> T:
         return retry_transient(operation, what=what, on_failure=self._check_pool)
@@ -343,27 +344,10 @@ class PostgresEventRecorder(ApplicationRecorder):
         has reached the head). Payloads are fetched only for the matching rows.
         """
         predicate = None if partition is None else partition.predicate("e")
-        # One index scan in log order. Non-matching rows come back with their position
-        # only: CASE leaves their payload unread (and a toasted one undecompressed). An
-        # earlier form joined the scanned positions back to the table for the matching
-        # rows' payloads; from about 2,000 rows per batch PostgreSQL hashed that join
-        # over a sequential scan of the whole log, every batch (measured: 17 ms per
-        # batch at 200,000 events, growing with the log).
-        wanted: sql.Composable = sql.SQL("e.topic = ANY(%s)")
-        if predicate is not None:
-            wanted = sql.SQL("{} AND {}").format(wanted, predicate[0])
-        columns = sql.SQL(", ").join(
-            sql.SQL("CASE WHEN s.wanted THEN s.{} END").format(sql.Identifier(c))
-            for c in ("originator_id", "originator_version", "topic", "state", "recorded_at")
-        )
-        statement = sql.SQL(
-            "SELECT s.transaction_id::text::bigint, s.notification_id, {columns} FROM ("
-            " SELECT e.transaction_id, e.notification_id, e.originator_id,"
-            " e.originator_version, e.topic, e.state, e.recorded_at, {wanted} AS wanted"
-            " FROM {t} e WHERE (e.transaction_id, e.notification_id) > (%s::text::xid8, %s)"
-            " AND " + _SETTLED + " ORDER BY e.transaction_id, e.notification_id LIMIT %s) s"
-            " ORDER BY s.transaction_id, s.notification_id"
-        ).format(columns=columns, wanted=wanted, t=self._table)
+        key = None if predicate is None or partition is None else str(partition.key)
+        statement = self._scans.get(key)
+        if statement is None:  # composed once per partition key: this runs every poll
+            statement = self._scans[key] = self._scan_statement(predicate)
         params: list[Any] = [list(topics)]
         if predicate is not None:
             params += predicate[1]
@@ -386,6 +370,34 @@ class PostgresEventRecorder(ApplicationRecorder):
             return Scan(matching, Position(rows[-1][0], rows[-1][1]), len(rows))
 
         return self._retry(read, what=f"scanning the notification log after {after}")
+
+    def _scan_statement(self, predicate: tuple[sql.Composable, list[Any]] | None) -> bytes:
+        """The statement of :meth:`scan`, for one partition predicate (or none)."""
+        # One index scan in log order. Non-matching rows come back with their position
+        # only: CASE leaves their payload unread (and a toasted one undecompressed). An
+        # earlier form joined the scanned positions back to the table for the matching
+        # rows' payloads; from about 2,000 rows per batch PostgreSQL hashed that join
+        # over a sequential scan of the whole log, every batch (measured: 17 ms per
+        # batch at 200,000 events, growing with the log).
+        wanted: sql.Composable = sql.SQL("e.topic = ANY(%s)")
+        if predicate is not None:
+            wanted = sql.SQL("{} AND {}").format(wanted, predicate[0])
+        columns = sql.SQL(", ").join(
+            sql.SQL("CASE WHEN s.wanted THEN s.{} END").format(sql.Identifier(c))
+            for c in ("originator_id", "originator_version", "topic", "state", "recorded_at")
+        )
+        return (
+            sql.SQL(
+                "SELECT s.transaction_id::text::bigint, s.notification_id, {columns} FROM ("
+                " SELECT e.transaction_id, e.notification_id, e.originator_id,"
+                " e.originator_version, e.topic, e.state, e.recorded_at, {wanted} AS wanted"
+                " FROM {t} e WHERE (e.transaction_id, e.notification_id) > (%s::text::xid8, %s)"
+                " AND " + _SETTLED + " ORDER BY e.transaction_id, e.notification_id LIMIT %s) s"
+                " ORDER BY s.transaction_id, s.notification_id"
+            )
+            .format(columns=columns, wanted=wanted, t=self._table)
+            .as_bytes(None)
+        )
 
     def notifications(self, notification_ids: Sequence[int]) -> list[LoggedNotification]:
         """The notifications with these ids, in log order (dead-letter retries)."""
@@ -411,22 +423,7 @@ class PostgresEventRecorder(ApplicationRecorder):
 
     def head(self) -> Position | None:
         """The position of the last notification a reader can see now."""
-
-        def read() -> Position | None:
-            with self.pool.connection() as conn:
-                row = conn.execute(
-                    sql.SQL(
-                        "SELECT transaction_id::text::bigint, notification_id FROM {} e WHERE "
-                        + _SETTLED
-                        # e.: the output column of the same name is the bigint cast,
-                        # which no index orders (a scan of the whole log, measured 35 ms
-                        # on 200,000 events against 0.26 ms)
-                        + " ORDER BY e.transaction_id DESC, e.notification_id DESC LIMIT 1"
-                    ).format(self._table)
-                ).fetchone()
-            return None if row is None else Position(row[0], row[1])
-
-        return self._retry(read, what="reading the head of the notification log")
+        return self._last(settled=True, what="reading the head of the notification log")
 
     def last_recorded(self) -> Position | None:
         """The log position of the last event committed so far, settled or not.
@@ -436,18 +433,24 @@ class PostgresEventRecorder(ApplicationRecorder):
         stopped, a follower whose position reaches it has handled every event; ``head`` can
         be reached while such a transaction holds the last events back.
         """
+        return self._last(settled=False, what="reading the last recorded position of the log")
+
+    def _last(self, *, settled: bool, what: str) -> Position | None:
+        statement = sql.SQL(
+            "SELECT transaction_id::text::bigint, notification_id FROM {} e"
+            + (" WHERE " + _SETTLED if settled else "")
+            # e.: the output column of the same name is the bigint cast, which no index
+            # orders (a scan of the whole log, measured 35 ms on 200,000 events against
+            # 0.26 ms)
+            + " ORDER BY e.transaction_id DESC, e.notification_id DESC LIMIT 1"
+        ).format(self._table)
 
         def read() -> Position | None:
             with self.pool.connection() as conn:
-                row = conn.execute(
-                    sql.SQL(
-                        "SELECT transaction_id::text::bigint, notification_id FROM {} e"
-                        " ORDER BY e.transaction_id DESC, e.notification_id DESC LIMIT 1"
-                    ).format(self._table)
-                ).fetchone()
+                row = conn.execute(statement).fetchone()
             return None if row is None else Position(row[0], row[1])
 
-        return self._retry(read, what="reading the last recorded position of the log")
+        return self._retry(read, what=what)
 
     def position_of(self, notification_id: int) -> Position | None:
         """The log position of a notification id, or None when no such row exists."""

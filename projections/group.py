@@ -125,7 +125,6 @@ class WorkerGroup:
         self._dead: list[str] = []
         self._lock = threading.Lock()
         self._planned = threading.Event()
-        self._server_checked = False  # autovacuum looked at (once per process)
         #: Every partition worker this member runs now, by (consumer, partition).
         self.workers: dict[tuple[str, int], ProjectionWorker] = {}
         self._table = sql.Identifier(schema, "worker_members")
@@ -165,6 +164,7 @@ class WorkerGroup:
     def _coordinate(self, stop: threading.Event) -> None:
         delay = 0.1
         waiting = False  # for a live process with the same worker id to stop
+        checked = False  # the server's autovacuum setting (once, not at every reconnect)
         while True:
             try:
                 with connect(self.url, self.worker_id, self.leases.ttl_s) as conn:
@@ -178,8 +178,8 @@ class WorkerGroup:
                             self.worker_id,
                         )
                         waiting = False
-                    if not self._server_checked:
-                        self._server_checked = True
+                    if not checked:
+                        checked = True
                         warning = autovacuum_warning(conn)
                         if warning is not None:
                             logger.warning("worker %s: %s", self.worker_id, warning)

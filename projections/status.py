@@ -233,18 +233,11 @@ def projection_status(
     """The status of each projection in ``projections`` (and of any rebuild under way);
     for reactions, the status of their followers. Lag sums the partitions' lags; the
     position is the lowest of the partitions' positions."""
-    events = sql.Identifier(schema, "stored_events")
     workers = sql.Identifier(schema, "projection_workers")
     result = []
+    head = PostgresEventRecorder(pool, schema).last_recorded()
     with pool.connection() as conn:
         dead = DeadLetters(schema).count_open(conn)
-        head_row = conn.execute(
-            sql.SQL(
-                "SELECT transaction_id::text::bigint, notification_id FROM {} e "
-                "ORDER BY e.transaction_id DESC, e.notification_id DESC LIMIT 1"
-            ).format(events)
-        ).fetchone()
-        head = None if head_row is None else Position(head_row[0], head_row[1])
         for p in projections:
             for name in (p.name, f"{p.name}#rebuild"):
                 parts = partition_status(conn, schema, p, name)
