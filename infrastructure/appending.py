@@ -21,7 +21,7 @@ from uuid import UUID
 import psycopg
 from psycopg import pq, sql
 
-from infrastructure.libpq import (
+from eventkit.infrastructure.libpq import (
     BYTEA_OID,
     INT8_OID,
     TEXT_OID,

@@ -41,9 +41,9 @@ from dramatiq.middleware import CurrentMessage
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from infrastructure.errors import ConfigurationError
-from infrastructure.log import LoggedNotification
-from infrastructure.settings import redact
+from eventkit.infrastructure.errors import ConfigurationError
+from eventkit.infrastructure.log import LoggedNotification
+from eventkit.infrastructure.settings import redact
 
 logger = logging.getLogger(__name__)
 

@@ -10,9 +10,9 @@ from typing import Any, TypeVar
 import psycopg
 import psycopg_pool
 
-from infrastructure.embedded import EmbeddedPostgres
-from infrastructure.errors import ConfigurationError, DatabaseUnavailableError
-from infrastructure.settings import Settings, redact
+from eventkit.infrastructure.embedded import EmbeddedPostgres
+from eventkit.infrastructure.errors import ConfigurationError, DatabaseUnavailableError
+from eventkit.infrastructure.settings import Settings, redact
 
 logger = logging.getLogger(__name__)
 

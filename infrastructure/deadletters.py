@@ -19,8 +19,8 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import class_row
 
-from infrastructure.log import LoggedNotification
-from infrastructure.partitions import Partition
+from eventkit.infrastructure.log import LoggedNotification
+from eventkit.infrastructure.partitions import Partition
 
 OPEN = ("parked", "retry_requested")
 

@@ -24,7 +24,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from infrastructure.errors import EmbeddedPostgresError
+from eventkit.infrastructure.errors import EmbeddedPostgresError
 
 logger = logging.getLogger(__name__)
 

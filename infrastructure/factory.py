@@ -29,12 +29,12 @@ from eventsourcing.persistence import (
 )
 from eventsourcing.utils import Environment, EnvType, resolve_topic
 
-from infrastructure.database import create_pool, resolve_database_url
-from infrastructure.errors import ConfigurationError
-from infrastructure.migrations import migrate
-from infrastructure.recorder import PostgresEventRecorder
-from infrastructure.settings import Settings
-from infrastructure.transcoding import PydanticJSONTranscoder, PydanticMapper
+from eventkit.infrastructure.database import create_pool, resolve_database_url
+from eventkit.infrastructure.errors import ConfigurationError
+from eventkit.infrastructure.migrations import migrate
+from eventkit.infrastructure.recorder import PostgresEventRecorder
+from eventkit.infrastructure.settings import Settings
+from eventkit.infrastructure.transcoding import PydanticJSONTranscoder, PydanticMapper
 
 _lock = threading.Lock()
 _pools: dict[tuple[str, bool], psycopg_pool.ConnectionPool] = {}

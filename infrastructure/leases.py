@@ -31,7 +31,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from infrastructure.errors import PersistenceError
+from eventkit.infrastructure.errors import PersistenceError
 
 _KEY = "hashtextextended(%s, 0)"
 

@@ -27,7 +27,7 @@ import psycopg
 from psycopg import errors, pq
 from psycopg.generators import execute
 
-from infrastructure.errors import PersistenceError
+from eventkit.infrastructure.errors import PersistenceError
 
 TUPLES_OK = int(pq.ExecStatus.TUPLES_OK)
 COMMAND_OK = int(pq.ExecStatus.COMMAND_OK)

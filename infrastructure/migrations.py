@@ -17,7 +17,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from infrastructure.errors import MigrationError
+from eventkit.infrastructure.errors import MigrationError
 
 SQL_DIR = Path(__file__).parent / "sql"
 _FILE_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")

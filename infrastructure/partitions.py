@@ -20,7 +20,7 @@ from typing import Any, Literal
 import psycopg
 from psycopg import sql
 
-from infrastructure.log import LoggedNotification
+from eventkit.infrastructure.log import LoggedNotification
 
 #: "stream", "type", or a function of the notification returning the key.
 PartitionKey = Literal["stream", "type"] | Callable[[LoggedNotification], str]

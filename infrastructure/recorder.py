@@ -27,19 +27,19 @@ import psycopg_pool
 from eventsourcing.persistence import ApplicationRecorder, Notification, StoredEvent
 from psycopg import sql
 
-from infrastructure import metrics
-from infrastructure.appending import COLUMNS, AppendStatements
-from infrastructure.database import TRANSIENT_ERRORS, retry_transient
-from infrastructure.errors import (
+from eventkit.infrastructure import metrics
+from eventkit.infrastructure.appending import COLUMNS, AppendStatements
+from eventkit.infrastructure.database import TRANSIENT_ERRORS, retry_transient
+from eventkit.infrastructure.errors import (
     AppendOutcomeUnknownError,
     ConcurrencyError,
     DatabaseUnavailableError,
     EventEncodingError,
     PersistenceError,
 )
-from infrastructure.log import LoggedNotification, OpenTransaction, Position
-from infrastructure.partitions import Partition
-from infrastructure.subscription import PollingSubscription
+from eventkit.infrastructure.log import LoggedNotification, OpenTransaction, Position
+from eventkit.infrastructure.partitions import Partition
+from eventkit.infrastructure.subscription import PollingSubscription
 
 logger = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from infrastructure.errors import ConfigurationError
+from eventkit.infrastructure.errors import ConfigurationError
 
 #: The project folder: embedded PostgreSQL keeps its data in ``.eventkit`` below it.
 PROJECT_ROOT = Path(__file__).resolve().parent.parent

@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING
 
 from eventsourcing.persistence import Subscription
 
-from infrastructure.log import LoggedNotification, Position
+from eventkit.infrastructure.log import LoggedNotification, Position
 
 if TYPE_CHECKING:
-    from infrastructure.recorder import PostgresEventRecorder
+    from eventkit.infrastructure.recorder import PostgresEventRecorder
 
 
 class PollingSubscription(Subscription["PostgresEventRecorder"]):

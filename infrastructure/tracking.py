@@ -7,8 +7,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from infrastructure.errors import PersistenceError
-from infrastructure.log import Position
+from eventkit.infrastructure.errors import PersistenceError
+from eventkit.infrastructure.log import Position
 
 
 class TrackingConflictError(PersistenceError):

@@ -5,7 +5,10 @@ models, so eventkit brings its own. A stored event's state is the event's fields
 JSON (pydantic's JSON mode: ``Decimal`` as a string, so ``"1.10"`` stays ``1.10``; ``UUID`` as
 a string; aware ``datetime`` in ISO 8601 with its offset; enums by value; nested models as
 objects), without ``originator_id`` and ``originator_version``, which have columns of their
-own. Decoding runs eventsourcing's upcasting (``class_version`` and ``upcast_vN_vN+1``) on
+own. The ``topic`` column holds the event class's stable type name, and a created event's
+``originator_topic`` its aggregate's (:mod:`eventkit.domain.names`); a stored name resolves
+only to a declared class, so nothing the log says is ever imported. Decoding runs
+eventsourcing's upcasting (``class_version`` and ``upcast_vN_vN+1``) on
 the JSON object, then validates it with the event's model, so a bad payload fails loudly,
 with the stream, version and topic in the message.
 """
@@ -19,13 +22,23 @@ from uuid import UUID
 import pydantic_core
 from eventsourcing.domain import DomainEventProtocol
 from eventsourcing.persistence import Cipher, Compressor, Mapper, StoredEvent, Transcoder
-from eventsourcing.utils import TopicError, get_topic, resolve_topic
 from pydantic import BaseModel, ValidationError
 
-from infrastructure.errors import ConfigurationError, EventDecodingError, EventEncodingError
+from eventkit.domain.names import (
+    AGGREGATE_TYPES,
+    EVENT_TYPES,
+    TypeNameError,
+    UnknownTypeNameError,
+)
+from eventkit.infrastructure.errors import (
+    ConfigurationError,
+    EventDecodingError,
+    EventEncodingError,
+)
 
 _ORIGINATOR_FIELDS: set[str] = {"originator_id", "originator_version"}
 _CLASS_VERSION = "class_version"
+_ORIGINATOR_TOPIC = "originator_topic"
 
 
 class PydanticJSONTranscoder(Transcoder):
@@ -56,19 +69,34 @@ class PydanticMapper(Mapper[UUID]):
 
     def to_stored_event(self, domain_event: DomainEventProtocol[UUID]) -> StoredEvent:
         cls = type(domain_event)
-        topic = get_topic(cls)
-        if not isinstance(domain_event, BaseModel):
-            raise EventEncodingError(
-                f"{topic} is not a pydantic model; eventkit's events derive from "
-                "domain.model.DomainEvent"
-            )
         try:
-            state = domain_event.model_dump(mode="json", exclude=_ORIGINATOR_FIELDS)
+            topic = EVENT_TYPES.name(cls)
+        except TypeNameError:
+            raise EventEncodingError(
+                f"cannot encode {cls.__module__}:{cls.__qualname__}: not a pydantic model "
+                "declared as an event; eventkit's events derive from "
+                "eventkit.domain.model.DomainEvent"
+            ) from None
+        try:
+            state = cast(BaseModel, domain_event).model_dump(
+                mode="json", exclude=_ORIGINATOR_FIELDS
+            )
         except pydantic_core.PydanticSerializationError as e:
             raise EventEncodingError(
                 f"cannot encode {topic} for stream {domain_event.originator_id} version "
                 f"{domain_event.originator_version}: {e}"
             ) from e
+        aggregate_topic = state.get(_ORIGINATOR_TOPIC)
+        if isinstance(aggregate_topic, str):
+            # eventsourcing sets the aggregate's module path; the log keeps its stable name.
+            try:
+                state[_ORIGINATOR_TOPIC] = AGGREGATE_TYPES.name(
+                    AGGREGATE_TYPES.resolve(aggregate_topic)
+                )
+            except (TypeNameError, UnknownTypeNameError) as e:
+                raise EventEncodingError(
+                    f"cannot encode {topic} for stream {domain_event.originator_id}: {e}"
+                ) from None
         class_version = _class_version(cls)
         if class_version > 1:
             state[_CLASS_VERSION] = class_version
@@ -82,11 +110,9 @@ class PydanticMapper(Mapper[UUID]):
     def to_domain_event(self, stored_event: StoredEvent) -> DomainEventProtocol[UUID]:
         where = _Where(stored_event)  # formatted only when an error names it
         try:
-            cls = resolve_topic(stored_event.topic)
-        except TopicError as e:
-            raise EventDecodingError(f"cannot decode {where}: unknown event type: {e}") from e
-        if not (isinstance(cls, type) and issubclass(cls, BaseModel)):
-            raise EventDecodingError(f"cannot decode {where}: {cls!r} is not a pydantic model")
+            cls = EVENT_TYPES.resolve(stored_event.topic)
+        except UnknownTypeNameError as e:
+            raise EventDecodingError(f"cannot decode {where}: unknown event type: {e}") from None
         try:
             state = self.transcoder.decode(stored_event.state)
         except ValueError as e:
@@ -96,6 +122,15 @@ class PydanticMapper(Mapper[UUID]):
                 f"cannot decode {where}: payload is {type(state).__name__}, not a JSON object"
             )
         _upcast(cls, state, where)
+        aggregate_topic = state.get(_ORIGINATOR_TOPIC)
+        if isinstance(aggregate_topic, str):
+            # eventsourcing's created event constructs its aggregate from a module path
+            # (resolve_topic): give it the declared class's, never one the log names.
+            try:
+                aggregate = AGGREGATE_TYPES.resolve(aggregate_topic)
+            except UnknownTypeNameError as e:
+                raise EventDecodingError(f"cannot decode {where}: {e}") from None
+            state[_ORIGINATOR_TOPIC] = f"{aggregate.__module__}:{aggregate.__qualname__}"
         state["originator_id"] = stored_event.originator_id
         state["originator_version"] = stored_event.originator_version
         try:

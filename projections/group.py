@@ -35,15 +35,15 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from infrastructure import metrics
-from infrastructure.errors import DuplicateWorkerError, PersistenceError
-from infrastructure.leases import LeaseLostError, Leases
-from infrastructure.log import Position
-from infrastructure.partitions import recorded_partitions
-from infrastructure.tracking import TrackingConflictError
-from projections.projection import Handlers
-from projections.status import autovacuum_warning
-from projections.worker import PollPolicy, ProjectionWorker, connect
+from eventkit.infrastructure import metrics
+from eventkit.infrastructure.errors import DuplicateWorkerError, PersistenceError
+from eventkit.infrastructure.leases import LeaseLostError, Leases
+from eventkit.infrastructure.log import Position
+from eventkit.infrastructure.partitions import recorded_partitions
+from eventkit.infrastructure.tracking import TrackingConflictError
+from eventkit.projections.projection import Handlers
+from eventkit.projections.status import autovacuum_warning
+from eventkit.projections.worker import PollPolicy, ProjectionWorker, connect
 
 logger = logging.getLogger(__name__)
 

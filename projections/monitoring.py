@@ -23,10 +23,10 @@ from typing import Any
 import psycopg_pool
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from infrastructure import metrics
-from projections.projection import Handlers
-from projections.status import projection_status, reaction_status
-from projections.worker import ProjectionWorker
+from eventkit.infrastructure import metrics
+from eventkit.projections.projection import Handlers
+from eventkit.projections.status import projection_status, reaction_status
+from eventkit.projections.worker import ProjectionWorker
 
 logger = logging.getLogger(__name__)
 

@@ -19,11 +19,11 @@ from typing import Any
 
 import psycopg
 
-from infrastructure.errors import EventkitError
-from infrastructure.leases import Leases
-from infrastructure.log import Position
-from infrastructure.partitions import MAX_PARTITIONS, recorded_partitions, set_partitions
-from infrastructure.tracking import Tracking
+from eventkit.infrastructure.errors import EventkitError
+from eventkit.infrastructure.leases import Leases
+from eventkit.infrastructure.log import Position
+from eventkit.infrastructure.partitions import MAX_PARTITIONS, recorded_partitions, set_partitions
+from eventkit.infrastructure.tracking import Tracking
 
 
 class RescaleError(EventkitError):

@@ -33,13 +33,13 @@ from operator import itemgetter
 from typing import Any, ClassVar, LiteralString, cast
 
 import psycopg
-from eventsourcing.utils import get_topic
 from psycopg import pq, sql
 
-from infrastructure.errors import EventkitError
-from infrastructure.leases import Lease
-from infrastructure.log import LoggedNotification
-from infrastructure.partitions import PartitionKey
+from eventkit.domain.names import EVENT_TYPES
+from eventkit.infrastructure.errors import EventkitError
+from eventkit.infrastructure.leases import Lease
+from eventkit.infrastructure.log import LoggedNotification
+from eventkit.infrastructure.partitions import PartitionKey
 
 
 @dataclass(frozen=True)
@@ -301,8 +301,14 @@ class Handlers:
 
     @classmethod
     def topics(cls) -> list[str]:
-        """The topics of :meth:`event_types`: what the follower reads for this consumer."""
-        return sorted(get_topic(t) for t in cls.event_types())
+        """What the follower reads for this consumer: every stored type name (name, aliases,
+        module paths) of the handled event classes and of the declared classes derived
+        from them."""
+        names: set[str] = set()
+        for handled in cls.event_types():
+            for declared in EVENT_TYPES.subclasses(handled):
+                names.update(EVENT_TYPES.stored_names(declared))
+        return sorted(names)
 
 
 class Projection(Handlers, ABC):

@@ -15,10 +15,10 @@ import psycopg
 import psycopg_pool
 from psycopg import sql
 
-from infrastructure.errors import EventkitError
-from infrastructure.log import Position
-from infrastructure.tracking import Tracking
-from projections.projection import Projection, table_identifiers
+from eventkit.infrastructure.errors import EventkitError
+from eventkit.infrastructure.log import Position
+from eventkit.infrastructure.tracking import Tracking
+from eventkit.projections.projection import Projection, table_identifiers
 
 
 class ReadModelTimeoutError(EventkitError, TimeoutError):

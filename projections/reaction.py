@@ -43,8 +43,8 @@ from uuid import UUID
 import psycopg
 from psycopg import sql
 
-from infrastructure.log import LoggedNotification
-from projections.projection import Handlers, Table, UnhandledEventError
+from eventkit.infrastructure.log import LoggedNotification
+from eventkit.projections.projection import Handlers, Table, UnhandledEventError
 
 
 @dataclass

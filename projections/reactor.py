@@ -36,8 +36,8 @@ from eventsourcing.persistence import Mapper
 from psycopg import pq, sql
 from psycopg.adapt import Transformer
 
-from infrastructure import libpq, metrics
-from infrastructure.broker import (
+from eventkit.infrastructure import libpq, metrics
+from eventkit.infrastructure.broker import (
     BrokerKind,
     BrokerOptions,
     Handover,
@@ -49,17 +49,17 @@ from infrastructure.broker import (
     queue_name,
     reaction_message,
 )
-from infrastructure.deadletters import DeadLetter, DeadLetters, Selector
-from infrastructure.errors import EventDecodingError, EventkitError
-from infrastructure.factory import shared_pool
-from infrastructure.log import LoggedNotification
-from infrastructure.recorder import PostgresEventRecorder, logged_notification
-from infrastructure.settings import Settings
-from infrastructure.transcoding import PydanticMapper
-from projections.group import Consumer
-from projections.projection import Context, Projection, create_tables, table_identifiers
-from projections.reaction import Reaction, ReactionContext
-from projections.worker import BatchReport, PollPolicy, ProjectionWorker
+from eventkit.infrastructure.deadletters import DeadLetter, DeadLetters, Selector
+from eventkit.infrastructure.errors import EventDecodingError, EventkitError
+from eventkit.infrastructure.factory import shared_pool
+from eventkit.infrastructure.log import LoggedNotification
+from eventkit.infrastructure.recorder import PostgresEventRecorder, logged_notification
+from eventkit.infrastructure.settings import Settings
+from eventkit.infrastructure.transcoding import PydanticMapper
+from eventkit.projections.group import Consumer
+from eventkit.projections.projection import Context, Projection, create_tables, table_identifiers
+from eventkit.projections.reaction import Reaction, ReactionContext
+from eventkit.projections.worker import BatchReport, PollPolicy, ProjectionWorker
 
 logger = logging.getLogger(__name__)
 

@@ -27,15 +27,20 @@ import psycopg
 from eventsourcing.persistence import Mapper
 from psycopg import sql
 
-from infrastructure.deadletters import DeadLetters
-from infrastructure.errors import EventkitError
-from infrastructure.leases import Leases, holder, lease_name, try_acquire
-from infrastructure.log import Position
-from infrastructure.partitions import Partition, recorded_partitions, set_partitions
-from infrastructure.recorder import PostgresEventRecorder
-from infrastructure.tracking import Tracking
-from projections.projection import Projection, create_tables, drop_tables, table_identifiers
-from projections.worker import BatchReport, PollPolicy, ProjectionWorker, RetryPolicy
+from eventkit.infrastructure.deadletters import DeadLetters
+from eventkit.infrastructure.errors import EventkitError
+from eventkit.infrastructure.leases import Leases, holder, lease_name, try_acquire
+from eventkit.infrastructure.log import Position
+from eventkit.infrastructure.partitions import Partition, recorded_partitions, set_partitions
+from eventkit.infrastructure.recorder import PostgresEventRecorder
+from eventkit.infrastructure.tracking import Tracking
+from eventkit.projections.projection import (
+    Projection,
+    create_tables,
+    drop_tables,
+    table_identifiers,
+)
+from eventkit.projections.worker import BatchReport, PollPolicy, ProjectionWorker, RetryPolicy
 
 logger = logging.getLogger(__name__)
 

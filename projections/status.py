@@ -17,14 +17,14 @@ import psycopg_pool
 from dramatiq.common import dq_name
 from psycopg import sql
 
-from infrastructure.broker import queue_name
-from infrastructure.deadletters import DeadLetters
-from infrastructure.leases import Leases
-from infrastructure.log import Position
-from infrastructure.partitions import Partition, recorded_partitions
-from infrastructure.recorder import PostgresEventRecorder
-from infrastructure.tracking import Tracking
-from projections.projection import Handlers
+from eventkit.infrastructure.broker import queue_name
+from eventkit.infrastructure.deadletters import DeadLetters
+from eventkit.infrastructure.leases import Leases
+from eventkit.infrastructure.log import Position
+from eventkit.infrastructure.partitions import Partition, recorded_partitions
+from eventkit.infrastructure.recorder import PostgresEventRecorder
+from eventkit.infrastructure.tracking import Tracking
+from eventkit.projections.projection import Handlers
 
 #: A worker whose heartbeat is older than this is reported as stopped.
 HEARTBEAT_TIMEOUT_S = 10.0

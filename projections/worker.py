@@ -31,15 +31,15 @@ import psycopg
 from eventsourcing.persistence import Mapper
 from psycopg import sql
 
-from infrastructure import metrics
-from infrastructure.deadletters import DeadLetter, DeadLetters
-from infrastructure.errors import EventDecodingError, PersistenceError
-from infrastructure.leases import Lease, LeaseLostError, Leases
-from infrastructure.log import LoggedNotification, Position
-from infrastructure.partitions import Partition, record_partitions
-from infrastructure.recorder import PostgresEventRecorder, Scan
-from infrastructure.tracking import Tracking, TrackingConflictError
-from projections.projection import Context, Projection, create_tables, table_identifiers
+from eventkit.infrastructure import metrics
+from eventkit.infrastructure.deadletters import DeadLetter, DeadLetters
+from eventkit.infrastructure.errors import EventDecodingError, PersistenceError
+from eventkit.infrastructure.leases import Lease, LeaseLostError, Leases
+from eventkit.infrastructure.log import LoggedNotification, Position
+from eventkit.infrastructure.partitions import Partition, record_partitions
+from eventkit.infrastructure.recorder import PostgresEventRecorder, Scan
+from eventkit.infrastructure.tracking import Tracking, TrackingConflictError
+from eventkit.projections.projection import Context, Projection, create_tables, table_identifiers
 
 logger = logging.getLogger(__name__)
 

@@ -32,3 +32,23 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "$want" > "$stamp"
 fi
 export PATH="$ROOT/.venv/bin:$PATH"
+
+# The source tree shaped as the installed package, for mypy (pyproject.toml: tool.mypy):
+# .venv/src/eventkit holds links to scripts/'s modules and to the three layer folders.
+# Made again on every run, so a new module is seen at once.
+link_tree() {
+  local tree="$ROOT/.venv/src/eventkit"
+  rm -rf "$ROOT/.venv/src"
+  mkdir -p "$tree"
+  local entry
+  for entry in "$ROOT"/scripts/*.py "$ROOT"/scripts/py.typed "$ROOT"/scripts/*/; do
+    entry="${entry%/}"
+    [ -e "$entry" ] || continue
+    if [ -d "$entry" ] && [ ! -f "$entry/__init__.py" ]; then continue; fi
+    ln -s "$entry" "$tree/$(basename "$entry")"
+  done
+  for layer in domain infrastructure projections; do
+    ln -s "$ROOT/$layer" "$tree/$layer"
+  done
+}
+link_tree

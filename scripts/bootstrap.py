@@ -9,8 +9,8 @@ import threading
 from collections.abc import Mapping
 from types import FrameType
 
-from infrastructure.factory import shared_pool
-from infrastructure.settings import Settings
+from eventkit.infrastructure.factory import shared_pool
+from eventkit.infrastructure.settings import Settings
 
 
 def application_env(settings: Settings | None = None) -> dict[str, str]:
@@ -22,7 +22,7 @@ def application_env(settings: Settings | None = None) -> dict[str, str]:
     settings = settings or Settings.from_env()
     _, url = shared_pool(settings)
     return {
-        "PERSISTENCE_MODULE": "infrastructure.factory",
+        "PERSISTENCE_MODULE": "eventkit.infrastructure.factory",
         "DATABASE_URL": url,
         "EVENTKIT_SCHEMA": settings.schema,
         "EVENTKIT_POOL_MIN_SIZE": str(settings.pool_min_size),

@@ -13,10 +13,10 @@ import psycopg_pool
 import pytest
 from psycopg import sql
 
-from infrastructure.factory import close_pools, shared_pool
-from infrastructure.migrations import migrate
-from infrastructure.recorder import PostgresEventRecorder
-from infrastructure.settings import Settings
+from eventkit.infrastructure.factory import close_pools, shared_pool
+from eventkit.infrastructure.migrations import migrate
+from eventkit.infrastructure.recorder import PostgresEventRecorder
+from eventkit.infrastructure.settings import Settings
 
 
 @pytest.fixture(scope="session")
@@ -79,7 +79,7 @@ def recorder(pool: psycopg_pool.ConnectionPool, schema: str) -> PostgresEventRec
 def app_env(database_url: str, schema: str) -> dict[str, str]:
     """eventsourcing environment for an ``Application`` that records in the test's schema."""
     return {
-        "PERSISTENCE_MODULE": "infrastructure.factory",
+        "PERSISTENCE_MODULE": "eventkit.infrastructure.factory",
         "DATABASE_URL": database_url,
         "EVENTKIT_SCHEMA": schema,
         "EVENTKIT_POOL_MAX_SIZE": "40",
@@ -89,8 +89,8 @@ def app_env(database_url: str, schema: str) -> dict[str, str]:
 #: eventsourcing environment for unit tests: its in-memory recorder with eventkit's mapper.
 IN_MEMORY_ENV = {
     "PERSISTENCE_MODULE": "eventsourcing.popo",
-    "MAPPER_TOPIC": "infrastructure.transcoding:PydanticMapper",
-    "TRANSCODER_TOPIC": "infrastructure.transcoding:PydanticJSONTranscoder",
+    "MAPPER_TOPIC": "eventkit.infrastructure.transcoding:PydanticMapper",
+    "TRANSCODER_TOPIC": "eventkit.infrastructure.transcoding:PydanticJSONTranscoder",
 }
 
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from projections.projection import Projection
-from projections.shop.order_summaries import OrderSummaries, OrderSummaryQueries
-from projections.shop.revenue import RevenueByDay, RevenueQueries
-from projections.shop.stock_levels import StockLevelQueries, StockLevels
+from eventkit.projections.projection import Projection
+from eventkit.projections.shop.order_summaries import OrderSummaries, OrderSummaryQueries
+from eventkit.projections.shop.revenue import RevenueByDay, RevenueQueries
+from eventkit.projections.shop.stock_levels import StockLevelQueries, StockLevels
 
 #: Every projection `eventkit workers` runs by default, by name.
 PROJECTIONS: dict[str, type[Projection]] = {

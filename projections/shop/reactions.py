@@ -23,13 +23,13 @@ import urllib.request
 from functools import singledispatchmethod
 from typing import Any
 
-from domain.application import Shop
-from domain.commands import CapturePayment, FailPayment, ShipOrder
-from domain.orders import Order, OrderStatus
-from domain.payments import Payment, PaymentStatus
-from infrastructure.errors import ConfigurationError
-from projections.projection import Table
-from projections.reaction import Reaction, ReactionContext, UnhandledEventError
+from eventkit.domain.shop.application import Shop
+from eventkit.domain.shop.commands import CapturePayment, FailPayment, ShipOrder
+from eventkit.domain.shop.orders import Order, OrderStatus
+from eventkit.domain.shop.payments import Payment, PaymentStatus
+from eventkit.infrastructure.errors import ConfigurationError
+from eventkit.projections.projection import Table
+from eventkit.projections.reaction import Reaction, ReactionContext, UnhandledEventError
 
 
 class GatewayError(Exception):

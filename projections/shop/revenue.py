@@ -12,9 +12,9 @@ from datetime import UTC, date
 from decimal import Decimal
 from functools import singledispatchmethod
 
-from domain.orders import Order
-from projections.projection import Context, Projection, Table, UnhandledEventError
-from projections.queries import Queries
+from eventkit.domain.shop.orders import Order
+from eventkit.projections.projection import Context, Projection, Table, UnhandledEventError
+from eventkit.projections.queries import Queries
 
 
 class RevenueByDay(Projection):

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 from decimal import Decimal
 from functools import singledispatchmethod
 
-from domain.stock import StockItem
-from projections.projection import Context, Projection, Table, UnhandledEventError
-from projections.queries import Queries
+from eventkit.domain.shop.stock import StockItem
+from eventkit.projections.projection import Context, Projection, Table, UnhandledEventError
+from eventkit.projections.queries import Queries
 
 
 class StockLevels(Projection):

@@ -1,4 +1,4 @@
-"""``eventkit bench``: benchmarks of eventkit against the plain eventsourcing library.
+"""``./scripts/bench``: benchmarks of eventkit against the plain eventsourcing library.
 
 Benchmarks are never part of the tests: they measure, print a table, and optionally write
 the rows to a JSON file (``--json FILE``) for the docs.
@@ -12,13 +12,18 @@ the rows to a JSON file (``--json FILE``) for the docs.
 
 from __future__ import annotations
 
-from typing import Any
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
 
-from scripts.benchmarks import append, catchup, live, payload, reactions, scale
+from eventkit.benchmarks import append, catchup, live, payload, reactions, scale
 
 
-def register(commands: Any) -> None:
-    parser = commands.add_parser("bench", help="run a benchmark (never part of the tests)")
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="./scripts/bench", description="Run a benchmark (never part of the tests)."
+    )
     suites = parser.add_subparsers(dest="suite", required=True, metavar="SUITE")
     append.register(suites)
     payload.register(suites)
@@ -26,3 +31,21 @@ def register(commands: Any) -> None:
     live.register(suites)
     reactions.register(suites)
     scale.register(suites)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``./scripts/bench SUITE ...``: run one benchmark suite."""
+    from eventkit.cli import logs
+
+    args = build_parser().parse_args(argv)
+    logs.configure(logging.INFO, "text")
+    try:
+        result: int = args.run(args)
+    except KeyboardInterrupt:
+        return 130
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

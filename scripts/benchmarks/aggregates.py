@@ -14,13 +14,13 @@ from typing import Any
 from eventsourcing.domain import Aggregate as PlainAggregate
 from eventsourcing.domain import event
 
-from domain.model import Aggregate
+from eventkit.domain.model import Aggregate
 
 _NAME = "benchmark account"
 _TEXT = "a note of moderate length, like most event fields"
 
 
-class Account(Aggregate):
+class Account(Aggregate, type_name="bench.Account"):
     """An eventkit aggregate: opened once, then noted any number of times."""
 
     class Opened(Aggregate.Created):

@@ -27,9 +27,7 @@ from uuid import uuid4
 
 import psycopg
 
-from infrastructure.database import resolve_database_url
-from infrastructure.settings import Settings, redact
-from scripts.benchmarks.report import (
+from eventkit.benchmarks.report import (
     format_ms,
     format_rate,
     format_ratio,
@@ -37,8 +35,8 @@ from scripts.benchmarks.report import (
     percentile,
     write_json,
 )
-from scripts.benchmarks.server_cpu import ServerCpu
-from scripts.benchmarks.systems import (
+from eventkit.benchmarks.server_cpu import ServerCpu
+from eventkit.benchmarks.systems import (
     EVENTKIT,
     EVENTKIT_NOTIFY,
     EVENTSOURCING,
@@ -46,7 +44,9 @@ from scripts.benchmarks.systems import (
     drop_schemas,
     schema_names,
 )
-from scripts.benchmarks.workers import Job, Sample, WorkerPool
+from eventkit.benchmarks.workers import Job, Sample, WorkerPool
+from eventkit.infrastructure.database import resolve_database_url
+from eventkit.infrastructure.settings import Settings, redact
 
 #: ``threads`` by default: the eventsourcing figures the comparison starts from (1 / 4 / 16
 #: writer *threads*, see FACTS.md) were taken that way, and a process with 16 threads is how

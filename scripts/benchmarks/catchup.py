@@ -30,15 +30,7 @@ import psycopg
 from eventsourcing.projection import ProjectionRunner
 from psycopg import sql
 
-from infrastructure.database import resolve_database_url
-from infrastructure.errors import EventkitError
-from infrastructure.factory import shared_pool
-from infrastructure.recorder import PostgresEventRecorder
-from infrastructure.settings import Settings
-from infrastructure.transcoding import PydanticMapper
-from projections.rebuild import rebuild
-from projections.worker import BatchReport, ProjectionWorker
-from scripts.benchmarks.proj_systems import (
+from eventkit.benchmarks.proj_systems import (
     EVENTKIT,
     EVENTSOURCING,
     SHORT,
@@ -51,10 +43,18 @@ from scripts.benchmarks.proj_systems import (
     eventsourcing_env,
     settle,
 )
-from scripts.benchmarks.proj_writers import Load, Writers
-from scripts.benchmarks.report import format_rate, format_ratio, format_table, write_json
-from scripts.benchmarks.systems import drop_schemas
-from scripts.bootstrap import tune_gc
+from eventkit.benchmarks.proj_writers import Load, Writers
+from eventkit.benchmarks.report import format_rate, format_ratio, format_table, write_json
+from eventkit.benchmarks.systems import drop_schemas
+from eventkit.bootstrap import tune_gc
+from eventkit.infrastructure.database import resolve_database_url
+from eventkit.infrastructure.errors import EventkitError
+from eventkit.infrastructure.factory import shared_pool
+from eventkit.infrastructure.recorder import PostgresEventRecorder
+from eventkit.infrastructure.settings import Settings
+from eventkit.infrastructure.transcoding import PydanticMapper
+from eventkit.projections.rebuild import rebuild
+from eventkit.projections.worker import BatchReport, ProjectionWorker
 
 QUICK_EVENTS = 20_000
 FULL_EVENTS = 200_000

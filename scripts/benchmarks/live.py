@@ -39,14 +39,7 @@ from uuid import uuid4
 
 from eventsourcing.projection import ProjectionRunner
 
-from infrastructure.database import resolve_database_url
-from infrastructure.errors import EventkitError
-from infrastructure.factory import shared_pool
-from infrastructure.recorder import PostgresEventRecorder
-from infrastructure.settings import Settings
-from infrastructure.transcoding import PydanticMapper
-from projections.worker import BatchReport, ProjectionWorker
-from scripts.benchmarks.proj_latency import (
+from eventkit.benchmarks.proj_latency import (
     Applied,
     LiveResult,
     format_latency,
@@ -54,7 +47,7 @@ from scripts.benchmarks.proj_latency import (
     table,
     yes_no,
 )
-from scripts.benchmarks.proj_systems import (
+from eventkit.benchmarks.proj_systems import (
     EVENTKIT,
     EVENTSOURCING,
     SHORT,
@@ -66,10 +59,17 @@ from scripts.benchmarks.proj_systems import (
     describe_server,
     eventsourcing_env,
 )
-from scripts.benchmarks.proj_writers import Pace, Writers
-from scripts.benchmarks.report import format_rate, write_json
-from scripts.benchmarks.systems import drop_schemas
-from scripts.bootstrap import tune_gc
+from eventkit.benchmarks.proj_writers import Pace, Writers
+from eventkit.benchmarks.report import format_rate, write_json
+from eventkit.benchmarks.systems import drop_schemas
+from eventkit.bootstrap import tune_gc
+from eventkit.infrastructure.database import resolve_database_url
+from eventkit.infrastructure.errors import EventkitError
+from eventkit.infrastructure.factory import shared_pool
+from eventkit.infrastructure.recorder import PostgresEventRecorder
+from eventkit.infrastructure.settings import Settings
+from eventkit.infrastructure.transcoding import PydanticMapper
+from eventkit.projections.worker import BatchReport, ProjectionWorker
 
 RATES = (2_000, 5_000, 10_000)
 WRITERS = 4

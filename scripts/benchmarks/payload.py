@@ -31,9 +31,9 @@ from psycopg.adapt import Loader
 from psycopg.pq import Format
 from psycopg.types.json import Json, Jsonb
 
-from infrastructure.database import resolve_database_url
-from infrastructure.settings import Settings
-from scripts.benchmarks.report import format_rate, format_table, write_json
+from eventkit.benchmarks.report import format_rate, format_table, write_json
+from eventkit.infrastructure.database import resolve_database_url
+from eventkit.infrastructure.settings import Settings
 
 COLUMN_TYPES = ("bytea", "json", "jsonb")
 COPY_ROWS = 10_000

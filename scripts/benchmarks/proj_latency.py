@@ -7,9 +7,9 @@ from array import array
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
 
-from scripts.benchmarks.proj_systems import EVENTKIT
-from scripts.benchmarks.proj_writers import Saved
-from scripts.benchmarks.report import format_ms, format_rate, format_table, percentile
+from eventkit.benchmarks.proj_systems import EVENTKIT
+from eventkit.benchmarks.proj_writers import Saved
+from eventkit.benchmarks.report import format_ms, format_rate, format_table, percentile
 
 
 @dataclass(frozen=True)

@@ -33,12 +33,12 @@ from eventsourcing.postgres import PostgresDatastore, PostgresTrackingRecorder
 from eventsourcing.projection import Projection as PlainProjection
 from psycopg import sql
 
-from domain.model import Application as EventkitApplication
-from infrastructure.migrations import migrate
-from infrastructure.settings import redact
-from projections.projection import Context, Projection, Table, UnhandledEventError
-from scripts.benchmarks import systems
-from scripts.benchmarks.aggregates import Account
+from eventkit.benchmarks import systems
+from eventkit.benchmarks.aggregates import Account
+from eventkit.domain.model import Application as EventkitApplication
+from eventkit.infrastructure.migrations import migrate
+from eventkit.infrastructure.settings import redact
+from eventkit.projections.projection import Context, Projection, Table, UnhandledEventError
 
 EVENTKIT = "eventkit"
 EVENTSOURCING = "eventsourcing"
@@ -137,7 +137,7 @@ class PlainStreamCounts(PlainProjection[PlainStreamCountsView]):
 def eventkit_env(url: str, schema: str) -> dict[str, str]:
     """The environment of an eventkit application in ``schema``."""
     return {
-        "PERSISTENCE_MODULE": "infrastructure.factory",
+        "PERSISTENCE_MODULE": "eventkit.infrastructure.factory",
         "DATABASE_URL": url,
         "EVENTKIT_SCHEMA": schema,
         "EVENTKIT_POOL_MAX_SIZE": str(WRITER_POOL_SIZE),

@@ -26,10 +26,10 @@ from uuid import UUID
 
 from eventsourcing.application import Application
 
-from infrastructure.errors import EventkitError
-from infrastructure.factory import close_pools
-from scripts.benchmarks.aggregates import OPENERS
-from scripts.benchmarks.proj_systems import EVENTKIT, EventkitLog, PlainLog
+from eventkit.benchmarks.aggregates import OPENERS
+from eventkit.benchmarks.proj_systems import EVENTKIT, EventkitLog, PlainLog
+from eventkit.infrastructure.errors import EventkitError
+from eventkit.infrastructure.factory import close_pools
 
 #: Seconds a writer may take to construct its application and answer.
 _READY_TIMEOUT_S = 120.0

@@ -33,15 +33,15 @@ from uuid import uuid4
 
 from psycopg import sql
 
-from domain.model import Application
-from infrastructure.broker import BrokerKind, reachable
-from infrastructure.factory import shared_pool
-from infrastructure.settings import Settings
-from projections.reaction import Reaction, ReactionContext, UnhandledEventError
-from projections.reactor import ReactionRuntime, reaction_runtime
-from scripts.benchmarks.aggregates import Account, open_account
-from scripts.benchmarks.report import format_ms, format_rate, format_table, write_json
-from scripts.bootstrap import tune_gc
+from eventkit.benchmarks.aggregates import Account, open_account
+from eventkit.benchmarks.report import format_ms, format_rate, format_table, write_json
+from eventkit.bootstrap import tune_gc
+from eventkit.domain.model import Application
+from eventkit.infrastructure.broker import BrokerKind, reachable
+from eventkit.infrastructure.factory import shared_pool
+from eventkit.infrastructure.settings import Settings
+from eventkit.projections.reaction import Reaction, ReactionContext, UnhandledEventError
+from eventkit.projections.reactor import ReactionRuntime, reaction_runtime
 
 RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672/"
 STREAM_EVENTS = 10
@@ -142,7 +142,7 @@ def _setup(
     runtime = reaction_runtime([Noop()], settings, worker_id="bench", follow=follow)
     app = Application(
         {
-            "PERSISTENCE_MODULE": "infrastructure.factory",
+            "PERSISTENCE_MODULE": "eventkit.infrastructure.factory",
             "DATABASE_URL": url,
             "EVENTKIT_SCHEMA": settings.schema,
         }
@@ -270,7 +270,7 @@ def _write_paced(
     """Save 10-event streams at ``rate`` events/s for ``seconds``; report (saved, offered/s)."""
     app = Application(
         {
-            "PERSISTENCE_MODULE": "infrastructure.factory",
+            "PERSISTENCE_MODULE": "eventkit.infrastructure.factory",
             "EVENTKIT_SCHEMA": schema,
             **({"DATABASE_URL": database_url} if database_url else {}),
         }

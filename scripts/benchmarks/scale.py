@@ -30,25 +30,25 @@ from uuid import uuid4
 import psycopg
 from psycopg import sql
 
-from infrastructure.database import create_pool, resolve_database_url
-from infrastructure.errors import EventkitError
-from infrastructure.partitions import record_partitions
-from infrastructure.recorder import PostgresEventRecorder
-from infrastructure.settings import Settings
-from infrastructure.transcoding import PydanticMapper
-from projections.group import Consumer, WorkerGroup
-from projections.worker import ProjectionWorker
-from scripts.benchmarks.proj_systems import (
+from eventkit.benchmarks.proj_systems import (
     EVENTKIT,
     StreamCounts,
     create_schema,
     describe_server,
     settle,
 )
-from scripts.benchmarks.proj_writers import Load, Writers
-from scripts.benchmarks.report import format_rate, format_table, write_json
-from scripts.benchmarks.systems import drop_schemas
-from scripts.bootstrap import stop_on_signals, tune_gc
+from eventkit.benchmarks.proj_writers import Load, Writers
+from eventkit.benchmarks.report import format_rate, format_table, write_json
+from eventkit.benchmarks.systems import drop_schemas
+from eventkit.bootstrap import stop_on_signals, tune_gc
+from eventkit.infrastructure.database import create_pool, resolve_database_url
+from eventkit.infrastructure.errors import EventkitError
+from eventkit.infrastructure.partitions import record_partitions
+from eventkit.infrastructure.recorder import PostgresEventRecorder
+from eventkit.infrastructure.settings import Settings
+from eventkit.infrastructure.transcoding import PydanticMapper
+from eventkit.projections.group import Consumer, WorkerGroup
+from eventkit.projections.worker import ProjectionWorker
 
 ROOT = Path(__file__).resolve().parents[2]
 QUICK_EVENTS = 20_000
@@ -159,7 +159,7 @@ def table(results: list[ScaleResult]) -> str:
 def _spawn(url: str, schema: str, name: str, worker_id: str) -> subprocess.Popen[bytes]:
     env = {**os.environ, "DATABASE_URL": url, "EVENTKIT_SCHEMA": schema}
     return subprocess.Popen(
-        [sys.executable, "-m", "scripts.benchmarks.scale", name, worker_id],
+        [sys.executable, "-m", "eventkit.benchmarks.scale", name, worker_id],
         cwd=ROOT,
         env=env,
         stdout=subprocess.DEVNULL,

@@ -20,11 +20,11 @@ from eventsourcing.persistence import ApplicationRecorder
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
-from domain.model import Application as EventkitApplication
-from infrastructure.errors import ConfigurationError
-from infrastructure.factory import Factory
-from infrastructure.migrations import migrate
-from infrastructure.recorder import PostgresEventRecorder
+from eventkit.domain.model import Application as EventkitApplication
+from eventkit.infrastructure.errors import ConfigurationError
+from eventkit.infrastructure.factory import Factory
+from eventkit.infrastructure.migrations import migrate
+from eventkit.infrastructure.recorder import PostgresEventRecorder
 
 EVENTKIT = "eventkit"
 EVENTKIT_NOTIFY = "eventkit+notify"
@@ -73,7 +73,7 @@ def build_app(system: str, env: Mapping[str, str]) -> Application[UUID]:
 def eventkit_env(url: str, schema: str) -> dict[str, str]:
     """The environment of an eventkit application in ``schema``."""
     return {
-        "PERSISTENCE_MODULE": "infrastructure.factory",
+        "PERSISTENCE_MODULE": "eventkit.infrastructure.factory",
         "DATABASE_URL": url,
         "EVENTKIT_SCHEMA": schema,
         "EVENTKIT_POOL_MAX_SIZE": str(POOL_MAX_SIZE),

@@ -25,10 +25,10 @@ from uuid import UUID
 
 from eventsourcing.application import Application
 
-from infrastructure.errors import EventkitError
-from infrastructure.factory import close_pools
-from scripts.benchmarks.aggregates import OPENERS
-from scripts.benchmarks.systems import build_app
+from eventkit.benchmarks.aggregates import OPENERS
+from eventkit.benchmarks.systems import build_app
+from eventkit.infrastructure.errors import EventkitError
+from eventkit.infrastructure.factory import close_pools
 
 #: Seconds a worker may take to construct its application and answer.
 _READY_TIMEOUT_S = 120.0

@@ -17,10 +17,10 @@ from eventsourcing.tests.persistence import (
 )
 from psycopg import sql
 
-from infrastructure.factory import shared_pool
-from infrastructure.migrations import migrate
-from infrastructure.recorder import PostgresEventRecorder
-from infrastructure.settings import Settings
+from eventkit.infrastructure.factory import shared_pool
+from eventkit.infrastructure.migrations import migrate
+from eventkit.infrastructure.recorder import PostgresEventRecorder
+from eventkit.infrastructure.settings import Settings
 
 
 def _fresh_recorder(case: unittest.TestCase) -> PostgresEventRecorder:

@@ -16,8 +16,8 @@ import psycopg_pool
 from eventsourcing.persistence import IntegrityError
 from psycopg import sql
 
-from domain.application import Shop
-from domain.commands import (
+from eventkit.domain.shop.application import Shop
+from eventkit.domain.shop.commands import (
     CapturePayment,
     FailPayment,
     OrderLineRequest,
@@ -26,16 +26,16 @@ from domain.commands import (
     RegisterStockItem,
     ShipOrder,
 )
-from domain.errors import DomainError
-from domain.orders import Order
-from infrastructure.factory import shared_pool
-from infrastructure.log import Position
-from infrastructure.recorder import PostgresEventRecorder
-from infrastructure.settings import Settings
-from infrastructure.tracking import Tracking
-from infrastructure.transcoding import PydanticMapper
-from projections.projection import Context, Projection, Table, UnhandledEventError
-from projections.worker import PollPolicy, ProjectionWorker, RetryPolicy
+from eventkit.domain.shop.errors import DomainError
+from eventkit.domain.shop.orders import Order
+from eventkit.infrastructure.factory import shared_pool
+from eventkit.infrastructure.log import Position
+from eventkit.infrastructure.recorder import PostgresEventRecorder
+from eventkit.infrastructure.settings import Settings
+from eventkit.infrastructure.tracking import Tracking
+from eventkit.infrastructure.transcoding import PydanticMapper
+from eventkit.projections.projection import Context, Projection, Table, UnhandledEventError
+from eventkit.projections.worker import PollPolicy, ProjectionWorker, RetryPolicy
 
 FAST_RETRY = RetryPolicy(max_attempts=3, first_delay_s=0.01, max_delay_s=0.05)
 FAST_POLL = PollPolicy(min_interval_s=0.001, max_interval_s=0.02, lease_wait_s=0.05)

@@ -15,15 +15,15 @@ from uuid import UUID
 import psycopg_pool
 from psycopg import sql
 
-from domain.application import Shop
-from domain.commands import OrderLineRequest, PlaceOrder
-from domain.orders import Order
-from infrastructure.broker import BrokerOptions
-from infrastructure.settings import Settings
-from projections.projection import Table
-from projections.reaction import Reaction, ReactionContext, UnhandledEventError
-from projections.reactor import ReactionRuntime, reaction_runtime
-from projections.worker import PollPolicy
+from eventkit.domain.shop.application import Shop
+from eventkit.domain.shop.commands import OrderLineRequest, PlaceOrder
+from eventkit.domain.shop.orders import Order
+from eventkit.infrastructure.broker import BrokerOptions
+from eventkit.infrastructure.settings import Settings
+from eventkit.projections.projection import Table
+from eventkit.projections.reaction import Reaction, ReactionContext, UnhandledEventError
+from eventkit.projections.reactor import ReactionRuntime, reaction_runtime
+from eventkit.projections.worker import PollPolicy
 
 FAST_POLL = PollPolicy(min_interval_s=0.001, max_interval_s=0.02, lease_wait_s=0.05)
 FAST_BROKER = BrokerOptions(

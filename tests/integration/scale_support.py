@@ -23,15 +23,15 @@ from uuid import UUID
 import psycopg_pool
 from psycopg import sql
 
-from domain.orders import Order
-from infrastructure.factory import shared_pool
-from infrastructure.recorder import PostgresEventRecorder
-from infrastructure.settings import Settings
-from infrastructure.transcoding import PydanticMapper
-from projections.group import Consumer, WorkerGroup
-from projections.projection import Context, Projection, Table
-from projections.worker import PollPolicy, ProjectionWorker, RetryPolicy
-from scripts.bootstrap import stop_on_signals
+from eventkit.bootstrap import stop_on_signals
+from eventkit.domain.shop.orders import Order
+from eventkit.infrastructure.factory import shared_pool
+from eventkit.infrastructure.recorder import PostgresEventRecorder
+from eventkit.infrastructure.settings import Settings
+from eventkit.infrastructure.transcoding import PydanticMapper
+from eventkit.projections.group import Consumer, WorkerGroup
+from eventkit.projections.projection import Context, Projection, Table
+from eventkit.projections.worker import PollPolicy, ProjectionWorker, RetryPolicy
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -180,7 +180,7 @@ def check_view(pool: psycopg_pool.ConnectionPool, schema: str) -> int:
 
 
 def caught_up(pool: psycopg_pool.ConnectionPool, schema: str) -> bool:
-    from projections.status import partition_status
+    from eventkit.projections.status import partition_status
 
     with pool.connection() as conn:
         status = partition_status(conn, schema, Audit)

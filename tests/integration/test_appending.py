@@ -11,11 +11,11 @@ import pytest
 from eventsourcing.persistence import StoredEvent
 from psycopg import errors, pq, sql
 
-from domain.model import Application
-from infrastructure.appending import AppendStatements
-from infrastructure.database import create_pool
-from infrastructure.factory import event_recorder
-from infrastructure.libpq import (
+from eventkit.domain.model import Application
+from eventkit.infrastructure.appending import AppendStatements
+from eventkit.infrastructure.database import create_pool
+from eventkit.infrastructure.factory import event_recorder
+from eventkit.infrastructure.libpq import (
     INT8_OID,
     TEXT_OID,
     UUID_OID,
@@ -25,8 +25,8 @@ from infrastructure.libpq import (
     literal,
     numbered,
 )
-from infrastructure.recorder import PostgresEventRecorder
-from infrastructure.settings import Settings
+from eventkit.infrastructure.recorder import PostgresEventRecorder
+from eventkit.infrastructure.settings import Settings
 from tests.integration.test_recorder import Account
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from scripts.cli import main
+from eventkit.cli import main
 
 
 @pytest.fixture

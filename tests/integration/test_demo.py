@@ -8,7 +8,7 @@ import psycopg_pool
 import pytest
 from psycopg import sql
 
-from scripts.cli import main
+from eventkit.shop.demo import main
 
 
 def test_the_demo_shows_lag_draining_read_models_and_a_poison_order_retried(
@@ -18,7 +18,7 @@ def test_the_demo_shows_lag_draining_read_models_and_a_poison_order_retried(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     monkeypatch.setenv("DATABASE_URL", database_url)
-    code = main(["demo", "--orders", "200", "--writers", "4"])
+    code = main(["--orders", "200", "--writers", "4"])
     out = capsys.readouterr().out
     found = re.search(r"schema +(demo_\w+)", out)
     assert found is not None, out

@@ -10,9 +10,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from infrastructure import embedded
-from infrastructure.embedded import EmbeddedPostgres
-from infrastructure.errors import EmbeddedPostgresError
+from eventkit.infrastructure import embedded
+from eventkit.infrastructure.embedded import EmbeddedPostgres
+from eventkit.infrastructure.errors import EmbeddedPostgresError
 
 
 def select_one(url: str) -> int:

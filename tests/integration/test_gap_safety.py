@@ -27,12 +27,12 @@ from eventsourcing.persistence import StoredEvent
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-import infrastructure.recorder as recorder_module
-from infrastructure.log import LoggedNotification, Position
-from infrastructure.recorder import PostgresEventRecorder
-from projections import status as status_module
-from projections.status import autovacuum_warning, server_warnings
-from scripts.cli import main
+import eventkit.infrastructure.recorder as recorder_module
+from eventkit.cli import main
+from eventkit.infrastructure.log import LoggedNotification, Position
+from eventkit.infrastructure.recorder import PostgresEventRecorder
+from eventkit.projections import status as status_module
+from eventkit.projections.status import autovacuum_warning, server_warnings
 
 
 @contextmanager

@@ -11,8 +11,8 @@ import psycopg_pool
 import pytest
 from psycopg import sql
 
-from infrastructure.errors import MigrationError
-from infrastructure.migrations import Migration, load_migrations, migrate
+from eventkit.infrastructure.errors import MigrationError
+from eventkit.infrastructure.migrations import Migration, load_migrations, migrate
 
 
 @pytest.fixture

@@ -19,10 +19,10 @@ import psycopg_pool
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from domain.application import Shop
-from domain.commands import OrderLineRequest, PlaceOrder
-from projections.monitoring import Monitor, MonitoringServer
-from projections.shop import OrderSummaries
+from eventkit.domain.shop.application import Shop
+from eventkit.domain.shop.commands import OrderLineRequest, PlaceOrder
+from eventkit.projections.monitoring import Monitor, MonitoringServer
+from eventkit.projections.shop import OrderSummaries
 from tests.integration.projection_support import (
     OrderHistory,
     make_worker,
@@ -109,7 +109,7 @@ def test_metrics_and_health_of_running_workers(
                 "eventkit_events_processed_total",
                 kind="projection",
                 name="order_summaries",
-                event_type="domain.orders:Order.Placed",
+                event_type="Order.Placed",
             )
             assert placed >= 20
             assert value(found, "eventkit_lag_events", name="order_summaries") == 0
@@ -183,7 +183,7 @@ def test_a_real_prometheus_scrapes_a_running_worker(
         [
             sys.executable,
             "-m",
-            "scripts.cli",
+            "eventkit.cli",
             "--log-format",
             "json",
             "workers",

@@ -6,17 +6,17 @@ from __future__ import annotations
 import psycopg_pool
 import pytest
 
-from domain.application import Shop
-from domain.commands import OrderLineRequest, PlaceOrder
-from infrastructure.leases import LeaseLostError, Leases
-from infrastructure.log import LoggedNotification, Position
-from infrastructure.partitions import Partition, PartitionKey
-from infrastructure.recorder import PostgresEventRecorder
-from infrastructure.settings import Settings
-from projections.partitioning import RescaleError, split
-from projections.queries import Queries, ReadModelTimeoutError
-from projections.rebuild import rebuild
-from projections.worker import ProjectionWorker
+from eventkit.domain.shop.application import Shop
+from eventkit.domain.shop.commands import OrderLineRequest, PlaceOrder
+from eventkit.infrastructure.leases import LeaseLostError, Leases
+from eventkit.infrastructure.log import LoggedNotification, Position
+from eventkit.infrastructure.partitions import Partition, PartitionKey
+from eventkit.infrastructure.recorder import PostgresEventRecorder
+from eventkit.infrastructure.settings import Settings
+from eventkit.projections.partitioning import RescaleError, split
+from eventkit.projections.queries import Queries, ReadModelTimeoutError
+from eventkit.projections.rebuild import rebuild
+from eventkit.projections.worker import ProjectionWorker
 from tests.integration.projection_support import (
     SKUS,
     make_worker,

@@ -27,9 +27,9 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
-from domain.application import Shop
-from infrastructure.log import Position
-from infrastructure.recorder import PostgresEventRecorder
+from eventkit.domain.shop.application import Shop
+from eventkit.infrastructure.log import Position
+from eventkit.infrastructure.recorder import PostgresEventRecorder
 from tests.integration.projection_support import stock_up, workload
 
 PGBOUNCER = shutil.which("pgbouncer") or next(

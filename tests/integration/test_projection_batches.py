@@ -10,16 +10,16 @@ from uuid import uuid4
 import psycopg
 import psycopg_pool
 import pytest
-from eventsourcing.utils import get_topic
 from psycopg import sql
 
-from domain.application import Shop
-from domain.commands import CapturePayment, OrderLineRequest, PlaceOrder
-from domain.orders import Order
-from infrastructure.deadletters import DeadLetters
-from infrastructure.errors import EventkitError
-from infrastructure.log import LoggedNotification
-from projections.projection import (
+from eventkit.domain.names import EVENT_TYPES
+from eventkit.domain.shop.application import Shop
+from eventkit.domain.shop.commands import CapturePayment, OrderLineRequest, PlaceOrder
+from eventkit.domain.shop.orders import Order
+from eventkit.infrastructure.deadletters import DeadLetters
+from eventkit.infrastructure.errors import EventkitError
+from eventkit.infrastructure.log import LoggedNotification
+from eventkit.projections.projection import (
     Context,
     Projection,
     Table,
@@ -154,7 +154,7 @@ def test_an_sql_error_seen_only_when_the_batch_is_sent_parks_exactly_its_event(
         [letter] = DeadLetters(schema).select(conn, projection=PositiveQuantities.name)
     poison = placed[2]
     assert (letter.originator_id, letter.originator_version) == (poison.order_id, 1)
-    assert (letter.topic, letter.reason) == (get_topic(Order.Placed), "failed")
+    assert (letter.topic, letter.reason) == (EVENT_TYPES.name(Order.Placed), "failed")
     assert letter.error_class == "CheckViolation"
 
 
@@ -260,6 +260,6 @@ def test_a_failed_row_count_check_in_a_batch_parks_exactly_its_event(
     assert sorted(rows) == sorted((o.order_id, True) for o in (placed[0], placed[2]))
     with pool.connection() as conn:
         [letter] = DeadLetters(schema).select(conn, projection=PaidOrders.name)
-    assert (letter.originator_id, letter.topic) == (ghost, get_topic(Order.Paid))
+    assert (letter.originator_id, letter.topic) == (ghost, EVENT_TYPES.name(Order.Paid))
     assert letter.error_class == "LookupError"
     assert f"order {ghost} was never placed" in (letter.error or "")

@@ -8,18 +8,19 @@ import time
 import psycopg_pool
 import pytest
 from eventsourcing.persistence import StoredEvent
-from eventsourcing.utils import get_topic
 
-from domain.application import Shop
-from domain.commands import CapturePayment, OrderLineRequest, PlaceOrder, ShipOrder
-from domain.orders import Order
-from infrastructure.deadletters import DeadLetters
-from infrastructure.recorder import PostgresEventRecorder
-from infrastructure.settings import Settings
-from infrastructure.transcoding import PydanticMapper
-from projections.queries import ReadModelNotReadyError, ReadModelTimeoutError
-from projections.rebuild import rebuild
-from projections.shop import (
+from eventkit.cli import main
+from eventkit.domain.names import EVENT_TYPES
+from eventkit.domain.shop.application import Shop
+from eventkit.domain.shop.commands import CapturePayment, OrderLineRequest, PlaceOrder, ShipOrder
+from eventkit.domain.shop.orders import Order
+from eventkit.infrastructure.deadletters import DeadLetters
+from eventkit.infrastructure.recorder import PostgresEventRecorder
+from eventkit.infrastructure.settings import Settings
+from eventkit.infrastructure.transcoding import PydanticMapper
+from eventkit.projections.queries import ReadModelNotReadyError, ReadModelTimeoutError
+from eventkit.projections.rebuild import rebuild
+from eventkit.projections.shop import (
     PROJECTIONS,
     OrderSummaries,
     OrderSummaryQueries,
@@ -28,9 +29,8 @@ from projections.shop import (
     StockLevelQueries,
     StockLevels,
 )
-from projections.status import projection_status
-from projections.worker import PollPolicy, connect
-from scripts.cli import main
+from eventkit.projections.status import projection_status
+from eventkit.projections.worker import PollPolicy, connect
 from tests.integration.projection_support import (
     SKUS,
     OrderHistory,
@@ -242,7 +242,7 @@ def test_an_undecodable_event_is_a_dead_letter_not_a_crash_loop(
     )
     # A payload that does not match Order.Paid (as if written by buggy or newer code).
     recorder.insert_events(
-        [StoredEvent(placed.order_id, 2, get_topic(Order.Paid), b'{"payment_id": 42}')]
+        [StoredEvent(placed.order_id, 2, EVENT_TYPES.name(Order.Paid), b'{"payment_id": 42}')]
     )
     later = shop.place_order(
         PlaceOrder(customer_id="y", lines=(OrderLineRequest(sku=SKUS[3], quantity=1),))

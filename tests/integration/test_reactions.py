@@ -15,34 +15,34 @@ import pytest
 from prometheus_client import REGISTRY
 from psycopg import sql
 
-from domain.application import Shop
-from domain.commands import OrderLineRequest, PlaceOrder
-from domain.orders import Order, OrderStatus
-from domain.payments import PaymentStatus
-from infrastructure.broker import message_id
-from infrastructure.deadletters import DeadLetters
-from infrastructure.factory import shared_pool
-from infrastructure.log import Position
-from infrastructure.partitions import record_partitions
-from infrastructure.recorder import PostgresEventRecorder
-from infrastructure.settings import Settings
-from infrastructure.tracking import Tracking
-from infrastructure.transcoding import PydanticMapper
-from projections.group import WorkerGroup
-from projections.projection import Table
-from projections.reaction import Reaction, ReactionContext, UnhandledEventError
-from projections.rebuild import rebuild
-from projections.shop import OrderSummaries
-from projections.shop.reactions import (
+from eventkit.cli import main as eventkit
+from eventkit.cli.reactions import replay, replay_from
+from eventkit.domain.shop.application import Shop
+from eventkit.domain.shop.commands import OrderLineRequest, PlaceOrder
+from eventkit.domain.shop.orders import Order, OrderStatus
+from eventkit.domain.shop.payments import PaymentStatus
+from eventkit.infrastructure.broker import message_id
+from eventkit.infrastructure.deadletters import DeadLetters
+from eventkit.infrastructure.factory import shared_pool
+from eventkit.infrastructure.log import Position
+from eventkit.infrastructure.partitions import record_partitions
+from eventkit.infrastructure.recorder import PostgresEventRecorder
+from eventkit.infrastructure.settings import Settings
+from eventkit.infrastructure.tracking import Tracking
+from eventkit.infrastructure.transcoding import PydanticMapper
+from eventkit.projections.group import WorkerGroup
+from eventkit.projections.projection import Table
+from eventkit.projections.reaction import Reaction, ReactionContext, UnhandledEventError
+from eventkit.projections.rebuild import rebuild
+from eventkit.projections.shop import OrderSummaries
+from eventkit.projections.shop.reactions import (
     ChargePayments,
     OrderMails,
     PaymentGatewayClient,
     ShipPaidOrders,
 )
-from projections.status import reaction_status
-from scripts.cli import main as eventkit
-from scripts.gateway import FakeGateway
-from scripts.reactions import replay, replay_from
+from eventkit.projections.status import reaction_status
+from eventkit.shop.gateway import FakeGateway
 from tests.integration.projection_support import FAST_POLL, settings_for, stock_up
 from tests.integration.reaction_support import (
     Audit,

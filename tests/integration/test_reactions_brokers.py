@@ -22,9 +22,9 @@ import pytest
 from dramatiq.common import dq_name, xq_name
 from psycopg import sql
 
-from domain.application import Shop
-from infrastructure.broker import queue_name, reachable
-from infrastructure.settings import Settings
+from eventkit.domain.shop.application import Shop
+from eventkit.infrastructure.broker import queue_name, reachable
+from eventkit.infrastructure.settings import Settings
 from tests.integration.projection_support import settings_for, stock_up
 from tests.integration.reaction_support import (
     Audit,

@@ -17,11 +17,15 @@ from eventsourcing.domain import event
 from eventsourcing.persistence import IntegrityError, StoredEvent
 from psycopg import sql
 
-from domain.model import Aggregate
-from infrastructure.errors import AppendOutcomeUnknownError, ConcurrencyError, EventEncodingError
-from infrastructure.factory import event_recorder
-from infrastructure.log import Position
-from infrastructure.recorder import COPY_THRESHOLD, PostgresEventRecorder
+from eventkit.domain.model import Aggregate
+from eventkit.infrastructure.errors import (
+    AppendOutcomeUnknownError,
+    ConcurrencyError,
+    EventEncodingError,
+)
+from eventkit.infrastructure.factory import event_recorder
+from eventkit.infrastructure.log import Position
+from eventkit.infrastructure.recorder import COPY_THRESHOLD, PostgresEventRecorder
 
 
 def events(stream: UUID, first: int, count: int, topic: str = "Tested") -> list[StoredEvent]:
@@ -249,7 +253,7 @@ def test_a_deadlock_with_a_writer_of_the_same_streams_is_a_plain_conflict(
 # -- through eventsourcing's Application --------------------------------------------------
 
 
-class Account(Aggregate):
+class Account(Aggregate, type_name="tests.Account"):
     class Opened(Aggregate.Created):
         owner: str
 

@@ -8,9 +8,9 @@ from decimal import Decimal
 import psycopg_pool
 from freezegun import freeze_time
 
-from domain.application import Shop
-from domain.commands import CapturePayment, OrderLineRequest, PlaceOrder
-from projections.shop import RevenueByDay, RevenueQueries
+from eventkit.domain.shop.application import Shop
+from eventkit.domain.shop.commands import CapturePayment, OrderLineRequest, PlaceOrder
+from eventkit.projections.shop import RevenueByDay, RevenueQueries
 from tests.integration.projection_support import (
     SKUS,
     make_worker,

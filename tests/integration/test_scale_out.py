@@ -18,11 +18,11 @@ import psycopg_pool
 import pytest
 from psycopg import sql
 
-from domain.application import Shop
-from infrastructure.partitions import record_partitions
-from projections.partitioning import split
-from projections.shop import OrderSummaries
-from scripts.cli import main as eventkit
+from eventkit.cli import main as eventkit
+from eventkit.domain.shop.application import Shop
+from eventkit.infrastructure.partitions import record_partitions
+from eventkit.projections.partitioning import split
+from eventkit.projections.shop import OrderSummaries
 from tests.integration.projection_support import settings_for, stock_up, workload
 from tests.integration.scale_support import (
     ROOT,
@@ -326,7 +326,7 @@ def test_operators_split_and_rebuild_partitions_of_a_running_projection_from_the
     command = [
         sys.executable,
         "-m",
-        "scripts.cli",
+        "eventkit.cli",
         "workers",
         "order_summaries",
         "--projections-only",

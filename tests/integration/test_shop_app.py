@@ -17,8 +17,8 @@ import pytest
 from eventsourcing.persistence import IntegrityError
 from psycopg import sql
 
-from domain.application import OrderPlacement, Shop
-from domain.commands import (
+from eventkit.domain.shop.application import OrderPlacement, Shop
+from eventkit.domain.shop.commands import (
     CapturePayment,
     OrderLineRequest,
     PlaceOrder,
@@ -26,10 +26,10 @@ from domain.commands import (
     RegisterStockItem,
     ShipOrder,
 )
-from domain.errors import InsufficientStockError
-from domain.orders import OrderStatus
-from infrastructure.factory import event_recorder
-from infrastructure.log import Position
+from eventkit.domain.shop.errors import InsufficientStockError
+from eventkit.domain.shop.orders import OrderStatus
+from eventkit.infrastructure.factory import event_recorder
+from eventkit.infrastructure.log import Position
 
 S = TypeVar("S", bound=Shop)
 
@@ -117,7 +117,7 @@ def test_place_pay_and_ship_an_order(shop: Shop) -> None:
     ):
         time.sleep(0.01)
     assert log[-1].id == shipped.notification_id
-    assert [n.topic.split(":")[1] for n in log[2:]] == [
+    assert [n.topic for n in log[2:]] == [
         "Order.Placed",
         "Payment.Requested",
         "StockItem.Reserved",
@@ -222,9 +222,9 @@ def test_many_writers_never_oversell(
     assert fresh.get_stock("TEA-GREEN") == tea
     with pool.connection() as conn:
         row = conn.execute(
-            sql.SQL(
-                "SELECT count(*) FROM {} WHERE topic = 'domain.stock:StockItem.Reserved'"
-            ).format(sql.Identifier(app_env["EVENTKIT_SCHEMA"], "stored_events"))
+            sql.SQL("SELECT count(*) FROM {} WHERE topic = 'StockItem.Reserved'").format(
+                sql.Identifier(app_env["EVENTKIT_SCHEMA"], "stored_events")
+            )
         ).fetchone()
     assert row is not None
     assert row[0] == len(placed)

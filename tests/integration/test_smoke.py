@@ -4,8 +4,8 @@ from uuid import uuid4
 
 from eventsourcing.persistence import StoredEvent
 
-from infrastructure.log import Position
-from infrastructure.recorder import PostgresEventRecorder
+from eventkit.infrastructure.log import Position
+from eventkit.infrastructure.recorder import PostgresEventRecorder
 
 
 def test_append_then_read(recorder: PostgresEventRecorder) -> None:

@@ -17,13 +17,13 @@ import psycopg_pool
 import pytest
 from psycopg import sql
 
-from domain.application import Shop
-from domain.commands import OrderLineRequest, PlaceOrder
-from domain.orders import OrderStatus
-from infrastructure.broker import message_id
-from infrastructure.settings import Settings
-from projections.shop import PROJECTIONS
-from scripts.gateway import FakeGateway
+from eventkit.domain.shop.application import Shop
+from eventkit.domain.shop.commands import OrderLineRequest, PlaceOrder
+from eventkit.domain.shop.orders import OrderStatus
+from eventkit.infrastructure.broker import message_id
+from eventkit.infrastructure.settings import Settings
+from eventkit.projections.shop import PROJECTIONS
+from eventkit.shop.gateway import FakeGateway
 from tests.integration.projection_support import (
     SKUS,
     dump,
@@ -51,7 +51,7 @@ def start_workers(settings: Settings) -> subprocess.Popen[bytes]:
         [
             sys.executable,
             "-m",
-            "scripts.cli",
+            "eventkit.cli",
             "workers",
             "--projections-only",
             "--batch-size",
@@ -142,7 +142,7 @@ def start_reaction_workers(settings: Settings, gateway_url: str) -> subprocess.P
         [
             sys.executable,
             "-m",
-            "scripts.cli",
+            "eventkit.cli",
             "workers",
             "--reactions-only",
             "--batch-size",

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from scripts.benchmarks.append import (
+from eventkit.benchmarks.append import (
     FULL,
     AppendResult,
     Case,
@@ -20,9 +20,9 @@ from scripts.benchmarks.append import (
     table,
     with_ratios,
 )
-from scripts.benchmarks.payload import sample_payload
-from scripts.benchmarks.report import format_table, percentile, write_json
-from scripts.benchmarks.workers import Sample
+from eventkit.benchmarks.payload import sample_payload
+from eventkit.benchmarks.report import format_table, percentile, write_json
+from eventkit.benchmarks.workers import Sample
 
 
 def test_percentile_interpolates_between_ranks() -> None:

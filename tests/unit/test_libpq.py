@@ -1,6 +1,6 @@
 """Placeholders for libpq: psycopg's %s become $n, except inside quotes."""
 
-from infrastructure.libpq import numbered
+from eventkit.infrastructure.libpq import numbered
 
 
 def test_placeholders_are_numbered_in_order() -> None:

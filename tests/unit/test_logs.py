@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 import logging
 
-from scripts.logs import JsonFormatter, RedactingFormatter
+from eventkit.cli.logs import JsonFormatter, RedactingFormatter
 
 URL = "postgresql://app:s3cret@db.internal:5432/shop"
 
 
 def record(message: str, *args: object, **fields: object) -> logging.LogRecord:
-    r = logging.LogRecord("projections.worker", logging.WARNING, __file__, 1, message, args, None)
+    r = logging.LogRecord(
+        "eventkit.projections.worker", logging.WARNING, __file__, 1, message, args, None
+    )
     for name, value in fields.items():
         setattr(r, name, value)
     return r
@@ -32,7 +34,7 @@ def test_json_lines_carry_the_projection_and_position_fields() -> None:
         )
     )
     assert line["level"] == "warning"
-    assert line["logger"] == "projections.worker"
+    assert line["logger"] == "eventkit.projections.worker"
     assert line["message"] == "handler failed on stream c0ffee"
     assert (line["projection"], line["partition"], line["position"], line["version"]) == (
         "order_summaries",

@@ -6,7 +6,7 @@ import json
 import re
 from pathlib import Path
 
-from infrastructure.metrics import EXPORTED
+from eventkit.infrastructure.metrics import EXPORTED
 
 MONITORING = Path(__file__).resolve().parents[2] / "docs" / "monitoring"
 METRIC = re.compile(r"\beventkit_[a-z_]+")

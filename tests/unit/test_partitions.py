@@ -7,9 +7,9 @@ from uuid import uuid4
 
 import pytest
 
-from infrastructure.log import LoggedNotification
-from infrastructure.partitions import Partition
-from projections.group import plan_for
+from eventkit.infrastructure.log import LoggedNotification
+from eventkit.infrastructure.partitions import Partition
+from eventkit.projections.group import plan_for
 
 
 @pytest.mark.parametrize("partitions", [1, 2, 3, 8, 13, 64])

@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 from eventsourcing.utils import Environment
 
-from infrastructure.errors import ConfigurationError
-from infrastructure.factory import settings_of
-from infrastructure.settings import Settings, redact
+from eventkit.infrastructure.errors import ConfigurationError
+from eventkit.infrastructure.factory import settings_of
+from eventkit.infrastructure.settings import Settings, redact
 
 #: A value other than the default for every setting.
 NOT_DEFAULT = {

@@ -14,8 +14,8 @@ from uuid import uuid4
 import pytest
 from eventsourcing.persistence import IntegrityError
 
-from domain.application import CommandResult, OrderPlacement, Shop
-from domain.commands import (
+from eventkit.domain.shop.application import CommandResult, OrderPlacement, Shop
+from eventkit.domain.shop.commands import (
     CancelOrder,
     CapturePayment,
     Command,
@@ -26,7 +26,7 @@ from domain.commands import (
     RegisterStockItem,
     ShipOrder,
 )
-from domain.errors import (
+from eventkit.domain.shop.errors import (
     IllegalTransitionError,
     InsufficientStockError,
     StockItemAlreadyRegisteredError,
@@ -34,9 +34,9 @@ from domain.errors import (
     UnknownPaymentError,
     UnknownStockItemError,
 )
-from domain.orders import Currency, OrderStatus
-from domain.payments import Payment, PaymentStatus
-from domain.stock import StockItem
+from eventkit.domain.shop.orders import Currency, OrderStatus
+from eventkit.domain.shop.payments import Payment, PaymentStatus
+from eventkit.domain.shop.stock import StockItem
 
 S = TypeVar("S", bound=Shop)
 
@@ -93,7 +93,7 @@ def last_id(shop: Shop) -> int | None:
 
 def topics(shop: Shop, after: int) -> list[str]:
     notifications = shop.recorder.select_notifications(start=after + 1, limit=100)
-    return [n.topic.split(":")[1] for n in notifications]
+    return [n.topic for n in notifications]
 
 
 def test_register_stock_item_records_registered(shop: Shop) -> None:

@@ -9,7 +9,7 @@ from uuid import uuid4
 import pytest
 from pydantic import ValidationError
 
-from domain.commands import (
+from eventkit.domain.shop.commands import (
     MAX_LINE_QUANTITY,
     MAX_ORDER_LINES,
     CancelOrder,
@@ -23,7 +23,7 @@ from domain.commands import (
     ShipOrder,
     parse_command,
 )
-from domain.errors import DomainError, InvalidCommandError
+from eventkit.domain.shop.errors import DomainError, InvalidCommandError
 
 
 def lines(n: int) -> list[dict[str, Any]]:

@@ -11,11 +11,11 @@ import pytest
 from eventsourcing.domain import CanMutateAggregate
 from eventsourcing.utils import get_topic
 
-from domain.model import Aggregate, DomainEvent
-from domain.orders import Currency, Order, OrderLine
-from domain.payments import Payment
-from domain.stock import StockItem
-from infrastructure.transcoding import PydanticMapper
+from eventkit.domain.model import Aggregate, DomainEvent
+from eventkit.domain.shop.orders import Currency, Order, OrderLine
+from eventkit.domain.shop.payments import Payment
+from eventkit.domain.shop.stock import StockItem
+from eventkit.infrastructure.transcoding import PydanticMapper
 
 AGGREGATES: tuple[type[Aggregate], ...] = (StockItem, Order, Payment)
 STREAM = UUID("3f2b8c1e-5d4a-4e6f-9a7b-1c2d3e4f5a6b")
@@ -147,7 +147,7 @@ def test_nested_models_enums_and_uuids_decode_to_their_types() -> None:
 def test_the_stored_state_is_readable_json() -> None:
     stored = PydanticMapper().to_stored_event(SAMPLES[5])
 
-    assert stored.topic == "domain.orders:Order.Placed"
+    assert stored.topic == "Order.Placed"
     text = stored.state.decode()
     assert '"total":"14.20"' in text
     assert '"currency":"GBP"' in text

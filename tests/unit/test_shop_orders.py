@@ -10,13 +10,13 @@ from uuid import uuid4
 import pytest
 from freezegun import freeze_time
 
-from domain.errors import (
+from eventkit.domain.shop.errors import (
     IllegalTransitionError,
     InvalidAmountError,
     InvalidOrderLinesError,
     InvalidQuantityError,
 )
-from domain.orders import Currency, Order, OrderLine, OrderStatus
+from eventkit.domain.shop.orders import Currency, Order, OrderLine, OrderStatus
 
 PAYMENT_ID = uuid4()
 LINES = (

@@ -7,9 +7,9 @@ from uuid import UUID, uuid4
 
 import pytest
 
-from domain.errors import IllegalTransitionError, InvalidAmountError
-from domain.orders import Currency
-from domain.payments import Payment, PaymentStatus
+from eventkit.domain.shop.errors import IllegalTransitionError, InvalidAmountError
+from eventkit.domain.shop.orders import Currency
+from eventkit.domain.shop.payments import Payment, PaymentStatus
 
 ORDER_ID = UUID("00000000-0000-4000-8000-0000000000aa")
 

@@ -10,14 +10,14 @@ from uuid import UUID, uuid4
 import pytest
 from freezegun import freeze_time
 
-from domain.errors import (
+from eventkit.domain.shop.errors import (
     DuplicateReservationError,
     InsufficientStockError,
     InvalidAmountError,
     InvalidQuantityError,
     UnknownReservationError,
 )
-from domain.stock import STOCK_ITEM_NAMESPACE, StockItem
+from eventkit.domain.shop.stock import STOCK_ITEM_NAMESPACE, StockItem
 
 ORDER_A = UUID("00000000-0000-4000-8000-00000000000a")
 ORDER_B = UUID("00000000-0000-4000-8000-00000000000b")

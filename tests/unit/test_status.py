@@ -7,7 +7,7 @@ from typing import Any, cast
 import psycopg
 import pytest
 
-from projections.status import autovacuum_warning
+from eventkit.projections.status import autovacuum_warning
 
 
 class _Setting:

@@ -13,12 +13,16 @@ import pytest
 from eventsourcing.compressor import ZlibCompressor
 from eventsourcing.domain import event
 from eventsourcing.persistence import StoredEvent
-from eventsourcing.utils import get_topic
 from freezegun import freeze_time
 
-from domain.model import Aggregate, Immutable
-from infrastructure.errors import ConfigurationError, EventDecodingError, EventEncodingError
-from infrastructure.transcoding import PydanticMapper
+from eventkit.domain.model import Aggregate, Immutable
+from eventkit.domain.names import EVENT_TYPES
+from eventkit.infrastructure.errors import (
+    ConfigurationError,
+    EventDecodingError,
+    EventEncodingError,
+)
+from eventkit.infrastructure.transcoding import PydanticMapper
 
 
 class Colour(Enum):
@@ -115,7 +119,7 @@ def test_stored_state_is_readable_json_without_the_stream_columns(mapper: Pydant
     [created] = packed_crate().collect_events()
     stored = mapper.to_stored_event(created)
     state = json.loads(stored.state)
-    assert stored.topic == get_topic(Crate.Packed)
+    assert stored.topic == EVENT_TYPES.name(Crate.Packed)
     assert stored.originator_id == created.originator_id
     assert "originator_id" not in state
     assert "originator_version" not in state
@@ -131,7 +135,7 @@ def test_the_event_time_is_stored(mapper: PydanticMapper) -> None:
 
 
 def stored_relabel(state: dict[str, Any]) -> StoredEvent:
-    return StoredEvent(uuid4(), 2, get_topic(Crate.Relabelled), json.dumps(state).encode())
+    return StoredEvent(uuid4(), 2, EVENT_TYPES.name(Crate.Relabelled), json.dumps(state).encode())
 
 
 def test_upcasting_runs_every_step_from_the_stored_version(mapper: PydanticMapper) -> None:
@@ -183,9 +187,11 @@ def test_an_invalid_payload_is_refused_with_stream_version_and_topic(
     ("topic", "state", "reason"),
     [
         ("no.such.module:Event", b"{}", "unknown event type"),
-        (get_topic(Crate.Relabelled), b"{not json", "not JSON"),
-        (get_topic(Crate.Relabelled), b"[1, 2]", "not a JSON object"),
-        (get_topic(Colour), b"{}", "not a pydantic model"),
+        (EVENT_TYPES.name(Crate.Relabelled), b"{not json", "not JSON"),
+        (EVENT_TYPES.name(Crate.Relabelled), b"[1, 2]", "not a JSON object"),
+        # A module path the log names is never imported: not even a real class.
+        (f"{__name__}:Colour", b"{}", "unknown event type"),
+        ("this:s", b"{}", "unknown event type"),
     ],
 )
 def test_undecodable_events_raise_a_decoding_error(

@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from infrastructure.database import create_pool, resolve_database_url
-from infrastructure.embedded import EmbeddedPostgres
-from infrastructure.migrations import migrate
-from infrastructure.settings import Settings, redact
+from eventkit.infrastructure.database import create_pool, resolve_database_url
+from eventkit.infrastructure.embedded import EmbeddedPostgres
+from eventkit.infrastructure.migrations import migrate
+from eventkit.infrastructure.settings import Settings, redact
 
 
 def register(commands: Any) -> None:

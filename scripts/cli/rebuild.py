@@ -9,15 +9,15 @@ from typing import Any
 
 import psycopg
 
-from infrastructure.factory import shared_pool
-from infrastructure.recorder import PostgresEventRecorder
-from infrastructure.settings import Settings
-from infrastructure.transcoding import PydanticMapper
-from projections.projection import Projection
-from projections.rebuild import rebuild, reset
-from projections.worker import BatchReport
-from scripts.bootstrap import tune_gc
-from scripts.workers import default_worker_id, select_projections
+from eventkit.bootstrap import tune_gc
+from eventkit.cli.workers import default_worker_id, select_projections
+from eventkit.infrastructure.factory import shared_pool
+from eventkit.infrastructure.recorder import PostgresEventRecorder
+from eventkit.infrastructure.settings import Settings
+from eventkit.infrastructure.transcoding import PydanticMapper
+from eventkit.projections.projection import Projection
+from eventkit.projections.rebuild import rebuild, reset
+from eventkit.projections.worker import BatchReport
 
 
 def register(commands: Any) -> None:

@@ -21,6 +21,7 @@ import logging
 import os
 import random
 import secrets
+import sys
 import textwrap
 import threading
 import time
@@ -36,12 +37,15 @@ from uuid import UUID
 
 import psycopg_pool
 from eventsourcing.persistence import IntegrityError
-from eventsourcing.utils import get_topic
 from prometheus_client.parser import text_string_to_metric_families
 from psycopg import sql
 
-from domain.application import CommandResult, OrderPlacement, Shop
-from domain.commands import (
+from eventkit.bootstrap import application_env, settings_with
+from eventkit.cli.status import render
+from eventkit.cli.workers import build_reactions, build_workers, run_until
+from eventkit.domain.names import AGGREGATE_TYPES, EVENT_TYPES
+from eventkit.domain.shop.application import CommandResult, OrderPlacement, Shop
+from eventkit.domain.shop.commands import (
     CancelOrder,
     CapturePayment,
     Command,
@@ -53,32 +57,29 @@ from domain.commands import (
     ShipOrder,
     parse_command,
 )
-from domain.errors import DomainError
-from domain.orders import Order
-from domain.stock import StockItem
-from infrastructure.broker import BrokerOptions
-from infrastructure.deadletters import DeadLetters
-from infrastructure.factory import shared_pool
-from infrastructure.log import Position
-from infrastructure.recorder import PostgresEventRecorder
-from infrastructure.settings import Settings, redact
-from infrastructure.tracking import Tracking
-from projections.monitoring import Monitor, MonitoringServer
-from projections.projection import Context, Projection, Table, UnhandledEventError
-from projections.queries import Queries
-from projections.shop import (
+from eventkit.domain.shop.errors import DomainError
+from eventkit.domain.shop.orders import Order
+from eventkit.domain.shop.stock import StockItem
+from eventkit.infrastructure.broker import BrokerOptions
+from eventkit.infrastructure.deadletters import DeadLetters
+from eventkit.infrastructure.factory import shared_pool
+from eventkit.infrastructure.log import Position
+from eventkit.infrastructure.recorder import PostgresEventRecorder
+from eventkit.infrastructure.settings import Settings, redact
+from eventkit.infrastructure.tracking import Tracking
+from eventkit.projections.monitoring import Monitor, MonitoringServer
+from eventkit.projections.projection import Context, Projection, Table, UnhandledEventError
+from eventkit.projections.queries import Queries
+from eventkit.projections.shop import (
     PROJECTIONS,
     OrderSummaryQueries,
     RevenueQueries,
     StockLevelQueries,
 )
-from projections.shop.reactions import REACTION_TYPES, ChargePayments
-from projections.status import ProjectionStatus, projection_status
-from projections.worker import ProjectionWorker, RetryPolicy
-from scripts.bootstrap import application_env, settings_with
-from scripts.gateway import FakeGateway
-from scripts.status import render
-from scripts.workers import build_reactions, build_workers, run_until
+from eventkit.projections.shop.reactions import REACTION_TYPES, ChargePayments
+from eventkit.projections.status import ProjectionStatus, projection_status
+from eventkit.projections.worker import ProjectionWorker, RetryPolicy
+from eventkit.shop.gateway import FakeGateway
 
 #: (sku, name, unit price, popularity): popular items run short and collide more often.
 CATALOGUE: tuple[tuple[str, str, str, int], ...] = (
@@ -107,9 +108,14 @@ CATALOGUE: tuple[tuple[str, str, str, int], ...] = (
 _LINES = ((1, 2, 3, 4), (50, 30, 15, 5))
 _UNITS = ((1, 2, 3, 4), (3, 2, 1, 1))
 
+#: The order events whose counts in the log the demo checks against the views.
+_ORDER_EVENTS = (Order.Placed, Order.Paid, Order.Shipped, Order.Cancelled)
 
-def register(commands: Any) -> None:
-    parser = commands.add_parser("demo", help="run the example shop through a workload")
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="./scripts/demo", description="Run the example shop through a workload."
+    )
     parser.add_argument("--writers", type=_positive, default=8, help="writer threads (8)")
     parser.add_argument("--orders", type=_positive, default=3000, help="orders to place (3000)")
     parser.add_argument(
@@ -118,7 +124,7 @@ def register(commands: Any) -> None:
         default=1,
         help="random seed of the workload (1); thread timing still varies",
     )
-    parser.set_defaults(run=run)
+    return parser
 
 
 def _positive(text: str) -> int:
@@ -408,13 +414,13 @@ def _quiet_workers(verbose: bool) -> Iterator[None]:
     if verbose:
         yield
         return
-    worker_logger, quiet = logging.getLogger("projections.worker"), _QuietWorkers()
+    worker_logger, quiet = logging.getLogger("eventkit.projections.worker"), _QuietWorkers()
     worker_logger.addFilter(quiet)
     # The reactions' failures and dead letters are the demo's to tell, and dramatiq's
     # start and stop lines are noise here.
     silenced = [
         logging.getLogger(name)
-        for name in ("projections.reactor", "projections.monitoring", "dramatiq")
+        for name in ("eventkit.projections.reactor", "eventkit.projections.monitoring", "dramatiq")
     ]
     levels = [lg.level for lg in silenced]
     for lg in silenced:
@@ -712,7 +718,7 @@ def _check_stock(shop: Shop, pool: psycopg_pool.ConnectionPool, schema: str) -> 
     events, and the shop's current view of each item.
     """
     topics = {
-        name: get_topic(event_class)
+        name: EVENT_TYPES.name(event_class)
         for name, event_class in [
             ("received", StockItem.Received),
             ("reserved", StockItem.Reserved),
@@ -723,7 +729,7 @@ def _check_stock(shop: Shop, pool: psycopg_pool.ConnectionPool, schema: str) -> 
     query = sql.SQL(_STOCK_HISTORY).format(sql.Identifier(schema, "stored_events_json"))
     with pool.connection() as conn:
         row = conn.execute(
-            query, {**topics, "stock_topics": get_topic(StockItem) + ".%"}
+            query, {**topics, "stock_topics": AGGREGATE_TYPES.name(StockItem) + ".%"}
         ).fetchone()
     assert row is not None
     violations, versions = row
@@ -783,11 +789,12 @@ def _show_read_models(shop: Shop, pool: psycopg_pool.ConnectionPool, schema: str
     print(f"  revenue in total: {totals}")
 
     per_type = dict(_count(pool, schema).per_type)
+    seen = {cls: per_type.get(EVENT_TYPES.name(cls), 0) for cls in _ORDER_EVENTS}
     expected = {
-        "orders": (sum(by_status.values()), per_type.get(get_topic(Order.Placed), 0)),
-        "paid orders": (sum(d.paid_orders for d in days), per_type.get(get_topic(Order.Paid), 0)),
-        "shipped": (by_status.get("shipped", 0), per_type.get(get_topic(Order.Shipped), 0)),
-        "cancelled": (by_status.get("cancelled", 0), per_type.get(get_topic(Order.Cancelled), 0)),
+        "orders": (sum(by_status.values()), seen[Order.Placed]),
+        "paid orders": (sum(d.paid_orders for d in days), seen[Order.Paid]),
+        "shipped": (by_status.get("shipped", 0), seen[Order.Shipped]),
+        "cancelled": (by_status.get("cancelled", 0), seen[Order.Cancelled]),
     }
     wrong = [
         f"{what}: {view:,} in the view, {log:,} in the log"
@@ -1056,7 +1063,7 @@ def _cli_env(url: str, schema: str) -> Iterator[None]:
 
 def _eventkit(*argv: str) -> int:
     """Run an ``eventkit`` command in this process; print it and its output, indented."""
-    from scripts.cli import main  # scripts.cli imports this module
+    from eventkit.cli import main  # scripts.cli imports this module
 
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
@@ -1064,3 +1071,23 @@ def _eventkit(*argv: str) -> int:
     print(f"  $ eventkit {' '.join(argv)}")
     print(textwrap.indent(out.getvalue().rstrip(), "    "))
     return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``./scripts/demo``: parse the arguments, run the demo, exit 0 when it passed."""
+    from eventkit.cli import logs
+    from eventkit.infrastructure.errors import EventkitError
+
+    args = build_parser().parse_args(argv)
+    logs.configure(logging.INFO, "text")
+    try:
+        return run(args)
+    except EventkitError as e:
+        print(f"demo: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from infrastructure.errors import ConfigurationError
-from infrastructure.factory import shared_pool
-from infrastructure.log import Position
-from infrastructure.settings import Settings
-from infrastructure.tracking import Tracking
-from projections.shop.reactions import REACTION_TYPES
+from eventkit.infrastructure.errors import ConfigurationError
+from eventkit.infrastructure.factory import shared_pool
+from eventkit.infrastructure.log import Position
+from eventkit.infrastructure.settings import Settings
+from eventkit.infrastructure.tracking import Tracking
+from eventkit.projections.shop.reactions import REACTION_TYPES
 
 
 def register(commands: Any) -> None:

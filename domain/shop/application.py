@@ -31,7 +31,8 @@ from eventsourcing.domain import DomainEventProtocol
 from eventsourcing.persistence import EventStore, IntegrityError
 from eventsourcing.utils import EnvType
 
-from domain.commands import (
+from eventkit.domain.model import Aggregate, Application
+from eventkit.domain.shop.commands import (
     CancelOrder,
     CapturePayment,
     Command,
@@ -41,16 +42,15 @@ from domain.commands import (
     RegisterStockItem,
     ShipOrder,
 )
-from domain.errors import (
+from eventkit.domain.shop.errors import (
     StockItemAlreadyRegisteredError,
     UnknownOrderError,
     UnknownPaymentError,
     UnknownStockItemError,
 )
-from domain.model import Aggregate, Application
-from domain.orders import Currency, Order, OrderLine, OrderStatus
-from domain.payments import Payment, PaymentStatus
-from domain.stock import StockItem
+from eventkit.domain.shop.orders import Currency, Order, OrderLine, OrderStatus
+from eventkit.domain.shop.payments import Payment, PaymentStatus
+from eventkit.domain.shop.stock import StockItem
 
 logger = logging.getLogger(__name__)
 

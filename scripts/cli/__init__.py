@@ -7,19 +7,8 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from infrastructure.errors import EventkitError
-from scripts import (
-    benchmarks,
-    db,
-    demo,
-    dlq,
-    logs,
-    partitions,
-    reactions,
-    rebuild,
-    status,
-    workers,
-)
+from eventkit.cli import db, dlq, logs, partitions, reactions, rebuild, status, workers
+from eventkit.infrastructure.errors import EventkitError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,8 +25,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     db.register(commands)
-    demo.register(commands)
-    benchmarks.register(commands)
     workers.register(commands)
     status.register(commands)
     dlq.register(commands)

@@ -14,13 +14,14 @@ from uuid import UUID
 
 from eventsourcing.domain import event
 
-from domain.errors import (
+from eventkit.domain.model import Aggregate, Immutable
+from eventkit.domain.names import moved_module
+from eventkit.domain.shop.errors import (
     IllegalTransitionError,
     InvalidAmountError,
     InvalidOrderLinesError,
     InvalidQuantityError,
 )
-from domain.model import Aggregate, Immutable
 
 
 class Currency(StrEnum):
@@ -146,3 +147,8 @@ class Order(Aggregate):
     @event(Shipped)
     def _shipped(self) -> None:
         self.status = OrderStatus.SHIPPED
+
+
+# Before eventkit 0.2 this module was domain.orders, and the log named its events by module
+# path: those rows still resolve.
+moved_module("domain.orders", __name__)

@@ -14,14 +14,15 @@ from uuid import UUID, uuid5
 
 from eventsourcing.domain import event
 
-from domain.errors import (
+from eventkit.domain.model import Aggregate
+from eventkit.domain.names import moved_module
+from eventkit.domain.shop.errors import (
     DuplicateReservationError,
     InsufficientStockError,
     InvalidAmountError,
     InvalidQuantityError,
     UnknownReservationError,
 )
-from domain.model import Aggregate
 
 #: Stock item ids are uuid5(STOCK_ITEM_NAMESPACE, sku): one stream per sku, found by its sku.
 STOCK_ITEM_NAMESPACE = UUID("6f1d3c0e-4a39-4c59-9a2e-5b8d2f0e7c11")
@@ -145,3 +146,8 @@ class StockItem(Aggregate):
     def _reservation_committed(self, order_id: UUID, quantity: int) -> None:
         del self.reservations[order_id]
         self.on_hand -= quantity
+
+
+# Before eventkit 0.2 this module was domain.stock, and the log named its events by module
+# path: those rows still resolve.
+moved_module("domain.stock", __name__)

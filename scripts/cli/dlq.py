@@ -10,16 +10,16 @@ from uuid import UUID
 
 import psycopg
 
-from infrastructure.broker import Handover, broker_kind
-from infrastructure.deadletters import DeadLetter, DeadLetters, Selector
-from infrastructure.errors import ConfigurationError
-from infrastructure.factory import shared_pool
-from infrastructure.leases import Leases
-from infrastructure.partitions import recorded_partitions
-from infrastructure.settings import Settings
-from projections.reactor import executed, requeue_dead_letters
-from projections.shop import PROJECTIONS
-from scripts.workers import build_workers, default_worker_id, select_projections
+from eventkit.cli.workers import build_workers, default_worker_id, select_projections
+from eventkit.infrastructure.broker import Handover, broker_kind
+from eventkit.infrastructure.deadletters import DeadLetter, DeadLetters, Selector
+from eventkit.infrastructure.errors import ConfigurationError
+from eventkit.infrastructure.factory import shared_pool
+from eventkit.infrastructure.leases import Leases
+from eventkit.infrastructure.partitions import recorded_partitions
+from eventkit.infrastructure.settings import Settings
+from eventkit.projections.reactor import executed, requeue_dead_letters
+from eventkit.projections.shop import PROJECTIONS
 
 
 def register(commands: Any) -> None:

@@ -15,8 +15,8 @@ from uuid import UUID
 from pydantic import Field, StringConstraints, ValidationError, field_validator
 from pydantic_core import ErrorDetails
 
-from domain.errors import InvalidCommandError
-from domain.model import Immutable
+from eventkit.domain.model import Immutable
+from eventkit.domain.shop.errors import InvalidCommandError
 
 MAX_ORDER_LINES = 50
 MAX_LINE_QUANTITY = 1000

@@ -11,21 +11,21 @@ from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 
-from domain.application import Shop
-from infrastructure.broker import BrokerKind, BrokerOptions, broker_kind
-from infrastructure.errors import ConfigurationError
-from infrastructure.factory import shared_pool
-from infrastructure.recorder import PostgresEventRecorder
-from infrastructure.settings import Settings
-from infrastructure.transcoding import PydanticMapper
-from projections.group import Consumer, WorkerGroup
-from projections.monitoring import Monitor, MonitoringServer
-from projections.projection import Projection
-from projections.reactor import ReactionRuntime, reaction_runtime
-from projections.shop import PROJECTIONS
-from projections.shop.reactions import REACTION_TYPES, shop_reactions
-from projections.worker import BatchReport, PollPolicy, ProjectionWorker, RetryPolicy
-from scripts.bootstrap import application_env, stop_on_signals, tune_gc
+from eventkit.bootstrap import application_env, stop_on_signals, tune_gc
+from eventkit.domain.shop.application import Shop
+from eventkit.infrastructure.broker import BrokerKind, BrokerOptions, broker_kind
+from eventkit.infrastructure.errors import ConfigurationError
+from eventkit.infrastructure.factory import shared_pool
+from eventkit.infrastructure.recorder import PostgresEventRecorder
+from eventkit.infrastructure.settings import Settings
+from eventkit.infrastructure.transcoding import PydanticMapper
+from eventkit.projections.group import Consumer, WorkerGroup
+from eventkit.projections.monitoring import Monitor, MonitoringServer
+from eventkit.projections.projection import Projection
+from eventkit.projections.reactor import ReactionRuntime, reaction_runtime
+from eventkit.projections.shop import PROJECTIONS
+from eventkit.projections.shop.reactions import REACTION_TYPES, shop_reactions
+from eventkit.projections.worker import BatchReport, PollPolicy, ProjectionWorker, RetryPolicy
 
 logger = logging.getLogger(__name__)
 

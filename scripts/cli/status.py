@@ -9,12 +9,13 @@ import time
 from dataclasses import asdict
 from typing import Any
 
-from infrastructure.broker import BrokerKind, broker_kind
-from infrastructure.factory import shared_pool
-from infrastructure.settings import Settings
-from projections.shop import PROJECTIONS
-from projections.shop.reactions import REACTION_TYPES
-from projections.status import (
+from eventkit.cli.workers import select_projections, split_names
+from eventkit.infrastructure.broker import BrokerKind, broker_kind
+from eventkit.infrastructure.factory import shared_pool
+from eventkit.infrastructure.settings import Settings
+from eventkit.projections.shop import PROJECTIONS
+from eventkit.projections.shop.reactions import REACTION_TYPES
+from eventkit.projections.status import (
     ProjectionStatus,
     ReactionStatus,
     members,
@@ -24,7 +25,6 @@ from projections.status import (
     render_members,
     server_warnings,
 )
-from scripts.workers import select_projections, split_names
 
 
 def register(commands: Any) -> None:

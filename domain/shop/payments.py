@@ -13,9 +13,10 @@ from uuid import UUID, uuid5
 
 from eventsourcing.domain import event
 
-from domain.errors import IllegalTransitionError, InvalidAmountError
-from domain.model import Aggregate
-from domain.orders import Currency
+from eventkit.domain.model import Aggregate
+from eventkit.domain.names import moved_module
+from eventkit.domain.shop.errors import IllegalTransitionError, InvalidAmountError
+from eventkit.domain.shop.orders import Currency
 
 #: Payment ids are uuid5(PAYMENT_NAMESPACE, str(order_id)): one payment per order.
 PAYMENT_NAMESPACE = UUID("0c5e8f6a-7d2b-4f1e-8b3a-9e4d6c2a1f70")
@@ -92,3 +93,8 @@ class Payment(Aggregate):
     def _failed(self, reason: str) -> None:
         self.status = PaymentStatus.FAILED
         self.failure_reason = reason
+
+
+# Before eventkit 0.2 this module was domain.payments, and the log named its events by module
+# path: those rows still resolve.
+moved_module("domain.payments", __name__)

@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from infrastructure.factory import shared_pool
-from infrastructure.settings import Settings
-from projections.partitioning import split
-from projections.shop import PROJECTIONS
-from projections.shop.reactions import REACTION_TYPES
-from projections.status import partition_status
-from scripts.rebuild import run_rebuild
+from eventkit.cli.rebuild import run_rebuild
+from eventkit.infrastructure.factory import shared_pool
+from eventkit.infrastructure.settings import Settings
+from eventkit.projections.partitioning import split
+from eventkit.projections.shop import PROJECTIONS
+from eventkit.projections.shop.reactions import REACTION_TYPES
+from eventkit.projections.status import partition_status
 
 
 def register(commands: Any) -> None:

@@ -12,7 +12,7 @@ import json
 import logging
 from datetime import UTC, datetime
 
-from infrastructure.settings import redact
+from eventkit.infrastructure.settings import redact
 
 #: Fields a log record may carry in ``extra``, copied into JSON lines.
 FIELDS = ("projection", "reaction", "partition", "position", "stream", "version", "message_id")

@@ -1,0 +1,1 @@
+"""The example shop's domain: stock items, orders and payments, and the Shop service."""

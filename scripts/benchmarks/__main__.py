@@ -1,0 +1,7 @@
+"""python -m eventkit.benchmarks"""
+
+import sys
+
+from eventkit.benchmarks import main
+
+sys.exit(main())

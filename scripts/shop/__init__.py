@@ -1,0 +1,1 @@
+"""The example shop's scripts: the demo and a fake payment gateway."""

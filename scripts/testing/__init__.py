@@ -1,0 +1,1 @@
+"""eventkit's test harness for your own aggregates, projections and reactions."""
