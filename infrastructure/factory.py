@@ -68,6 +68,23 @@ def shared_pool(settings: Settings) -> tuple[psycopg_pool.ConnectionPool, str]:
     return pool, url
 
 
+def application_env(settings: Settings | None = None) -> dict[str, str]:
+    """The eventsourcing environment for an application that records with eventkit.
+
+    Resolves the database first (starting the embedded server when ``DATABASE_URL`` is
+    unset) and migrates the schema, so every process that calls this is ready to write.
+    """
+    settings = settings or Settings.from_env()
+    _, url = shared_pool(settings)
+    return {
+        "PERSISTENCE_MODULE": __name__,
+        "DATABASE_URL": url,
+        "EVENTKIT_SCHEMA": settings.schema,
+        "EVENTKIT_POOL_MIN_SIZE": str(settings.pool_min_size),
+        "EVENTKIT_POOL_MAX_SIZE": str(settings.pool_max_size),
+    }
+
+
 def close_pools() -> None:
     """Close every pool this process opened."""
     with _lock:
@@ -143,4 +160,4 @@ def event_recorder(app: Any) -> PostgresEventRecorder:
     return recorder
 
 
-__all__ = ["Factory", "close_pools", "event_recorder", "shared_pool"]
+__all__ = ["Factory", "application_env", "close_pools", "event_recorder", "shared_pool"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from eventsourcing.persistence import Notification
 
@@ -39,6 +39,39 @@ class Position:
 
 
 Position.ORIGIN = Position(0, 0)
+
+
+#: Where a consumer starts when it first runs, or where an operator moves it: the log's
+#: origin, its head ("now"), a position, or a time (the first event recorded at or after it).
+StartFrom = Literal["origin", "head"] | Position | datetime
+
+
+def parse_start(text: str) -> StartFrom:
+    """Read a start written as ``origin``, ``head``, ``TX/ID`` or an ISO 8601 time with its
+    offset (``2026-12-03T10:00:00+00:00``). Raises ValueError naming the forms."""
+    word = text.strip().lower()
+    if word in {"origin", "head"}:
+        return "origin" if word == "origin" else "head"
+    if "/" in word:
+        return Position.parse(word)
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(
+            f"{text!r} is not a start: use origin, head, TRANSACTION_ID/NOTIFICATION_ID or an "
+            "ISO 8601 time with its offset (2026-12-03T10:00:00+00:00)"
+        ) from None
+    if moment.tzinfo is None:
+        raise ValueError(f"{text!r}: give the time's offset (e.g. +00:00), not a local time")
+    return moment
+
+
+def describe_start(start: StartFrom) -> str:
+    if isinstance(start, datetime):
+        return f"the first event recorded at or after {start.isoformat()}"
+    if isinstance(start, Position):
+        return f"after position {start}"
+    return "the origin of the log" if start == "origin" else "the head of the log"
 
 
 @dataclass(frozen=True)

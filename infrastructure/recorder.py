@@ -37,7 +37,7 @@ from eventkit.infrastructure.errors import (
     EventEncodingError,
     PersistenceError,
 )
-from eventkit.infrastructure.log import LoggedNotification, OpenTransaction, Position
+from eventkit.infrastructure.log import LoggedNotification, OpenTransaction, Position, StartFrom
 from eventkit.infrastructure.partitions import Partition
 from eventkit.infrastructure.subscription import PollingSubscription
 
@@ -451,6 +451,45 @@ class PostgresEventRecorder(ApplicationRecorder):
             return None if row is None else Position(row[0], row[1])
 
         return self._retry(read, what=what)
+
+    def start_position(self, start: StartFrom) -> Position:
+        """The position a follower starting from ``start`` records first: it then reads
+        every event after it. ``head`` is the readable head (events of transactions still
+        open are still delivered when they commit); a time is the position just before the
+        first event, in log order, recorded at or after it (the head when there is none)."""
+        if isinstance(start, Position):
+            return start
+        if start == "origin":
+            return Position.ORIGIN
+        if start == "head":
+            return self.head() or Position.ORIGIN
+        moment = start
+
+        def read() -> Position | None:
+            with self.pool.connection() as conn:
+                first = conn.execute(
+                    sql.SQL(
+                        "SELECT transaction_id, notification_id FROM {} e"
+                        " WHERE recorded_at >= %s AND "
+                        + _SETTLED
+                        + " ORDER BY e.transaction_id, e.notification_id LIMIT 1"
+                    ).format(self._table),
+                    (moment,),
+                ).fetchone()
+                if first is None:
+                    return None
+                before = conn.execute(
+                    sql.SQL(
+                        "SELECT transaction_id::text::bigint, notification_id FROM {} e"
+                        " WHERE (e.transaction_id, e.notification_id) < (%s, %s)"
+                        " ORDER BY e.transaction_id DESC, e.notification_id DESC LIMIT 1"
+                    ).format(self._table),
+                    (first[0], first[1]),
+                ).fetchone()
+            return Position.ORIGIN if before is None else Position(before[0], before[1])
+
+        found = self._retry(read, what=f"finding the first event recorded at {moment}")
+        return self.head() or Position.ORIGIN if found is None else found
 
     def position_of(self, notification_id: int) -> Position | None:
         """The log position of a notification id, or None when no such row exists."""

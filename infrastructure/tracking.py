@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -91,6 +92,39 @@ class Tracking:
             f"{expected} but its recorded position is {actual}; another worker or a rebuild "
             "moved it"
         )
+
+    def initialise(
+        self,
+        conn: psycopg.Connection[Any],
+        projection: str,
+        partitions: int,
+        start: Callable[[], Position],
+    ) -> Position | None:
+        """Record ``start()`` for every partition of a consumer that has no recorded
+        position yet (its first run), in the caller's transaction, and return it; None when it
+        had one.
+
+        Serialised per consumer (a transaction-level advisory lock), so partitions that
+        start at once all start from the one position the first of them computed."""
+        conn.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
+            (f"eventkit:{self.schema}:start:{projection}",),
+        )
+        exists = conn.execute(
+            sql.SQL("SELECT 1 FROM {} WHERE projection = %s LIMIT 1").format(
+                sql.Identifier(self.schema, "tracking")
+            ),
+            (projection,),
+        ).fetchone()
+        if exists is not None:
+            return None
+        position = start()
+        for partition in range(partitions):
+            conn.execute(
+                self._insert,
+                (projection, partition, position.transaction_id, position.notification_id),
+            )
+        return position
 
     def set(
         self, conn: psycopg.Connection[Any], projection: str, position: Position, partition: int = 0

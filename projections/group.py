@@ -41,7 +41,7 @@ from eventkit.infrastructure.leases import LeaseLostError, Leases
 from eventkit.infrastructure.log import Position
 from eventkit.infrastructure.partitions import recorded_partitions
 from eventkit.infrastructure.tracking import TrackingConflictError
-from eventkit.projections.projection import Handlers
+from eventkit.projections.projection import Consumer
 from eventkit.projections.status import autovacuum_warning
 from eventkit.projections.worker import PollPolicy, ProjectionWorker, connect
 
@@ -49,12 +49,12 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class Consumer:
-    """A projection or reaction follower a group runs, and how to make the worker of
-    partition ``k`` of ``P``: ``make(k, P)``."""
+class Runnable:
+    """A consumer a group runs, and how to make the worker of partition ``k`` of ``P``:
+    ``make(k, P)``."""
 
     name: str
-    cls: type[Handlers]
+    cls: type[Consumer]
     make: Callable[[int, int], ProjectionWorker]
 
 
@@ -90,7 +90,7 @@ class WorkerGroup:
 
     def __init__(
         self,
-        consumers: Sequence[Consumer],
+        consumers: Sequence[Runnable],
         *,
         url: str,
         schema: str,
@@ -332,7 +332,7 @@ class WorkerGroup:
 
     # -- one consumer's loop ----------------------------------------------------------------------
 
-    def _loop(self, consumer: Consumer, stop: threading.Event) -> None:
+    def _loop(self, consumer: Runnable, stop: threading.Event) -> None:
         workers: dict[int, ProjectionWorker] = {}
         state = _LoopState()
         delay = 0.1
@@ -380,7 +380,7 @@ class WorkerGroup:
 
     def _work(
         self,
-        consumer: Consumer,
+        consumer: Runnable,
         conn: psycopg.Connection[Any],
         workers: dict[int, ProjectionWorker],
         state: _LoopState,
@@ -436,7 +436,7 @@ class WorkerGroup:
 
     def _reconcile(
         self,
-        consumer: Consumer,
+        consumer: Runnable,
         conn: psycopg.Connection[Any],
         workers: dict[int, ProjectionWorker],
         state: _LoopState,
@@ -471,7 +471,7 @@ class WorkerGroup:
             with self._lock:
                 self.workers[(consumer.name, k)] = worker
 
-    def _forget(self, consumer: Consumer, partition: int) -> None:
+    def _forget(self, consumer: Runnable, partition: int) -> None:
         with self._lock:
             self.workers.pop((consumer.name, partition), None)
 

@@ -24,7 +24,7 @@ import psycopg_pool
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from eventkit.infrastructure import metrics
-from eventkit.projections.projection import Handlers
+from eventkit.projections.projection import Consumer
 from eventkit.projections.status import projection_status, reaction_status
 from eventkit.projections.worker import ProjectionWorker
 
@@ -48,8 +48,8 @@ class Monitor:
         pool: psycopg_pool.ConnectionPool,
         schema: str,
         *,
-        projections: Sequence[type[Handlers]] = (),
-        reactions: Sequence[type[Handlers]] = (),
+        projections: Sequence[type[Consumer]] = (),
+        reactions: Sequence[type[Consumer]] = (),
         workers: Sequence[ProjectionWorker] | Callable[[], Sequence[ProjectionWorker]] = (),
         postgres_broker: bool = True,
         max_lag_s: float = 30.0,

@@ -1,28 +1,26 @@
-"""The projection API: a read model is a class with one handler per event type.
+"""Consumers of the log: a projection (read model) or a reaction, one handler per event type.
 
 ```python
 class OrderSummaries(Projection):
     name = "order_summaries"
     tables = (Table("order_summaries", "CREATE TABLE {table} (order_id uuid PRIMARY KEY, ...)"),)
 
-    @singledispatchmethod
-    def apply(self, event: object, context: Context) -> None:
-        raise UnhandledEventError(self, event)
-
-    @apply.register
-    def _(self, event: Order.Placed, context: Context) -> None:
+    @handles
+    def placed(self, event: Order.Placed, context: Context) -> None:
         context.execute("INSERT INTO {order_summaries} ...", (...))
 ```
 
 Handlers write to the projection's view through ``context``, in the transaction that
 also records the projection's position. ``{name}`` placeholders in SQL name the view's
 tables, so the same handlers fill the live tables or, during a rebuild, new ones beside
-them. The event types a projection consumes are the types it registered handlers for; the
-follower reads only those from the log.
+them. The event types a consumer reads are the types it has handlers for and the declared
+classes derived from them; the follower reads only those from the log.
 """
 
 from __future__ import annotations
 
+import inspect
+import weakref
 from abc import ABC
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -30,7 +28,7 @@ from functools import singledispatchmethod
 from inspect import getattr_static
 from itertools import groupby
 from operator import itemgetter
-from typing import Any, ClassVar, LiteralString, cast
+from typing import Any, ClassVar, LiteralString, Self, TypeVar, get_type_hints, overload
 
 import psycopg
 from psycopg import pq, sql
@@ -38,7 +36,7 @@ from psycopg import pq, sql
 from eventkit.domain.names import EVENT_TYPES
 from eventkit.infrastructure.errors import EventkitError
 from eventkit.infrastructure.leases import Lease
-from eventkit.infrastructure.log import LoggedNotification
+from eventkit.infrastructure.log import LoggedNotification, StartFrom
 from eventkit.infrastructure.partitions import PartitionKey
 
 
@@ -58,7 +56,7 @@ class Table:
 class UnhandledEventError(EventkitError):
     """A projection or reaction was given an event type it has no handler for."""
 
-    def __init__(self, consumer: Handlers, event: object) -> None:
+    def __init__(self, consumer: Consumer, event: object) -> None:
         kind = "projection" if isinstance(consumer, Projection) else "reaction"
         super().__init__(f"{kind} {consumer.name!r} has no handler for {type(event).__qualname__}")
 
@@ -256,48 +254,95 @@ def _expired() -> None:
     )
 
 
-class Handlers:
-    """One handler per event type, registered on a ``functools.singledispatchmethod``.
+_HANDLES = "__eventkit_handles__"
+#: Each consumer class's handlers by event class, collected on first use.
+_HANDLERS: weakref.WeakKeyDictionary[
+    type[Any], dict[type[Any], Callable[[Any, Any, Any], None]]
+] = weakref.WeakKeyDictionary()
+_F = TypeVar("_F", bound=Callable[..., Any])
 
-    The method's name is :attr:`dispatch_method` (``apply`` for projections, ``react`` for
-    reactions); the event types with a registered handler are what the follower reads.
+
+@overload
+def handles(func: _F, /) -> _F: ...
+@overload
+def handles(*event_types: type[Any]) -> Callable[[_F], _F]: ...
+def handles(*args: Any) -> Any:
+    """Mark a method of a projection or reaction as the handler of an event type.
+
+    ``@handles`` alone takes the type from the annotation of the method's ``event``
+    parameter; ``@handles(Order.Paid, Order.Shipped)`` names the types. A handler of a base
+    class (``Order.Event``) receives the events of every declared class derived from it,
+    unless a handler of a more specific class takes them.
+    """
+    if len(args) == 1 and callable(args[0]) and not isinstance(args[0], type):
+        setattr(args[0], _HANDLES, ())
+        return args[0]
+    for event_type in args:
+        if not isinstance(event_type, type):
+            raise TypeError(f"@handles takes event classes, got {event_type!r}")
+
+    def mark(func: _F) -> _F:
+        setattr(func, _HANDLES, tuple(args))
+        return func
+
+    return mark
+
+
+class Consumer:
+    """A projection or a reaction: a name, and one handler per event type.
+
+    Handlers are methods marked with :func:`handles` (or, for code written for
+    eventsourcing's projections, registrations on a ``functools.singledispatchmethod``
+    named :attr:`dispatch_method`); the follower reads exactly the event types they
+    accept, subclasses included.
     """
 
     name: ClassVar[str]
+    #: ``apply`` for projections, ``react`` for reactions (singledispatchmethod handlers).
     dispatch_method: ClassVar[str]
     #: The tables the handlers write, created by the runtime when they do not exist.
-    tables: ClassVar[tuple[Table, ...]]
+    tables: ClassVar[tuple[Table, ...]] = ()
     #: What splits the consumer's events into partitions: "stream" (order per stream),
     #: "type" (order per event type), or a function of the notification returning a key.
     partition_key: ClassVar[PartitionKey] = "stream"
     #: Partitions when no operator has set a number (``eventkit partitions NAME --set``).
     partitions: ClassVar[int] = 1
+    #: Where the consumer starts the first time it runs (no recorded position yet):
+    #: ``"origin"`` (every event in the log), ``"head"`` (only events after now), a
+    #: :class:`Position`, or an aware ``datetime`` (the first event recorded at or after
+    #: it). Projections start at the origin, reactions at the head.
+    start_from: ClassVar[StartFrom] = "origin"
+
+    @classmethod
+    def construct(cls, runtime: Any) -> Self:
+        """Make the consumer a worker runs. ``runtime`` (an :class:`eventkit.Runtime`)
+        gives the application's services (``runtime.application(Shop)``) and settings
+        (``runtime.setting("NAME")``); the default calls the class with no arguments."""
+        return cls()
+
+    @classmethod
+    def handlers(cls) -> dict[type[Any], Callable[[Any, Any, Any], None]]:
+        """The handler of each handled event class (looked up once per class)."""
+        cached = _HANDLERS.get(cls)
+        if cached is None:
+            cached = _HANDLERS[cls] = _collect_handlers(cls)
+        return cached
 
     @classmethod
     def event_types(cls) -> list[type[Any]]:
         """The event classes this consumer has handlers for."""
-        return [t for t in cls._registry().dispatcher.registry if t is not object]
+        return list(cls.handlers())
 
     @classmethod
     def handler(cls, event_type: type[Any]) -> Callable[[Any, Any, Any], None]:
-        """The function the dispatch method sends an event of ``event_type`` to.
-
-        Call it as ``handler(consumer, event, context)``; workers look it up once per
-        type rather than dispatching on every event.
-        """
-        return cast(
-            "Callable[[Any, Any, Any], None]", cls._registry().dispatcher.dispatch(event_type)
-        )
-
-    @classmethod
-    def _registry(cls) -> singledispatchmethod[Any]:
-        registry = getattr_static(cls, cls.dispatch_method)
-        if not isinstance(registry, singledispatchmethod):
-            raise TypeError(
-                f"{cls.__qualname__}.{cls.dispatch_method} must be a "
-                "functools.singledispatchmethod, with one registered handler per event type"
-            )
-        return registry
+        """The function an event of ``event_type`` goes to: the handler of the nearest
+        class in its MRO. Call it as ``handler(consumer, event, context)``."""
+        handlers = cls.handlers()
+        for klass in event_type.__mro__:
+            found = handlers.get(klass)
+            if found is not None:
+                return found
+        return _unhandled
 
     @classmethod
     def topics(cls) -> list[str]:
@@ -311,25 +356,79 @@ class Handlers:
         return sorted(names)
 
 
-class Projection(Handlers, ABC):
+def _unhandled(consumer: Consumer, event: object, context: object) -> None:
+    raise UnhandledEventError(consumer, event)
+
+
+def _collect_handlers(cls: type[Consumer]) -> dict[type[Any], Callable[[Any, Any, Any], None]]:
+    """The handlers of ``cls``: ``@handles`` methods (a subclass's method overrides its
+    base's of the same name) and a singledispatchmethod's registrations."""
+    found: dict[type[Any], tuple[str, Callable[[Any, Any, Any], None]]] = {}
+
+    def add(event_type: type[Any], where: str, func: Callable[[Any, Any, Any], None]) -> None:
+        if event_type in found and found[event_type][0] != where:
+            raise TypeError(
+                f"{cls.__qualname__} handles {event_type.__qualname__} twice: in "
+                f"{found[event_type][0]} and in {where}"
+            )
+        found[event_type] = (where, func)
+
+    methods: dict[str, Any] = {}
+    for klass in reversed(cls.__mro__):
+        methods.update(vars(klass))
+    for attribute, value in methods.items():
+        marked = getattr(value, _HANDLES, None)
+        if marked is None:
+            continue
+        for event_type in marked or (_annotated_event_type(cls, value),):
+            add(event_type, f"{attribute}()", value)
+    dispatch = getattr(cls, "dispatch_method", None)
+    registry = None if dispatch is None else getattr_static(cls, dispatch, None)
+    if isinstance(registry, singledispatchmethod):
+        for event_type, func in registry.dispatcher.registry.items():
+            if event_type is not object:
+                add(event_type, f"{dispatch}.register", func)
+    return {event_type: func for event_type, (_, func) in found.items()}
+
+
+def _annotated_event_type(cls: type[Any], func: Callable[..., Any]) -> type[Any]:
+    parameters = list(inspect.signature(func).parameters)
+    if len(parameters) != 3:
+        raise TypeError(
+            f"{cls.__qualname__}.{func.__name__} must take (self, event, context), "
+            f"not ({', '.join(parameters)})"
+        )
+    try:
+        hints = get_type_hints(func)
+    except NameError as e:
+        raise TypeError(
+            f"{cls.__qualname__}.{func.__name__}: cannot resolve the annotation of its "
+            f"event parameter ({e}); name the type: @handles(EventClass)"
+        ) from None
+    event_type = hints.get(parameters[1])
+    if not isinstance(event_type, type):
+        raise TypeError(
+            f"{cls.__qualname__}.{func.__name__}: annotate its {parameters[1]!r} parameter "
+            f"with an event class, or name the type: @handles(EventClass)"
+        )
+    return event_type
+
+
+class Projection(Consumer, ABC):
     """A read model: a name, the tables of its view, and a handler per event type."""
 
     dispatch_method = "apply"
 
-    @singledispatchmethod
-    def apply(self, event: object, context: Context) -> None:
-        raise UnhandledEventError(self, event)
-
 
 def table_identifiers(
-    schema: str, projection: type[Handlers], suffix: str = ""
+    schema: str, projection: type[Consumer], suffix: str = ""
 ) -> dict[str, sql.Identifier]:
     """The qualified names of a projection's tables (with ``suffix`` for a rebuild's copy)."""
     return {t.name: sql.Identifier(schema, t.name + suffix) for t in projection.tables}
 
 
 def create_tables(
-    conn: psycopg.Connection[Any], schema: str, projection: type[Handlers], suffix: str = ""
+    conn: psycopg.Connection[Any], schema: str, projection: type[Consumer], suffix: str = ""
 ) -> None:
     """Create those of the projection's tables that do not exist yet.
 

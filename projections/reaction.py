@@ -5,13 +5,9 @@ class ChargePayments(Reaction):
     name = "charge_payments"
     max_attempts = 5
 
-    @singledispatchmethod
-    def react(self, event: object, context: ReactionContext) -> None:
-        raise UnhandledEventError(self, event)
-
-    @react.register
-    def _(self, event: Payment.Requested, context: ReactionContext) -> None:
-        gateway.charge(event.originator_id, idempotency_key=context.message_id)
+    @handles
+    def charge(self, event: Payment.Requested, context: ReactionContext) -> None:
+        gateway.charge(event.originator_id, idempotency_key=context.idempotency_key)
 ```
 
 A reaction's follower records one message per (event, reaction), in the transaction that
@@ -21,8 +17,8 @@ more than once (a worker killed after the side effect, before the acknowledgemen
 - writes to eventkit's database go through :meth:`ReactionContext.execute`: they commit in
   the transaction that records the message in the idempotency ledger, so they happen
   exactly once;
-- calls to other services pass :attr:`ReactionContext.message_id` on as their idempotency
-  key: every delivery of one message carries the same id;
+- calls to other services pass :attr:`ReactionContext.idempotency_key` on: every delivery
+  of one message carries the same key;
 - commands on aggregates check the aggregate's state first (a payment already captured is
   not captured again), as the shop's reactions do.
 
@@ -34,45 +30,53 @@ retries. Replays of projections never touch reactions.
 from __future__ import annotations
 
 from abc import ABC
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from functools import singledispatchmethod
-from typing import Any, ClassVar, LiteralString
+from typing import Any, ClassVar
 from uuid import UUID
 
 import psycopg
 from psycopg import sql
 
-from eventkit.infrastructure.log import LoggedNotification
-from eventkit.projections.projection import Handlers, Table, UnhandledEventError
+from eventkit.infrastructure.log import LoggedNotification, StartFrom
+from eventkit.projections.projection import Consumer, Context, UnhandledEventError
 
 
-@dataclass
-class ReactionContext:
-    """What a reaction's handler gets besides the event."""
+class ReactionContext(Context):
+    """What a reaction's handler gets besides the event: :meth:`execute` (as in a
+    projection), the message's id and idempotency key, and which try this is."""
 
-    #: The reaction's name.
-    reaction: str
-    #: The message's id: the same on every delivery, the key to pass to other services.
-    message_id: UUID
-    #: The event's position and recorded time.
-    notification: LoggedNotification
-    #: Which try this is (1 for the first).
-    attempt: int
-    #: The ledger's transaction: what a handler writes here commits with the ledger record.
-    conn: psycopg.Connection[Any]
-    tables: dict[str, sql.Identifier] = field(default_factory=dict)
+    __slots__ = ("attempt", "message_id", "reaction")
 
-    def execute(self, query: LiteralString, params: Sequence[Any] = ()) -> psycopg.Cursor[Any]:
-        """Run ``query`` in the ledger's transaction, ``{table}`` placeholders filled with
-        the reaction's tables."""
-        return self.conn.execute(sql.SQL(query).format(**self.tables), params)
+    def __init__(
+        self,
+        conn: psycopg.Connection[Any],
+        tables: dict[str, sql.Identifier],
+        notification: LoggedNotification,
+        *,
+        reaction: str,
+        message_id: UUID,
+        attempt: int,
+    ) -> None:
+        super().__init__(conn, tables, notification)
+        #: The reaction's name.
+        self.reaction = reaction
+        #: The message's id: the same on every delivery of the message.
+        self.message_id = message_id
+        #: Which try this is (1 for the first).
+        self.attempt = attempt
+
+    @property
+    def idempotency_key(self) -> str:
+        """The key to pass to other services: the same on every delivery of the message."""
+        return str(self.message_id)
 
 
-class Reaction(Handlers, ABC):
+class Reaction(Consumer, ABC):
     """A side effect: a name, retry settings, and a handler per event type."""
 
     dispatch_method = "react"
+    #: A reaction first deployed acts only on events after that moment: replaying the
+    #: history into side effects is never a surprise (declare "origin" to act on it).
+    start_from: ClassVar[StartFrom] = "head"
     #: Tries before the message is parked as a dead letter.
     max_attempts: ClassVar[int] = 5
     #: Backoff before the second try; each further one waits up to twice as long, with
@@ -81,12 +85,6 @@ class Reaction(Handlers, ABC):
     max_backoff_ms: ClassVar[int] = 60_000
     #: A try that runs longer than this is interrupted and counts as failed.
     time_limit_ms: ClassVar[int] = 60_000
-    #: Tables the reaction writes in the ledger's transaction (created on start).
-    tables: ClassVar[tuple[Table, ...]] = ()
-
-    @singledispatchmethod
-    def react(self, event: object, context: ReactionContext) -> None:
-        raise UnhandledEventError(self, event)
 
 
 __all__ = ["Reaction", "ReactionContext", "UnhandledEventError"]

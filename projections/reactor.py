@@ -56,7 +56,7 @@ from eventkit.infrastructure.log import LoggedNotification
 from eventkit.infrastructure.recorder import PostgresEventRecorder, logged_notification
 from eventkit.infrastructure.settings import Settings
 from eventkit.infrastructure.transcoding import PydanticMapper
-from eventkit.projections.group import Consumer
+from eventkit.projections.group import Runnable
 from eventkit.projections.projection import Context, Projection, create_tables, table_identifiers
 from eventkit.projections.reaction import Reaction, ReactionContext
 from eventkit.projections.worker import BatchReport, PollPolicy, ProjectionWorker
@@ -138,6 +138,7 @@ def follower_projection(reaction: type[Reaction], schema: str, handover: Handove
             "tables": (),
             "partition_key": reaction.partition_key,
             "partitions": reaction.partitions,
+            "start_from": reaction.start_from,
             "topics": classmethod(topics),
             "handler": classmethod(handler),
             "__module__": __name__,
@@ -343,7 +344,14 @@ class ReactionExecutor:
                 except EventDecodingError as e:
                     raise _Unrunnable(n, e, "undecodable") from e
                 handler = self._handler(type(event))
-                context = ReactionContext(self.name, message_id, n, attempt, conn, self.tables)
+                context = ReactionContext(
+                    conn,
+                    self.tables,
+                    n,
+                    reaction=self.name,
+                    message_id=message_id,
+                    attempt=attempt,
+                )
                 handler(self.reaction, event, context)
         except _Unrunnable as bad:
             # Never runnable: parked at once, whatever the try.
@@ -681,7 +689,7 @@ class ReactionRuntime:
             return make
 
         #: The followers as a :class:`WorkerGroup` runs them, partitioned.
-        self.consumers = [Consumer(r.name, type(r), maker(type(r))) for r in reactions]
+        self.consumers = [Runnable(r.name, type(r), maker(type(r))) for r in reactions]
         #: Followers this runtime runs itself, one partition each (``follow=True``).
         self.followers = [maker(type(r))(0, 1) for r in reactions] if follow else []
         self.relay = (

@@ -24,7 +24,7 @@ from eventkit.infrastructure.log import Position
 from eventkit.infrastructure.partitions import Partition, recorded_partitions
 from eventkit.infrastructure.recorder import PostgresEventRecorder
 from eventkit.infrastructure.tracking import Tracking
-from eventkit.projections.projection import Handlers
+from eventkit.projections.projection import Consumer
 
 #: A worker whose heartbeat is older than this is reported as stopped.
 HEARTBEAT_TIMEOUT_S = 10.0
@@ -161,7 +161,7 @@ def _columns(lines: Sequence[Sequence[str]]) -> str:
 
 
 def partition_status(
-    conn: psycopg.Connection[Any], schema: str, consumer: type[Handlers], name: str | None = None
+    conn: psycopg.Connection[Any], schema: str, consumer: type[Consumer], name: str | None = None
 ) -> Partitions:
     """Each partition of ``consumer`` (or of its rebuild, ``name``)."""
     name = name or consumer.name
@@ -228,7 +228,7 @@ def partition_status(
 
 
 def projection_status(
-    pool: psycopg_pool.ConnectionPool, schema: str, projections: Sequence[type[Handlers]]
+    pool: psycopg_pool.ConnectionPool, schema: str, projections: Sequence[type[Consumer]]
 ) -> list[ProjectionStatus]:
     """The status of each projection in ``projections`` (and of any rebuild under way);
     for reactions, the status of their followers. Lag sums the partitions' lags; the
@@ -308,7 +308,7 @@ class ReactionStatus:
 def reaction_status(
     pool: psycopg_pool.ConnectionPool,
     schema: str,
-    reactions: Sequence[type[Handlers]],
+    reactions: Sequence[type[Consumer]],
     *,
     postgres_broker: bool = True,
 ) -> list[ReactionStatus]:

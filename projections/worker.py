@@ -35,7 +35,7 @@ from eventkit.infrastructure import metrics
 from eventkit.infrastructure.deadletters import DeadLetter, DeadLetters
 from eventkit.infrastructure.errors import EventDecodingError, PersistenceError
 from eventkit.infrastructure.leases import Lease, LeaseLostError, Leases
-from eventkit.infrastructure.log import LoggedNotification, Position
+from eventkit.infrastructure.log import LoggedNotification, Position, describe_start
 from eventkit.infrastructure.partitions import Partition, record_partitions
 from eventkit.infrastructure.recorder import PostgresEventRecorder, Scan
 from eventkit.infrastructure.tracking import Tracking, TrackingConflictError
@@ -321,6 +321,18 @@ class ProjectionWorker:
         with conn.transaction():
             create_tables(conn, self.schema, type(self.projection), self.table_suffix)
             record_partitions(conn, self.schema, self.name, self.partition.count)
+            start = type(self.projection).start_from
+            first = self.tracking.initialise(
+                conn, self.name, self.partition.count, lambda: self.recorder.start_position(start)
+            )
+        if first is not None:
+            logger.info(
+                "%s %s: first run, starting from %s: position %s",
+                self.kind,
+                self.name,
+                describe_start(start),
+                first,
+            )
         self.position = self.tracking.position(conn, self.name, self.partition.index)
         self._none_parked = not self.sequenced
         self._renewed_at = time.monotonic()

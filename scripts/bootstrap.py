@@ -9,25 +9,7 @@ import threading
 from collections.abc import Mapping
 from types import FrameType
 
-from eventkit.infrastructure.factory import shared_pool
 from eventkit.infrastructure.settings import Settings
-
-
-def application_env(settings: Settings | None = None) -> dict[str, str]:
-    """The eventsourcing environment for an application that records with eventkit.
-
-    Resolves the database first (starting the embedded server when ``DATABASE_URL`` is
-    unset) and migrates the schema, so every process that calls this is ready to write.
-    """
-    settings = settings or Settings.from_env()
-    _, url = shared_pool(settings)
-    return {
-        "PERSISTENCE_MODULE": "eventkit.infrastructure.factory",
-        "DATABASE_URL": url,
-        "EVENTKIT_SCHEMA": settings.schema,
-        "EVENTKIT_POOL_MIN_SIZE": str(settings.pool_min_size),
-        "EVENTKIT_POOL_MAX_SIZE": str(settings.pool_max_size),
-    }
 
 
 def settings_with(overrides: Mapping[str, str]) -> Settings:

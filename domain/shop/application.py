@@ -8,30 +8,22 @@ appended to one of the same streams first, the save fails with eventsourcing's
 number of times. The shop gets its persistence from the ``env`` its caller passes and knows
 nothing of where events are stored.
 
-Stock items are loaded through an :class:`AggregateCache`: a popular item's stream grows by
-a few events per order, and replaying all of it on every command made each order cost time
-in proportion to the shop's history.
+Stock items are loaded through eventkit's aggregate cache (``cached_kinds``): a popular
+item's stream grows by a few events per order, and replaying all of it on every command
+made each order cost time in proportion to the shop's history.
 """
 
 from __future__ import annotations
 
-import copy
 import logging
-import random
-import threading
-import time
-from collections import OrderedDict
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from decimal import Decimal
-from typing import TypeVar, cast
+from typing import TypeVar
 from uuid import UUID
 
-from eventsourcing.domain import DomainEventProtocol
-from eventsourcing.persistence import EventStore, IntegrityError
-from eventsourcing.utils import EnvType
-
-from eventkit.domain.model import Aggregate, Application
+from eventkit.domain.application import Application
+from eventkit.domain.model import Aggregate
 from eventkit.domain.shop.commands import (
     CancelOrder,
     CapturePayment,
@@ -120,18 +112,8 @@ class Shop(Application):
     name = "Shop"
     #: The currency of every price, order and payment of this shop.
     currency = Currency.EUR
-    #: How many times a command runs before a concurrency conflict is re-raised.
-    max_attempts = 5
-    #: Seconds: the first retry waits up to twice this, each further one up to twice as long.
-    retry_delay = 0.01
-    #: Aggregates of these kinds are kept between commands (see AggregateCache).
-    cached_kinds: tuple[type[Aggregate], ...] = (StockItem,)
-    #: How many aggregates the cache keeps, least recently used dropped first.
-    cache_maxsize = 10_000
-
-    def __init__(self, env: EnvType | None = None) -> None:
-        super().__init__(env)
-        self._cache = AggregateCache(self.events, self.cache_maxsize)
+    #: A popular stock item's stream grows by a few events per order: keep stock items.
+    cached_kinds = (StockItem,)
 
     # -- commands ----------------------------------------------------------------------------
 
@@ -140,7 +122,7 @@ class Shop(Application):
 
         def decide() -> tuple[StockItem]:
             stock_item_id = StockItem.id_for(command.sku)
-            if self._find(stock_item_id, StockItem) is not None:
+            if self.find(stock_item_id, StockItem) is not None:
                 raise StockItemAlreadyRegisteredError(command.sku, stock_item_id)
             return (StockItem.register(command.sku, command.name, command.unit_price),)
 
@@ -241,12 +223,6 @@ class Shop(Application):
 
         return self._execute(command, decide)[1]
 
-    def after_conflict(self, command: Command, attempt: int, error: IntegrityError) -> None:
-        """Called after each save that conflicted, before the retry or the re-raise.
-
-        Does nothing; override it to count or report conflicts.
-        """
-
     # -- queries -------------------------------------------------------------------------------
 
     def get_stock(self, sku: str) -> StockView:
@@ -293,25 +269,13 @@ class Shop(Application):
         self, command: Command, decide: Callable[[], _Aggregates]
     ) -> tuple[_Aggregates, CommandResult]:
         """Run ``decide`` and save the aggregates it returns; run again on a conflict."""
-        for attempt in range(1, self.max_attempts + 1):
-            aggregates = decide()
-            try:
-                recordings = self.save(*aggregates)
-            except IntegrityError as e:
-                self.after_conflict(command, attempt, e)
-                if attempt == self.max_attempts:
-                    raise
-                logger.debug("%s conflicted (attempt %d), retrying: %s", command, attempt, e)
-                # Jitter, so writers that collided do not collide again in step.
-                time.sleep(random.uniform(0, self.retry_delay * 2**attempt))
-                continue
-            result = CommandResult(
-                notification_id=recordings[-1].notification.id,
-                aggregate_ids=tuple(aggregate.id for aggregate in aggregates),
-                retries=attempt - 1,
-            )
-            return aggregates, result
-        raise AssertionError("unreachable")  # pragma: no cover
+        outcome = self.run(decide, command)
+        result = CommandResult(
+            notification_id=outcome.notification_id,
+            aggregate_ids=tuple(aggregate.id for aggregate in outcome.aggregates),
+            retries=outcome.retries,
+        )
+        return outcome.aggregates, result
 
     def _release_stock(self, order: Order) -> list[StockItem]:
         stock_items = [self._stock_item(sku) for sku in order.skus]
@@ -320,86 +284,19 @@ class Shop(Application):
         return stock_items
 
     def _stock_item(self, sku: str) -> StockItem:
-        item = self._find(StockItem.id_for(sku), StockItem)
+        item = self.find(StockItem.id_for(sku), StockItem)
         if item is None:
             raise UnknownStockItemError(sku)
         return item
 
     def _order(self, order_id: UUID) -> Order:
-        order = self._find(order_id, Order)
+        order = self.find(order_id, Order)
         if order is None:
             raise UnknownOrderError(order_id)
         return order
 
     def _payment(self, payment_id: UUID) -> Payment:
-        payment = self._find(payment_id, Payment)
+        payment = self.find(payment_id, Payment)
         if payment is None:
             raise UnknownPaymentError(payment_id)
         return payment
-
-    def _find(self, aggregate_id: UUID, kind: type[_Aggregate]) -> _Aggregate | None:
-        """The aggregate with ``aggregate_id`` if it exists and is a ``kind``, else None."""
-        if kind in self.cached_kinds:
-            aggregate = self._cache.get(aggregate_id)
-        else:
-            aggregate = _project(None, self.events.get(aggregate_id))
-        return aggregate if isinstance(aggregate, kind) else None
-
-
-class AggregateCache:
-    """Aggregates kept between commands and brought up to date from their stream on each load.
-
-    Every load reads the events recorded after the cached version, so what it returns is as
-    current as an uncached load (other processes' writes included); it only saves replaying
-    the older events, which matters for long, hot streams such as a popular stock item's.
-    Callers get a deep copy taken under the aggregate's lock: a command's unsaved changes
-    never reach the cache or another thread. eventsourcing's own repository cache copies
-    after releasing its lock, while another thread may be fast-forwarding the same object,
-    so it is not used here.
-    """
-
-    def __init__(self, events: EventStore[UUID], maxsize: int) -> None:
-        self._events = events
-        self._maxsize = maxsize
-        self._lock = threading.Lock()
-        self._entries: OrderedDict[UUID, _CacheEntry] = OrderedDict()
-
-    def get(self, aggregate_id: UUID) -> Aggregate | None:
-        """A copy of the aggregate as recorded now, or None when its stream is empty."""
-        with self._lock:
-            entry = self._entries.get(aggregate_id)
-            if entry is None:
-                entry = self._entries[aggregate_id] = _CacheEntry()
-                if len(self._entries) > self._maxsize:
-                    self._entries.popitem(last=False)
-            else:
-                self._entries.move_to_end(aggregate_id)
-        with entry.lock:
-            cached = entry.aggregate
-            gt = None if cached is None else cached.version
-            try:
-                entry.aggregate = _project(cached, self._events.get(aggregate_id, gt=gt))
-            except BaseException:
-                entry.aggregate = None  # perhaps half brought up to date: start again
-                raise
-            return copy.deepcopy(entry.aggregate)
-
-
-@dataclass
-class _CacheEntry:
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    aggregate: Aggregate | None = None
-
-
-def _project(
-    aggregate: Aggregate | None, events: Iterable[DomainEventProtocol[UUID]]
-) -> Aggregate | None:
-    """Apply ``events`` to ``aggregate`` (None before the first) and return the result.
-
-    eventsourcing's ``project_aggregate`` asserts each event against a runtime-checkable
-    protocol, which Python 3.11 evaluates slowly (it collects the protocol's attributes on
-    every check); the shop's events are all ``Aggregate.Event``, so the check is not needed.
-    """
-    for event in events:
-        aggregate = cast(Aggregate.Event, event).mutate(aggregate)
-    return aggregate

@@ -5,11 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from functools import singledispatchmethod
 from uuid import UUID
 
 from eventkit.domain.shop.orders import Order
-from eventkit.projections.projection import Context, Projection, Table, UnhandledEventError
+from eventkit.projections.projection import Context, Projection, Table, handles
 from eventkit.projections.queries import Queries
 
 
@@ -33,12 +32,8 @@ class OrderSummaries(Projection):
         ),
     )
 
-    @singledispatchmethod
-    def apply(self, event: object, context: Context) -> None:
-        raise UnhandledEventError(self, event)
-
-    @apply.register
-    def _(self, event: Order.Placed, context: Context) -> None:
+    @handles
+    def placed(self, event: Order.Placed, context: Context) -> None:
         context.execute(
             "INSERT INTO {order_summaries} (order_id, customer_id, status, total, currency,"
             " line_count, placed_at, updated_at, version)"
@@ -55,16 +50,16 @@ class OrderSummaries(Projection):
             ),
         )
 
-    @apply.register
-    def _(self, event: Order.Paid, context: Context) -> None:
+    @handles
+    def paid(self, event: Order.Paid, context: Context) -> None:
         self._set_status(context, event, "paid")
 
-    @apply.register
-    def _(self, event: Order.Shipped, context: Context) -> None:
+    @handles
+    def shipped(self, event: Order.Shipped, context: Context) -> None:
         self._set_status(context, event, "shipped")
 
-    @apply.register
-    def _(self, event: Order.Cancelled, context: Context) -> None:
+    @handles
+    def cancelled(self, event: Order.Cancelled, context: Context) -> None:
         self._set_status(context, event, "cancelled", event.reason)
 
     @staticmethod

@@ -18,18 +18,20 @@ payment captured or the order shipped and does nothing.
 from __future__ import annotations
 
 import json
+import logging
 import urllib.error
 import urllib.request
-from functools import singledispatchmethod
-from typing import Any
+from typing import Any, Protocol
 
 from eventkit.domain.shop.application import Shop
 from eventkit.domain.shop.commands import CapturePayment, FailPayment, ShipOrder
 from eventkit.domain.shop.orders import Order, OrderStatus
 from eventkit.domain.shop.payments import Payment, PaymentStatus
-from eventkit.infrastructure.errors import ConfigurationError
-from eventkit.projections.projection import Table
-from eventkit.projections.reaction import Reaction, ReactionContext, UnhandledEventError
+from eventkit.projections.app import Runtime
+from eventkit.projections.projection import Table, handles
+from eventkit.projections.reaction import Reaction, ReactionContext
+
+logger = logging.getLogger(__name__)
 
 
 class GatewayError(Exception):
@@ -77,6 +79,20 @@ class PaymentGatewayClient:
         return answer
 
 
+class Gateway(Protocol):
+    """What charges a payment: the HTTP gateway's client, or the sandbox."""
+
+    def charge(self, payment: Payment.Requested, idempotency_key: str) -> dict[str, Any]: ...
+
+
+class SandboxGateway:
+    """Captures every payment without calling anything: what charge_payments uses when
+    PAYMENT_GATEWAY_URL is unset, so the example runs on a machine with no gateway."""
+
+    def charge(self, payment: Payment.Requested, idempotency_key: str) -> dict[str, Any]:
+        return {"status": "captured"}
+
+
 class ChargePayments(Reaction):
     """Charges each requested payment, then captures or fails it."""
 
@@ -84,17 +100,28 @@ class ChargePayments(Reaction):
     max_attempts = 5
     min_backoff_ms = 200
     max_backoff_ms = 10_000
+    #: The shop's payment process: payments requested before the reaction first ran are
+    #: still charged (a reaction starts at the head of the log unless it says otherwise).
+    start_from = "origin"
 
-    def __init__(self, shop: Shop, gateway: PaymentGatewayClient) -> None:
+    def __init__(self, shop: Shop, gateway: Gateway) -> None:
         self.shop = shop
         self.gateway = gateway
 
-    @singledispatchmethod
-    def react(self, event: object, context: ReactionContext) -> None:
-        raise UnhandledEventError(self, event)
+    @classmethod
+    def construct(cls, runtime: Runtime) -> ChargePayments:
+        url = runtime.setting("PAYMENT_GATEWAY_URL")
+        if url:
+            return cls(runtime.application(Shop), PaymentGatewayClient(url))
+        logger.warning(
+            "reaction %s: PAYMENT_GATEWAY_URL is unset, so payments are captured by the "
+            "sandbox gateway (nothing is called); set it to charge a real gateway",
+            cls.name,
+        )
+        return cls(runtime.application(Shop), SandboxGateway())
 
-    @react.register
-    def _(self, event: Payment.Requested, context: ReactionContext) -> None:
+    @handles
+    def requested(self, event: Payment.Requested, context: ReactionContext) -> None:
         payment_id = event.originator_id
         if self.shop.get_payment(payment_id).status is not PaymentStatus.REQUESTED:
             return  # decided already (a redelivery, or the order was cancelled)
@@ -112,16 +139,17 @@ class ShipPaidOrders(Reaction):
     """Ships each paid order."""
 
     name = "ship_paid_orders"
+    start_from = "origin"
 
     def __init__(self, shop: Shop) -> None:
         self.shop = shop
 
-    @singledispatchmethod
-    def react(self, event: object, context: ReactionContext) -> None:
-        raise UnhandledEventError(self, event)
+    @classmethod
+    def construct(cls, runtime: Runtime) -> ShipPaidOrders:
+        return cls(runtime.application(Shop))
 
-    @react.register
-    def _(self, event: Order.Paid, context: ReactionContext) -> None:
+    @handles
+    def paid(self, event: Order.Paid, context: ReactionContext) -> None:
         if self.shop.get_order(event.originator_id).status is OrderStatus.PAID:
             self.shop.ship_order(ShipOrder(order_id=event.originator_id))
 
@@ -139,16 +167,12 @@ class OrderMails(Reaction):
         ),
     )
 
-    @singledispatchmethod
-    def react(self, event: object, context: ReactionContext) -> None:
-        raise UnhandledEventError(self, event)
-
-    @react.register
-    def _(self, event: Order.Shipped, context: ReactionContext) -> None:
+    @handles
+    def shipped(self, event: Order.Shipped, context: ReactionContext) -> None:
         self._mail(context, event.originator_id, "shipped", "Your order is on its way.")
 
-    @react.register
-    def _(self, event: Order.Cancelled, context: ReactionContext) -> None:
+    @handles
+    def cancelled(self, event: Order.Cancelled, context: ReactionContext) -> None:
         self._mail(context, event.originator_id, "cancelled", f"Order cancelled: {event.reason}.")
 
     @staticmethod
@@ -157,31 +181,3 @@ class OrderMails(Reaction):
             "INSERT INTO {order_mails} (message_id, order_id, kind, body) VALUES (%s, %s, %s, %s)",
             (context.message_id, order_id, kind, body),
         )
-
-
-#: The shop's reactions, by name.
-REACTION_TYPES: dict[str, type[Reaction]] = {
-    r.name: r for r in (ChargePayments, ShipPaidOrders, OrderMails)
-}
-
-
-def shop_reactions(shop: Shop, gateway_url: str | None, names: list[str]) -> list[Reaction]:
-    """The named reactions, constructed with what they need."""
-    built: list[Reaction] = []
-    for name in names:
-        if name == ChargePayments.name:
-            if not gateway_url:
-                raise ConfigurationError(
-                    "reaction charge_payments calls the payment gateway at PAYMENT_GATEWAY_URL,"
-                    " which is unset: set it, or name the reactions to run"
-                )
-            built.append(ChargePayments(shop, PaymentGatewayClient(gateway_url)))
-        elif name == ShipPaidOrders.name:
-            built.append(ShipPaidOrders(shop))
-        elif name == OrderMails.name:
-            built.append(OrderMails())
-        else:
-            raise ConfigurationError(
-                f"unknown reaction {name!r}; known: {', '.join(REACTION_TYPES)}"
-            )
-    return built

@@ -10,10 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, date
 from decimal import Decimal
-from functools import singledispatchmethod
 
 from eventkit.domain.shop.orders import Order
-from eventkit.projections.projection import Context, Projection, Table, UnhandledEventError
+from eventkit.projections.projection import Context, Projection, Table, handles
 from eventkit.projections.queries import Queries
 
 
@@ -33,19 +32,15 @@ class RevenueByDay(Projection):
         ),
     )
 
-    @singledispatchmethod
-    def apply(self, event: object, context: Context) -> None:
-        raise UnhandledEventError(self, event)
-
-    @apply.register
-    def _(self, event: Order.Placed, context: Context) -> None:
+    @handles
+    def placed(self, event: Order.Placed, context: Context) -> None:
         context.execute(
             "INSERT INTO {revenue_order_totals} (order_id, total, currency) VALUES (%s, %s, %s)",
             (event.originator_id, event.total, event.currency.value),
         )
 
-    @apply.register
-    def _(self, event: Order.Paid, context: Context) -> None:
+    @handles
+    def paid(self, event: Order.Paid, context: Context) -> None:
         day = event.timestamp.astimezone(UTC).date()
         context.execute(
             "INSERT INTO {revenue_by_day} AS r (day, currency, paid_orders, revenue)"

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from decimal import Decimal
-from functools import singledispatchmethod
 
 from eventkit.domain.shop.stock import StockItem
-from eventkit.projections.projection import Context, Projection, Table, UnhandledEventError
+from eventkit.projections.projection import Context, Projection, Table, handles
 from eventkit.projections.queries import Queries
 
 
@@ -27,12 +26,8 @@ class StockLevels(Projection):
         ),
     )
 
-    @singledispatchmethod
-    def apply(self, event: object, context: Context) -> None:
-        raise UnhandledEventError(self, event)
-
-    @apply.register
-    def _(self, event: StockItem.Registered, context: Context) -> None:
+    @handles
+    def registered(self, event: StockItem.Registered, context: Context) -> None:
         context.execute(
             "INSERT INTO {stock_levels} (sku, stock_item_id, name, unit_price, on_hand, reserved,"
             " version) VALUES (%s, %s, %s, %s, 0, 0, %s)",
@@ -45,20 +40,22 @@ class StockLevels(Projection):
             ),
         )
 
-    @apply.register
-    def _(self, event: StockItem.Received, context: Context) -> None:
+    @handles
+    def received(self, event: StockItem.Received, context: Context) -> None:
         self._change(context, event, on_hand=event.quantity, reserved=0)
 
-    @apply.register
-    def _(self, event: StockItem.Reserved, context: Context) -> None:
+    @handles
+    def reserved(self, event: StockItem.Reserved, context: Context) -> None:
         self._change(context, event, on_hand=0, reserved=event.quantity)
 
-    @apply.register
-    def _(self, event: StockItem.Released, context: Context) -> None:
+    @handles
+    def released(self, event: StockItem.Released, context: Context) -> None:
         self._change(context, event, on_hand=0, reserved=-event.quantity)
 
-    @apply.register
-    def _(self, event: StockItem.ReservationCommitted, context: Context) -> None:
+    @handles
+    def reservation_committed(
+        self, event: StockItem.ReservationCommitted, context: Context
+    ) -> None:
         self._change(context, event, on_hand=-event.quantity, reserved=-event.quantity)
 
     @staticmethod

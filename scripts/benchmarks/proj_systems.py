@@ -22,7 +22,6 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from functools import singledispatchmethod
 from typing import Any, ClassVar, LiteralString
 from uuid import UUID
 
@@ -35,10 +34,10 @@ from psycopg import sql
 
 from eventkit.benchmarks import systems
 from eventkit.benchmarks.aggregates import Account
-from eventkit.domain.model import Application as EventkitApplication
+from eventkit.domain.application import Application as EventkitApplication
 from eventkit.infrastructure.migrations import migrate
 from eventkit.infrastructure.settings import redact
-from eventkit.projections.projection import Context, Projection, Table, UnhandledEventError
+from eventkit.projections.projection import Context, Projection, Table, handles
 
 EVENTKIT = "eventkit"
 EVENTSOURCING = "eventsourcing"
@@ -77,16 +76,12 @@ class StreamCounts(Projection):
         ),
     )
 
-    @singledispatchmethod
-    def apply(self, event: object, context: Context) -> None:
-        raise UnhandledEventError(self, event)
-
-    @apply.register
-    def _(self, event: Account.Opened, context: Context) -> None:
+    @handles
+    def opened(self, event: Account.Opened, context: Context) -> None:
         self._count(event, context)
 
-    @apply.register
-    def _(self, event: Account.Noted, context: Context) -> None:
+    @handles
+    def noted(self, event: Account.Noted, context: Context) -> None:
         self._count(event, context)
 
     @staticmethod

@@ -26,7 +26,6 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from functools import singledispatchmethod
 from pathlib import Path
 from typing import Any
 from uuid import uuid4
@@ -36,11 +35,12 @@ from psycopg import sql
 from eventkit.benchmarks.aggregates import Account, open_account
 from eventkit.benchmarks.report import format_ms, format_rate, format_table, write_json
 from eventkit.bootstrap import tune_gc
-from eventkit.domain.model import Application
+from eventkit.domain.application import Application
 from eventkit.infrastructure.broker import BrokerKind, reachable
 from eventkit.infrastructure.factory import shared_pool
 from eventkit.infrastructure.settings import Settings
-from eventkit.projections.reaction import Reaction, ReactionContext, UnhandledEventError
+from eventkit.projections.projection import handles
+from eventkit.projections.reaction import Reaction, ReactionContext
 from eventkit.projections.reactor import ReactionRuntime, reaction_runtime
 
 RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672/"
@@ -51,17 +51,14 @@ class Noop(Reaction):
     """Reacts to every benchmark event by doing nothing."""
 
     name = "bench_noop"
+    start_from = "origin"  # events are written before the runtime starts
 
-    @singledispatchmethod
-    def react(self, event: object, context: ReactionContext) -> None:
-        raise UnhandledEventError(self, event)
-
-    @react.register
-    def _(self, event: Account.Opened, context: ReactionContext) -> None:
+    @handles
+    def opened(self, event: Account.Opened, context: ReactionContext) -> None:
         pass
 
-    @react.register
-    def _(self, event: Account.Noted, context: ReactionContext) -> None:
+    @handles
+    def noted(self, event: Account.Noted, context: ReactionContext) -> None:
         pass
 
 

@@ -47,7 +47,7 @@ from eventkit.infrastructure.partitions import record_partitions
 from eventkit.infrastructure.recorder import PostgresEventRecorder
 from eventkit.infrastructure.settings import Settings
 from eventkit.infrastructure.transcoding import PydanticMapper
-from eventkit.projections.group import Consumer, WorkerGroup
+from eventkit.projections.group import Runnable, WorkerGroup
 from eventkit.projections.worker import ProjectionWorker
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -194,7 +194,7 @@ def _serve(name: str, worker_id: str) -> None:
         )
 
     group = WorkerGroup(
-        [Consumer(name, StreamCounts, make)],
+        [Runnable(name, StreamCounts, make)],
         url=url,
         schema=settings.schema,
         worker_id=worker_id,

@@ -20,7 +20,7 @@ from eventsourcing.persistence import ApplicationRecorder
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
-from eventkit.domain.model import Application as EventkitApplication
+from eventkit.domain.application import Application as EventkitApplication
 from eventkit.infrastructure.errors import ConfigurationError
 from eventkit.infrastructure.factory import Factory
 from eventkit.infrastructure.migrations import migrate

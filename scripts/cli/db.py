@@ -11,8 +11,10 @@ from eventkit.infrastructure.migrations import migrate
 from eventkit.infrastructure.settings import Settings, redact
 
 
-def register(commands: Any) -> None:
-    parser = commands.add_parser("db", help="embedded PostgreSQL and schema migrations")
+def register(commands: Any, parents: list[argparse.ArgumentParser], app_spec: str | None) -> None:
+    parser = commands.add_parser(
+        "db", parents=parents, help="the embedded PostgreSQL server and the schema's migrations"
+    )
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     for name, run, text in [
         ("start", _start, "start the embedded server (no-op when DATABASE_URL is set)"),
@@ -21,7 +23,7 @@ def register(commands: Any) -> None:
         ("url", _url, "print the connection URL eventkit uses"),
         ("migrate", _migrate, "create or upgrade the schema (idempotent)"),
     ]:
-        actions.add_parser(name, help=text).set_defaults(run=run)
+        actions.add_parser(name, parents=parents, help=text).set_defaults(run=run)
 
 
 def _start(args: argparse.Namespace) -> int:

@@ -10,36 +10,40 @@ from uuid import UUID
 
 import psycopg
 
-from eventkit.cli.workers import build_workers, default_worker_id, select_projections
+from eventkit.cli.common import app_of, settings_of
 from eventkit.infrastructure.broker import Handover, broker_kind
 from eventkit.infrastructure.deadletters import DeadLetter, DeadLetters, Selector
 from eventkit.infrastructure.errors import ConfigurationError
 from eventkit.infrastructure.factory import shared_pool
 from eventkit.infrastructure.leases import Leases
 from eventkit.infrastructure.partitions import recorded_partitions
-from eventkit.infrastructure.settings import Settings
+from eventkit.projections.app import Runtime
 from eventkit.projections.reactor import executed, requeue_dead_letters
-from eventkit.projections.shop import PROJECTIONS
+from eventkit.runner import build_workers, default_worker_id
 
 
-def register(commands: Any) -> None:
-    parser = commands.add_parser("dlq", help="dead letters: list, show, retry, discard")
+def register(commands: Any, parents: list[argparse.ArgumentParser], app_spec: str | None) -> None:
+    parser = commands.add_parser(
+        "dlq", parents=parents, help="dead letters: list, show, retry, discard"
+    )
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
-    listing = actions.add_parser("list", help="open dead letters")
-    listing.add_argument("--projection")
+    listing = actions.add_parser("list", parents=parents, help="open dead letters")
+    listing.add_argument("--consumer", metavar="NAME", help="of this projection or reaction")
     listing.add_argument("--all", action="store_true", help="also retried and discarded ones")
     listing.set_defaults(run=_list)
-    show = actions.add_parser("show", help="one dead letter with its traceback")
+    show = actions.add_parser("show", parents=parents, help="one dead letter with its traceback")
     show.add_argument("dead_letter_id", type=int, metavar="ID")
     show.set_defaults(run=_show)
     for name, run, text in [
         ("retry", _retry, "reprocess the selected streams in order and release them"),
         ("discard", _discard, "give up on the selected dead letters"),
     ]:
-        action = actions.add_parser(name, help=text)
+        action = actions.add_parser(name, parents=parents, help=text)
         action.add_argument("dead_letter_id", nargs="?", type=int, metavar="ID")
-        action.add_argument("--stream", type=UUID)
-        action.add_argument("--projection")
+        action.add_argument("--stream", type=UUID, help="every dead letter of this stream")
+        action.add_argument(
+            "--consumer", metavar="NAME", help="every dead letter of this projection or reaction"
+        )
         if name == "discard":
             action.add_argument("--yes", action="store_true", help="do not ask for confirmation")
         else:
@@ -48,21 +52,21 @@ def register(commands: Any) -> None:
 
 
 def _selector(args: argparse.Namespace) -> Selector:
-    if args.dead_letter_id is None and args.stream is None and args.projection is None:
-        raise ConfigurationError("name a dead letter ID, --stream S or --projection P")
-    return Selector(args.dead_letter_id, args.stream, args.projection)
+    if args.dead_letter_id is None and args.stream is None and args.consumer is None:
+        raise ConfigurationError("name a dead letter ID, --stream S or --consumer NAME")
+    return Selector(args.dead_letter_id, args.stream, args.consumer)
 
 
 def _list(args: argparse.Namespace) -> int:
-    settings = Settings.from_env()
+    settings = settings_of(args)
     pool, _ = shared_pool(settings)
     statuses = ("parked", "retry_requested", "retried", "discarded") if args.all else None
     with pool.connection() as conn:
         store = DeadLetters(settings.schema)
         letters = (
-            store.select(conn, projection=args.projection, statuses=statuses)
+            store.select(conn, projection=args.consumer, statuses=statuses)
             if statuses
-            else store.select(conn, projection=args.projection)
+            else store.select(conn, projection=args.consumer)
         )
     if not letters:
         print("no dead letters")
@@ -72,7 +76,7 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    settings = Settings.from_env()
+    settings = settings_of(args)
     pool, _ = shared_pool(settings)
     with pool.connection() as conn:
         letter = DeadLetters(settings.schema).get(conn, args.dead_letter_id)
@@ -87,7 +91,7 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _retry(args: argparse.Namespace) -> int:
-    settings = Settings.from_env()
+    settings = settings_of(args)
     pool, url = shared_pool(settings)
     selector = _selector(args)
     store = DeadLetters(settings.schema)
@@ -95,7 +99,7 @@ def _retry(args: argparse.Namespace) -> int:
     with pool.connection() as conn:
         messages = requeue_dead_letters(conn, settings.schema, handover, selector)
         requested = store.request_retry(conn, selector)
-        waiting = store.select(conn, projection=args.projection, statuses=("retry_requested",))
+        waiting = store.select(conn, projection=args.consumer, statuses=("retry_requested",))
     if requested == 0 and not messages:
         print("nothing to retry: no parked dead letters match")
         return 1
@@ -108,15 +112,17 @@ def _retry(args: argparse.Namespace) -> int:
     print(f"{requested} dead letter(s) of {', '.join(projections)} queued for retry")
     # Where no worker owns a projection this command knows, process its retries here,
     # under the leases of all its partitions; otherwise its workers do, and we wait.
-    known = [p for p in projections if p in PROJECTIONS]
+    app = app_of(args)
+    known = {p.name: p for p in app.projections if p.name in projections}
     owner = f"dlq:{default_worker_id()}"
     leases = Leases(settings.schema)
-    for worker in build_workers(
-        select_projections(known) if known else [], settings, worker_id=owner
-    ):
+    workers = build_workers(list(known.values()), settings, worker_id=owner)
+    runtime = Runtime(app, settings)
+    for worker in workers:
+        worker.projection = runtime.construct(known[worker.name])
         with psycopg.connect(url, autocommit=True) as conn:
             count = recorded_partitions(conn, settings.schema).get(
-                worker.name, PROJECTIONS[worker.name].partitions
+                worker.name, known[worker.name].partitions
             )
             held = [leases.acquire(conn, worker.name, k, owner) for k in range(count)]
             try:
@@ -183,7 +189,7 @@ def _wait_for_messages(pool: Any, schema: str, letters: list[DeadLetter], timeou
 
 
 def _discard(args: argparse.Namespace) -> int:
-    settings = Settings.from_env()
+    settings = settings_of(args)
     pool, _ = shared_pool(settings)
     selector = _selector(args)
     if not args.yes:

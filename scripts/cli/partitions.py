@@ -5,21 +5,23 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from eventkit.cli.common import app_of, describe_app, settings_of
 from eventkit.cli.rebuild import run_rebuild
 from eventkit.infrastructure.factory import shared_pool
-from eventkit.infrastructure.settings import Settings
 from eventkit.projections.partitioning import split
-from eventkit.projections.shop import PROJECTIONS
-from eventkit.projections.shop.reactions import REACTION_TYPES
+from eventkit.projections.projection import Projection
 from eventkit.projections.status import partition_status
 
 
-def register(commands: Any) -> None:
+def register(commands: Any, parents: list[argparse.ArgumentParser], app_spec: str | None) -> None:
     parser = commands.add_parser(
         "partitions",
+        parents=parents,
         help="show a projection's or reaction's partitions, or change their number",
+        description="Show a projection's or reaction's partitions (position, owner, lease, "
+        "lag of each), or change their number. " + describe_app(app_spec),
     )
-    parser.add_argument("name", metavar="NAME")
+    parser.add_argument("name", metavar="NAME", help="the projection or reaction")
     parser.add_argument(
         "--set",
         dest="partitions",
@@ -32,12 +34,8 @@ def register(commands: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    settings = Settings.from_env()
-    consumers = {**PROJECTIONS, **REACTION_TYPES}
-    if args.name not in consumers:
-        print(f"unknown projection or reaction {args.name!r}; known: {', '.join(consumers)}")
-        return 2
-    cls = consumers[args.name]
+    settings = settings_of(args)
+    cls = app_of(args).consumer(args.name)
     pool, _ = shared_pool(settings)
     if args.partitions is not None:
         with pool.connection() as conn:
@@ -49,12 +47,12 @@ def _run(args: argparse.Namespace) -> int:
                 f"{args.name}: {done.before} -> {done.after} partitions (online split; each new "
                 "partition starts where its parent was)"
             )
-        elif args.name in PROJECTIONS:
+        elif issubclass(cls, Projection):
             print(
                 f"{args.name}: {current} -> {args.partitions} partitions is not a split: "
                 "rebuilding beside the live view"
             )
-            run_rebuild(PROJECTIONS[args.name], settings, partitions=args.partitions)
+            run_rebuild(cls, settings, partitions=args.partitions)
         else:
             print(
                 f"reaction {args.name}: {current} -> {args.partitions} partitions is not a "

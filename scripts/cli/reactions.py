@@ -1,27 +1,34 @@
-"""``eventkit reactions replay``: send a reaction's messages again from a position."""
+"""``eventkit reactions replay NAME --from POSITION``: send a reaction's messages again, every
+partition; ``eventkit reset NAME --to-position`` with the position before ``POSITION``."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
+from eventkit.cli.common import app_of, describe_app
+from eventkit.cli.reset import move
 from eventkit.infrastructure.errors import ConfigurationError
-from eventkit.infrastructure.factory import shared_pool
-from eventkit.infrastructure.log import Position
-from eventkit.infrastructure.settings import Settings
-from eventkit.infrastructure.tracking import Tracking
-from eventkit.projections.shop.reactions import REACTION_TYPES
+from eventkit.infrastructure.log import Position, StartFrom
+from eventkit.projections.reaction import Reaction
 
 
-def register(commands: Any) -> None:
-    parser = commands.add_parser("reactions", help="reactions: replay from a position")
+def register(commands: Any, parents: list[argparse.ArgumentParser], app_spec: str | None) -> None:
+    parser = commands.add_parser(
+        "reactions", parents=parents, help="reactions: send messages again from a position"
+    )
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     replay = actions.add_parser(
         "replay",
-        help="send NAME's messages again for every event from POSITION on; the ledger lets "
-        "only messages never executed run",
+        parents=parents,
+        help="send NAME's messages again for every event from POSITION on (every partition); "
+        "the ledger lets only messages never executed run",
+        description="Move a reaction back (every partition) so that it sends the messages "
+        "of every event from POSITION on again; the idempotency ledger lets only those "
+        "never executed run. " + describe_app(app_spec),
     )
-    replay.add_argument("name", metavar="NAME", help=f"one of {', '.join(REACTION_TYPES)}")
+    replay.add_argument("name", metavar="NAME", help="the reaction")
     replay.add_argument(
         "--from",
         dest="start",
@@ -33,48 +40,33 @@ def register(commands: Any) -> None:
     replay.set_defaults(run=_replay)
 
 
-def replay_from(start: str) -> Position:
-    """The tracking position that makes the follower read ``start`` next."""
+def replay_from(start: str) -> StartFrom:
+    """Where the follower goes so that it reads ``start`` next."""
     if start.strip() == "0":
-        return Position.ORIGIN
-    first = Position.parse(start)
+        return "origin"
+    try:
+        first = Position.parse(start)
+    except ValueError as e:
+        raise ConfigurationError(str(e)) from None
     if first.notification_id < 1:
         raise ConfigurationError(f"position {start} names no event")
     return Position(first.transaction_id, first.notification_id - 1)
 
 
-def replay(pool: Any, schema: str, reaction: str, position: Position) -> None:
-    """Move ``reaction``'s follower to ``position``: it sends the later events' messages
-    again, and the ledger skips those that were executed."""
-    with pool.connection() as conn, conn.transaction():
-        Tracking(schema).set(conn, reaction, position)
-
-
 def _replay(args: argparse.Namespace) -> int:
-    if args.name not in REACTION_TYPES:
+    consumer = app_of(args).consumer(args.name)
+    if not issubclass(consumer, Reaction):
         raise ConfigurationError(
-            f"unknown reaction {args.name!r}; known: {', '.join(REACTION_TYPES)}"
+            f"{args.name} is a projection: replay it with eventkit rebuild, or move it with "
+            "eventkit reset"
         )
-    try:
-        position = replay_from(args.start)
-    except ValueError as e:
-        raise ConfigurationError(str(e)) from None
-    settings = Settings.from_env()
-    pool, _ = shared_pool(settings)
-    tracking = Tracking(settings.schema)
-    with pool.connection() as conn:
-        current = tracking.position(conn, args.name)
+    start = replay_from(args.start)
     if not args.yes:
-        answer = input(
-            f"move reaction {args.name} from {current} back to {position} and send its "
-            "messages again (executed ones are skipped by the ledger)? [y/N] "
-        )
+        move(args, start, execute=False)
+        if not sys.stdin.isatty():
+            raise ConfigurationError("no terminal to confirm on: add --yes")
+        answer = input("send these messages again? [y/N] ")
         if answer.strip().lower() not in {"y", "yes"}:
             print("nothing replayed")
             return 1
-    replay(pool, settings.schema, args.name, position)
-    print(
-        f"reaction {args.name}: follower moved from {current} to {position}; a running "
-        "worker picks it up at its next batch"
-    )
-    return 0
+    return move(args, start, execute=True)

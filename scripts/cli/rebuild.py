@@ -1,4 +1,4 @@
-"""``eventkit rebuild NAME`` (zero downtime) and ``eventkit reset NAME --yes`` (blunt)."""
+"""``eventkit rebuild NAME``: rebuild a projection's view beside the live one, then swap."""
 
 from __future__ import annotations
 
@@ -7,23 +7,30 @@ import sys
 import time
 from typing import Any
 
-import psycopg
-
 from eventkit.bootstrap import tune_gc
-from eventkit.cli.workers import default_worker_id, select_projections
+from eventkit.cli.common import app_of, describe_app, settings_of
+from eventkit.infrastructure.errors import ConfigurationError
 from eventkit.infrastructure.factory import shared_pool
 from eventkit.infrastructure.recorder import PostgresEventRecorder
 from eventkit.infrastructure.settings import Settings
 from eventkit.infrastructure.transcoding import PydanticMapper
 from eventkit.projections.projection import Projection
-from eventkit.projections.rebuild import rebuild, reset
+from eventkit.projections.rebuild import rebuild
 from eventkit.projections.worker import BatchReport
+from eventkit.runner import default_worker_id
 
 
-def register(commands: Any) -> None:
-    parser = commands.add_parser("rebuild", help="rebuild a projection beside the live one")
-    parser.add_argument("name", metavar="NAME")
-    parser.add_argument("--batch-size", type=int, default=5000)
+def register(commands: Any, parents: list[argparse.ArgumentParser], app_spec: str | None) -> None:
+    parser = commands.add_parser(
+        "rebuild",
+        parents=parents,
+        help="rebuild a projection's view beside the live one",
+        description="Rebuild a projection's view into new tables beside the live one, from "
+        "where the projection starts, while its workers keep the live view current; then "
+        "swap them in one transaction. " + describe_app(app_spec),
+    )
+    parser.add_argument("name", metavar="NAME", help="the projection")
+    parser.add_argument("--batch-size", type=int, default=5000, help="events per batch")
     parser.add_argument(
         "--partitions",
         type=int,
@@ -31,10 +38,6 @@ def register(commands: Any) -> None:
         help="follow the rebuilt view in P partitions (any number: merge or split)",
     )
     parser.set_defaults(run=_rebuild)
-    blunt = commands.add_parser("reset", help="drop a projection's view and position")
-    blunt.add_argument("name", metavar="NAME")
-    blunt.add_argument("--yes", action="store_true", help="do not ask for confirmation")
-    blunt.set_defaults(run=_reset)
 
 
 class Progress:
@@ -73,9 +76,13 @@ class Progress:
 
 def _rebuild(args: argparse.Namespace) -> int:
     tune_gc()
-    [projection] = select_projections([args.name])
+    projection = app_of(args).consumer(args.name)
+    if not issubclass(projection, Projection):
+        raise ConfigurationError(
+            f"{args.name} is a reaction, which has no view to rebuild: move it with eventkit reset"
+        )
     run_rebuild(
-        projection, Settings.from_env(), batch_size=args.batch_size, partitions=args.partitions
+        projection, settings_of(args), batch_size=args.batch_size, partitions=args.partitions
     )
     return 0
 
@@ -113,18 +120,3 @@ def run_rebuild(
         f"rebuilt {result.projection}: {result.applied:,} events applied, {result.parked} parked, "
         f"in {result.seconds:.1f} s ({rate:,.0f} events/s); now live at position {result.position}"
     )
-
-
-def _reset(args: argparse.Namespace) -> int:
-    settings = Settings.from_env()
-    [projection] = select_projections([args.name])
-    if not args.yes:
-        answer = input(f"drop the view of {projection.name} and replay it from zero? [y/N] ")
-        if answer.strip().lower() not in {"y", "yes"}:
-            print("nothing reset")
-            return 1
-    _, url = shared_pool(settings)
-    with psycopg.connect(url, autocommit=True) as conn:
-        reset(conn, settings.schema, projection)
-    print(f"reset {projection.name}: its workers replay it from the start of the log")
-    return 0

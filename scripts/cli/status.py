@@ -9,12 +9,9 @@ import time
 from dataclasses import asdict
 from typing import Any
 
-from eventkit.cli.workers import select_projections, split_names
+from eventkit.cli.common import app_of, describe_app, settings_of
 from eventkit.infrastructure.broker import BrokerKind, broker_kind
 from eventkit.infrastructure.factory import shared_pool
-from eventkit.infrastructure.settings import Settings
-from eventkit.projections.shop import PROJECTIONS
-from eventkit.projections.shop.reactions import REACTION_TYPES
 from eventkit.projections.status import (
     ProjectionStatus,
     ReactionStatus,
@@ -27,11 +24,18 @@ from eventkit.projections.status import (
 )
 
 
-def register(commands: Any) -> None:
+def register(commands: Any, parents: list[argparse.ArgumentParser], app_spec: str | None) -> None:
     parser = commands.add_parser(
-        "status", help="where each projection and reaction is, its lag, its messages"
+        "status",
+        parents=parents,
+        help="where each projection and reaction is, its lag, its messages",
+        description="Where each projection and reaction of the application is: position, "
+        "lag, state, dead letters; reactions' messages; partitions; worker processes. "
+        + describe_app(app_spec),
     )
-    parser.add_argument("names", nargs="*", metavar="NAME")
+    parser.add_argument(
+        "names", nargs="*", metavar="NAME", help="projections and reactions (default: all)"
+    )
     parser.add_argument("--json", action="store_true", help="print JSON for machines")
     parser.add_argument(
         "--watch",
@@ -130,26 +134,17 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> str:
-    settings = Settings.from_env()
+    settings = settings_of(args)
+    projections, reaction_types = app_of(args).select(args.names)
     pool, _ = shared_pool(settings)
-    projection_names, reaction_names = split_names(args.names)
-    if not args.names:
-        projection_names, reaction_names = list(PROJECTIONS), list(REACTION_TYPES)
-    rows = (
-        projection_status(pool, settings.schema, select_projections(projection_names))
-        if projection_names
-        else []
-    )
+    rows = projection_status(pool, settings.schema, projections) if projections else []
     reactions = reaction_status(
         pool,
         settings.schema,
-        [REACTION_TYPES[n] for n in reaction_names],
+        reaction_types,
         postgres_broker=broker_kind(settings.broker_url) is BrokerKind.POSTGRES,
     )
-    consumers = [
-        *(select_projections(projection_names) if projection_names else []),
-        *[REACTION_TYPES[n] for n in reaction_names],
-    ]
+    consumers = [*projections, *reaction_types]
     with pool.connection() as conn:
         group = members(conn, settings.schema)
         partitioned = [

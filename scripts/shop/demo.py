@@ -31,7 +31,6 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from functools import singledispatchmethod
 from typing import Any
 from uuid import UUID
 
@@ -40,9 +39,8 @@ from eventsourcing.persistence import IntegrityError
 from prometheus_client.parser import text_string_to_metric_families
 from psycopg import sql
 
-from eventkit.bootstrap import application_env, settings_with
+from eventkit.bootstrap import settings_with
 from eventkit.cli.status import render
-from eventkit.cli.workers import build_reactions, build_workers, run_until
 from eventkit.domain.names import AGGREGATE_TYPES, EVENT_TYPES
 from eventkit.domain.shop.application import CommandResult, OrderPlacement, Shop
 from eventkit.domain.shop.commands import (
@@ -62,23 +60,26 @@ from eventkit.domain.shop.orders import Order
 from eventkit.domain.shop.stock import StockItem
 from eventkit.infrastructure.broker import BrokerOptions
 from eventkit.infrastructure.deadletters import DeadLetters
-from eventkit.infrastructure.factory import shared_pool
+from eventkit.infrastructure.factory import application_env, shared_pool
 from eventkit.infrastructure.log import Position
 from eventkit.infrastructure.recorder import PostgresEventRecorder
 from eventkit.infrastructure.settings import Settings, redact
 from eventkit.infrastructure.tracking import Tracking
+from eventkit.projections.app import Runtime
 from eventkit.projections.monitoring import Monitor, MonitoringServer
-from eventkit.projections.projection import Context, Projection, Table, UnhandledEventError
+from eventkit.projections.projection import Context, Projection, Table, handles
 from eventkit.projections.queries import Queries
+from eventkit.projections.reactor import reaction_runtime
 from eventkit.projections.shop import (
-    PROJECTIONS,
     OrderSummaryQueries,
     RevenueQueries,
     StockLevelQueries,
+    app,
 )
-from eventkit.projections.shop.reactions import REACTION_TYPES, ChargePayments
+from eventkit.projections.shop.reactions import ChargePayments
 from eventkit.projections.status import ProjectionStatus, projection_status
 from eventkit.projections.worker import ProjectionWorker, RetryPolicy
+from eventkit.runner import build_workers, run_until
 from eventkit.shop.gateway import FakeGateway
 
 #: (sku, name, unit price, popularity): popular items run short and collide more often.
@@ -184,7 +185,7 @@ class DemoShop(Shop):
         super().__init__(env=env)
         self.tally = tally
 
-    def after_conflict(self, command: Command, attempt: int, error: IntegrityError) -> None:
+    def after_conflict(self, command: object, attempt: int, error: IntegrityError) -> None:
         self.tally.conflict()
 
 
@@ -314,12 +315,8 @@ class CustomerLedger(Projection):
     def __init__(self) -> None:
         self.poison: set[UUID] = set()
 
-    @singledispatchmethod
-    def apply(self, event: object, context: Context) -> None:
-        raise UnhandledEventError(self, event)
-
-    @apply.register
-    def _(self, event: Order.Placed, context: Context) -> None:
+    @handles
+    def placed(self, event: Order.Placed, context: Context) -> None:
         self._check(event)
         context.execute(
             "INSERT INTO {customer_ledger} (order_id, version, customer_id, kind, amount)"
@@ -327,8 +324,8 @@ class CustomerLedger(Projection):
             (event.originator_id, event.originator_version, event.customer_id, event.total),
         )
 
-    @apply.register
-    def _(self, event: Order.Paid, context: Context) -> None:
+    @handles
+    def paid(self, event: Order.Paid, context: Context) -> None:
         self._check(event)
         # Copies the placed entry: were a paid event applied before its order's placed
         # event (say, past a parked one), no row would match.
@@ -571,7 +568,7 @@ def _run_demo(
         f"\nsetup: {len(CATALOGUE)} stock items registered, {units:,} units received, "
         f"order {poison.order_id} placed and paid ({time.perf_counter() - started:.1f} s)"
     )
-    projections: list[type[Projection]] = [*PROJECTIONS.values(), CustomerLedger]
+    projections: list[type[Projection]] = [*app.projections, CustomerLedger]
     workers = build_workers(projections, settings, worker_id="demo", retry=DEMO_RETRY)
     ledger = workers[-1].projection
     assert isinstance(ledger, CustomerLedger)
@@ -875,7 +872,7 @@ def _retry_dead_letters(
         ledger.poison.clear()
         print("  the bug is fixed (the poison set is cleared); the running worker retries:")
         started = time.perf_counter()
-        code = _eventkit("dlq", "retry", "--projection", CustomerLedger.name, "--timeout", "10")
+        code = _eventkit("dlq", "retry", "--consumer", CustomerLedger.name, "--timeout", "10")
         wall = time.perf_counter() - started
         entries = queries.entries(poison)
         print(
@@ -948,17 +945,18 @@ def _run_reactions(
         "start at the head of the log, as if deployed now"
     )
     head = _last_position(pool, schema)
+    names = [r.name for r in app.reactions]
     with pool.connection() as conn, conn.transaction():
-        for name in REACTION_TYPES:
+        for name in names:
             Tracking(schema).set(conn, name, head)
     with FakeGateway(decline_over=GATEWAY_LIMIT) as gateway:
         gateway.failing = True
-        runtime = build_reactions(
-            list(REACTION_TYPES),
+        reactions = Runtime(app, settings, {"PAYMENT_GATEWAY_URL": gateway.url})
+        runtime = reaction_runtime(
+            [reactions.construct(r) for r in app.reactions],
             settings,
             worker_id="demo",
-            threads=4,
-            gateway_url=gateway.url,
+            worker_threads=4,
             broker_options=BrokerOptions(poll_interval_s=0.05),
         )
         stop = threading.Event()
@@ -975,14 +973,14 @@ def _run_reactions(
             )
             print(f"  gateway calls so far: {gateway.failed_calls()} answered 503")
             with _cli_env(url, schema):
-                _eventkit("status", *REACTION_TYPES)
+                _eventkit("status", *names)
                 gateway.failing = False
                 print("  the gateway is back; the operator retries the parked messages:")
                 code = _eventkit(
-                    "dlq", "retry", "--projection", ChargePayments.name, "--timeout", "60"
+                    "dlq", "retry", "--consumer", ChargePayments.name, "--timeout", "60"
                 )
                 mailed = _wait(lambda: _mails(pool, schema) >= len(orders), 60)
-                _eventkit("status", *REACTION_TYPES)
+                _eventkit("status", *names)
         finally:
             stop.set()
             runner.join(timeout=60)
@@ -1063,11 +1061,11 @@ def _cli_env(url: str, schema: str) -> Iterator[None]:
 
 def _eventkit(*argv: str) -> int:
     """Run an ``eventkit`` command in this process; print it and its output, indented."""
-    from eventkit.cli import main  # scripts.cli imports this module
+    from eventkit.cli import main
 
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        code = main(list(argv))
+        code = main(["--app", "eventkit.projections.shop:app", *argv])
     print(f"  $ eventkit {' '.join(argv)}")
     print(textwrap.indent(out.getvalue().rstrip(), "    "))
     return code

@@ -8,7 +8,6 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from decimal import Decimal
-from functools import singledispatchmethod
 from typing import Any, ClassVar
 from uuid import UUID
 
@@ -34,7 +33,7 @@ from eventkit.infrastructure.recorder import PostgresEventRecorder
 from eventkit.infrastructure.settings import Settings
 from eventkit.infrastructure.tracking import Tracking
 from eventkit.infrastructure.transcoding import PydanticMapper
-from eventkit.projections.projection import Context, Projection, Table, UnhandledEventError
+from eventkit.projections.projection import Context, Projection, Table, handles
 from eventkit.projections.worker import PollPolicy, ProjectionWorker, RetryPolicy
 
 FAST_RETRY = RetryPolicy(max_attempts=3, first_delay_s=0.01, max_delay_s=0.05)
@@ -172,20 +171,16 @@ class OrderHistory(Projection):
         ),
     )
 
-    @singledispatchmethod
-    def apply(self, event: object, context: Context) -> None:
-        raise UnhandledEventError(self, event)
-
-    @apply.register
-    def _(self, event: Order.Placed, context: Context) -> None:
+    @handles
+    def placed(self, event: Order.Placed, context: Context) -> None:
         self._record(event, context, "placed")
 
-    @apply.register
-    def _(self, event: Order.Paid, context: Context) -> None:
+    @handles
+    def paid(self, event: Order.Paid, context: Context) -> None:
         self._record(event, context, "paid")
 
-    @apply.register
-    def _(self, event: Order.Shipped, context: Context) -> None:
+    @handles
+    def shipped(self, event: Order.Shipped, context: Context) -> None:
         self._record(event, context, "shipped")
 
     def _record(self, event: Order.Event, context: Context, kind: str) -> None:

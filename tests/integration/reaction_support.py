@@ -8,7 +8,6 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from functools import singledispatchmethod
 from typing import ClassVar
 from uuid import UUID
 
@@ -20,8 +19,8 @@ from eventkit.domain.shop.commands import OrderLineRequest, PlaceOrder
 from eventkit.domain.shop.orders import Order
 from eventkit.infrastructure.broker import BrokerOptions
 from eventkit.infrastructure.settings import Settings
-from eventkit.projections.projection import Table
-from eventkit.projections.reaction import Reaction, ReactionContext, UnhandledEventError
+from eventkit.projections.projection import Table, handles
+from eventkit.projections.reaction import Reaction, ReactionContext
 from eventkit.projections.reactor import ReactionRuntime, reaction_runtime
 from eventkit.projections.worker import PollPolicy
 
@@ -36,6 +35,7 @@ class Effects(Reaction):
     the orders in ``broken``."""
 
     name = "effects"
+    start_from = "origin"  # events are written before the runtime starts
     max_attempts = 3
     min_backoff_ms = 10
     max_backoff_ms = 50
@@ -50,12 +50,8 @@ class Effects(Reaction):
         ),
     )
 
-    @singledispatchmethod
-    def react(self, event: object, context: ReactionContext) -> None:
-        raise UnhandledEventError(self, event)
-
-    @react.register
-    def _(self, event: Order.Placed, context: ReactionContext) -> None:
+    @handles
+    def placed(self, event: Order.Placed, context: ReactionContext) -> None:
         with self.lock:
             self.calls[context.message_id] += 1
         if event.originator_id in self.broken:
@@ -70,14 +66,11 @@ class Audit(Reaction):
     """A second reaction to the same event type."""
 
     name = "audit"
+    start_from = "origin"  # events are written before the runtime starts
     tables = (Table("audit", "CREATE TABLE {table} (message_id uuid NOT NULL, order_id uuid)"),)
 
-    @singledispatchmethod
-    def react(self, event: object, context: ReactionContext) -> None:
-        raise UnhandledEventError(self, event)
-
-    @react.register
-    def _(self, event: Order.Placed, context: ReactionContext) -> None:
+    @handles
+    def placed(self, event: Order.Placed, context: ReactionContext) -> None:
         context.execute(
             "INSERT INTO {audit} (message_id, order_id) VALUES (%s, %s)",
             (context.message_id, event.originator_id),

@@ -15,7 +15,6 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
-from functools import singledispatchmethod
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -29,8 +28,8 @@ from eventkit.infrastructure.factory import shared_pool
 from eventkit.infrastructure.recorder import PostgresEventRecorder
 from eventkit.infrastructure.settings import Settings
 from eventkit.infrastructure.transcoding import PydanticMapper
-from eventkit.projections.group import Consumer, WorkerGroup
-from eventkit.projections.projection import Context, Projection, Table
+from eventkit.projections.group import Runnable, WorkerGroup
+from eventkit.projections.projection import Context, Projection, Table, handles
 from eventkit.projections.worker import PollPolicy, ProjectionWorker, RetryPolicy
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -51,24 +50,20 @@ class Audit(Projection):
         ),
     )
 
-    @singledispatchmethod
-    def apply(self, event: object, context: Context) -> None:
-        raise NotImplementedError
-
-    @apply.register
-    def _(self, event: Order.Placed, context: Context) -> None:
+    @handles
+    def placed(self, event: Order.Placed, context: Context) -> None:
         self._record(event, context)
 
-    @apply.register
-    def _(self, event: Order.Paid, context: Context) -> None:
+    @handles
+    def paid(self, event: Order.Paid, context: Context) -> None:
         self._record(event, context)
 
-    @apply.register
-    def _(self, event: Order.Shipped, context: Context) -> None:
+    @handles
+    def shipped(self, event: Order.Shipped, context: Context) -> None:
         self._record(event, context)
 
-    @apply.register
-    def _(self, event: Order.Cancelled, context: Context) -> None:
+    @handles
+    def cancelled(self, event: Order.Cancelled, context: Context) -> None:
         self._record(event, context)
 
     def _record(self, event: Order.Event, context: Context) -> None:
@@ -219,7 +214,7 @@ def main() -> None:
         )
 
     group = WorkerGroup(
-        [Consumer(Audit.name, Audit, make)],
+        [Runnable(Audit.name, Audit, make)],
         url=url,
         schema=settings.schema,
         worker_id=args.id,

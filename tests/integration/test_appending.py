@@ -11,7 +11,7 @@ import pytest
 from eventsourcing.persistence import StoredEvent
 from psycopg import errors, pq, sql
 
-from eventkit.domain.model import Application
+from eventkit.domain.application import Application
 from eventkit.infrastructure.appending import AppendStatements
 from eventkit.infrastructure.database import create_pool
 from eventkit.infrastructure.factory import event_recorder

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from functools import singledispatchmethod
 from uuid import uuid4
 
 import psycopg
@@ -24,7 +23,7 @@ from eventkit.projections.projection import (
     Projection,
     Table,
     UnexpectedRowCountError,
-    UnhandledEventError,
+    handles,
 )
 from tests.integration.projection_support import (
     SKUS,
@@ -122,12 +121,8 @@ class PositiveQuantities(Projection):
         ),
     )
 
-    @singledispatchmethod
-    def apply(self, event: object, context: Context) -> None:
-        raise UnhandledEventError(self, event)
-
-    @apply.register
-    def _(self, event: Order.Placed, context: Context) -> None:
+    @handles
+    def placed(self, event: Order.Placed, context: Context) -> None:
         context.execute(
             "INSERT INTO {positive_quantities} (order_id, customer) VALUES (%s, %s)",
             (event.originator_id, event.customer_id),
@@ -218,20 +213,16 @@ class PaidOrders(Projection):
         ),
     )
 
-    @singledispatchmethod
-    def apply(self, event: object, context: Context) -> None:
-        raise UnhandledEventError(self, event)
-
-    @apply.register
-    def _(self, event: Order.Placed, context: Context) -> None:
+    @handles
+    def placed(self, event: Order.Placed, context: Context) -> None:
         if event.customer_id != "ghost":
             context.execute(
                 "INSERT INTO {paid_orders} (order_id, paid) VALUES (%s, false)",
                 (event.originator_id,),
             )
 
-    @apply.register
-    def _(self, event: Order.Paid, context: Context) -> None:
+    @handles
+    def paid(self, event: Order.Paid, context: Context) -> None:
         context.execute(
             "UPDATE {paid_orders} SET paid = true WHERE order_id = %s",
             (event.originator_id,),

@@ -21,13 +21,13 @@ from eventkit.infrastructure.transcoding import PydanticMapper
 from eventkit.projections.queries import ReadModelNotReadyError, ReadModelTimeoutError
 from eventkit.projections.rebuild import rebuild
 from eventkit.projections.shop import (
-    PROJECTIONS,
     OrderSummaries,
     OrderSummaryQueries,
     RevenueByDay,
     RevenueQueries,
     StockLevelQueries,
     StockLevels,
+    app,
 )
 from eventkit.projections.status import projection_status
 from eventkit.projections.worker import PollPolicy, connect
@@ -45,7 +45,7 @@ from tests.integration.projection_support import (
     workload,
 )
 
-ALL = list(PROJECTIONS.values())
+ALL = list(app.projections)
 
 
 @pytest.fixture
@@ -386,7 +386,7 @@ def test_reset_makes_the_next_worker_replay(
     before = dump(pool, view_settings.schema, "stock_levels")
     monkeypatch.setenv("DATABASE_URL", view_settings.database_url or "")
     monkeypatch.setenv("EVENTKIT_SCHEMA", view_settings.schema)
-    assert main(["reset", "stock_levels", "--yes"]) == 0
+    assert main(["reset", "stock_levels", "--to-origin", "--execute"]) == 0
     with pool.connection() as conn:
         row = conn.execute(
             "SELECT to_regclass(format('%%I.stock_levels', %s::text))", (view_settings.schema,)
@@ -399,7 +399,7 @@ def test_reset_makes_the_next_worker_replay(
 
 def test_a_bad_projection_name_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["status", "no_such_view"]) == 1
-    assert "unknown projection or reaction name(s) no_such_view" in capsys.readouterr().err
+    assert "has no projection or reaction 'no_such_view'" in capsys.readouterr().err
 
 
 def test_querying_a_view_no_worker_created_says_what_to_start(

@@ -6,7 +6,6 @@ import contextlib
 import threading
 import time
 from collections.abc import Iterator
-from functools import singledispatchmethod
 from uuid import UUID
 
 import psycopg
@@ -16,7 +15,6 @@ from prometheus_client import REGISTRY
 from psycopg import sql
 
 from eventkit.cli import main as eventkit
-from eventkit.cli.reactions import replay, replay_from
 from eventkit.domain.shop.application import Shop
 from eventkit.domain.shop.commands import OrderLineRequest, PlaceOrder
 from eventkit.domain.shop.orders import Order, OrderStatus
@@ -30,9 +28,10 @@ from eventkit.infrastructure.recorder import PostgresEventRecorder
 from eventkit.infrastructure.settings import Settings
 from eventkit.infrastructure.tracking import Tracking
 from eventkit.infrastructure.transcoding import PydanticMapper
+from eventkit.projections import moving
 from eventkit.projections.group import WorkerGroup
-from eventkit.projections.projection import Table
-from eventkit.projections.reaction import Reaction, ReactionContext, UnhandledEventError
+from eventkit.projections.projection import Table, handles
+from eventkit.projections.reaction import Reaction, ReactionContext
 from eventkit.projections.rebuild import rebuild
 from eventkit.projections.shop import OrderSummaries
 from eventkit.projections.shop.reactions import (
@@ -226,7 +225,10 @@ def test_replay_sends_messages_again_but_only_never_executed_ones_run(
                     ),
                     (lost,),
                 )
-        replay(pool, schema, "effects", replay_from("0"))
+        with pool.connection() as conn:
+            recorder = PostgresEventRecorder(pool, schema)
+            moves = moving.plan(conn, schema, recorder, Effects, "origin")
+            moving.execute(conn, schema, Effects, moves)
         wait_for(
             lambda: (
                 runtime.executors["effects"].counts.duplicates == 9
@@ -246,6 +248,8 @@ def test_the_shop_payment_process_runs_on_reactions_through_a_failing_gateway(
     with FakeGateway(decline_over=Decimal("4.00")) as gateway:
         client = PaymentGatewayClient(gateway.url)
         reactions = [ChargePayments(shop, client), ShipPaidOrders(shop), OrderMails()]
+        with pool.connection() as conn:  # mail every order of the test, however soon shipped
+            Tracking(schema).set(conn, OrderMails.name, Position.ORIGIN)
         small = place(shop, 5)  # 1.25 each: captured
         big = shop.place_order(
             PlaceOrder(customer_id="big", lines=(OrderLineRequest(sku="SKU-002", quantity=4),))
@@ -288,7 +292,7 @@ def test_reactions_replay_moves_the_follower_to_just_before_the_position_named(
     with pool.connection() as conn:
         assert tracking.position(conn, "order_mails") == Position.ORIGIN
     assert eventkit(["reactions", "replay", "no_such_reaction", "--from", "0", "--yes"]) == 1
-    assert "unknown reaction 'no_such_reaction'" in capsys.readouterr().err
+    assert "has no projection or reaction 'no_such_reaction'" in capsys.readouterr().err
     assert eventkit(["reactions", "replay", "order_mails", "--from", "soon", "--yes"]) == 1
     assert "is not a log position" in capsys.readouterr().err
 
@@ -339,6 +343,7 @@ class LosesConnections(Reaction):
     ``max_attempts``."""
 
     name = "loses_connections"
+    start_from = "origin"  # events are written before the runtime starts
     max_attempts = 3
     min_backoff_ms = 10
     max_backoff_ms = 50
@@ -346,12 +351,8 @@ class LosesConnections(Reaction):
     calls = 0
     tables = (Table("survivors", "CREATE TABLE {table} (message_id uuid, attempt integer)"),)
 
-    @singledispatchmethod
-    def react(self, event: object, context: ReactionContext) -> None:
-        raise UnhandledEventError(self, event)
-
-    @react.register
-    def _(self, event: Order.Placed, context: ReactionContext) -> None:
+    @handles
+    def placed(self, event: Order.Placed, context: ReactionContext) -> None:
         type(self).calls += 1
         if type(self).calls <= self.losses:
             raise psycopg.OperationalError("server closed the connection unexpectedly")
@@ -425,14 +426,11 @@ class CommitMode(Reaction):
     """Records the synchronous_commit setting its execution's transaction commits with."""
 
     name = "commit_mode"
+    start_from = "origin"  # events are written before the runtime starts
     tables = (Table("commit_mode", "CREATE TABLE {table} (message_id uuid, setting text)"),)
 
-    @singledispatchmethod
-    def react(self, event: object, context: ReactionContext) -> None:
-        raise UnhandledEventError(self, event)
-
-    @react.register
-    def _(self, event: Order.Placed, context: ReactionContext) -> None:
+    @handles
+    def placed(self, event: Order.Placed, context: ReactionContext) -> None:
         context.execute(
             "INSERT INTO {commit_mode} VALUES (%s, current_setting('synchronous_commit'))",
             (context.message_id,),
@@ -465,16 +463,13 @@ class Swallower(Reaction):
     """Catches the error of a failing statement and returns as if all went well."""
 
     name = "swallower"
+    start_from = "origin"  # events are written before the runtime starts
     max_attempts = 2
     min_backoff_ms = 10
     max_backoff_ms = 20
 
-    @singledispatchmethod
-    def react(self, event: object, context: ReactionContext) -> None:
-        raise UnhandledEventError(self, event)
-
-    @react.register
-    def _(self, event: Order.Placed, context: ReactionContext) -> None:
+    @handles
+    def placed(self, event: Order.Placed, context: ReactionContext) -> None:
         with contextlib.suppress(psycopg.errors.DivisionByZero):
             context.execute("SELECT 1 / 0")
 

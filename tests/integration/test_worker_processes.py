@@ -21,8 +21,10 @@ from eventkit.domain.shop.application import Shop
 from eventkit.domain.shop.commands import OrderLineRequest, PlaceOrder
 from eventkit.domain.shop.orders import OrderStatus
 from eventkit.infrastructure.broker import message_id
+from eventkit.infrastructure.log import Position
 from eventkit.infrastructure.settings import Settings
-from eventkit.projections.shop import PROJECTIONS
+from eventkit.infrastructure.tracking import Tracking
+from eventkit.projections.shop import OrderMails, app
 from eventkit.shop.gateway import FakeGateway
 from tests.integration.projection_support import (
     SKUS,
@@ -38,7 +40,7 @@ from tests.integration.projection_support import (
 from tests.integration.reaction_support import count
 
 ROOT = Path(__file__).resolve().parents[2]
-ALL = list(PROJECTIONS.values())
+ALL = list(app.projections)
 
 
 def start_workers(settings: Settings) -> subprocess.Popen[bytes]:
@@ -183,6 +185,8 @@ def test_kill_9_of_reaction_workers_loses_no_reaction_and_repeats_none_through_t
     placed: list[UUID] = []
     stop_writers = threading.Event()
     writer = threading.Thread(target=place_orders, args=(shop, placed, stop_writers, 7))
+    with pool.connection() as conn:  # mail every order of the test, not only later ones
+        Tracking(schema).set(conn, OrderMails.name, Position.ORIGIN)
     with FakeGateway(decline_over=Decimal("4.00")) as gateway:
         writer.start()
         try:
