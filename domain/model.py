@@ -30,7 +30,8 @@ def _declare(
                 cls.__module__,
                 cls.__qualname__,
             ):
-                type_name, aliases = registry.name(base), registry.stored_names(base)
+                type_name = registry.declared_name(base)
+                aliases = registry.stored_names(base)
     registry.declare(cls, type_name, aliases)
 
 
@@ -74,7 +75,7 @@ class Aggregate(BaseAggregate[UUID]):
         _declare(AGGREGATE_TYPES, cls, type_name, aliases)
         # The aggregate's events (eventsourcing has redefined them by now) are named
         # after it unless they name themselves.
-        prefix = AGGREGATE_TYPES.name(cls)
+        prefix = AGGREGATE_TYPES.declared_name(cls)
         for attribute in vars(cls).values():
             if (
                 isinstance(attribute, type)

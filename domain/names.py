@@ -131,15 +131,19 @@ class TypeNames:
     def name(self, cls: type[Any]) -> str:
         """The name ``cls`` was declared under; raises TypeNameError when it is not
         declared, or when another class answers to the same name."""
+        name = self.declared_name(cls)
+        self._one(name, self._classes.get(name, [cls]))
+        return name
+
+    def declared_name(self, cls: type[Any]) -> str:
+        """The name ``cls`` was declared under, whether or not another class shares it."""
         try:
-            name = self._names[cls]
+            return self._names[cls]
         except KeyError:
             raise TypeNameError(
                 f"{_module_path(cls)} is not a declared {self.kind} type: derive it from "
                 f"eventkit's {'Aggregate' if self.kind == 'aggregate' else 'DomainEvent'}"
             ) from None
-        self._one(name, self._classes.get(name, [cls]))
-        return name
 
     def _one(self, name: str, classes: list[type[Any]]) -> type[Any]:
         if len(classes) > 1:
@@ -173,7 +177,12 @@ class TypeNames:
             old_paths = [
                 f"{old}:{cls.__qualname__}" for old, new in _moved.items() if new == cls.__module__
             ]
-        names = [self.name(cls), *self._aliases.get(cls, ()), _module_path(cls), *old_paths]
+        names = [
+            self.declared_name(cls),
+            *self._aliases.get(cls, ()),
+            _module_path(cls),
+            *old_paths,
+        ]
         return list(dict.fromkeys(names))
 
     def declared(self) -> list[type[Any]]:

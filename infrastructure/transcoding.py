@@ -71,11 +71,15 @@ class PydanticMapper(Mapper[UUID]):
         cls = type(domain_event)
         try:
             topic = EVENT_TYPES.name(cls)
-        except TypeNameError:
+        except TypeNameError as e:
+            reason = (
+                str(e)
+                if isinstance(domain_event, BaseModel)
+                else "not a pydantic model declared as an event; eventkit's events derive "
+                "from eventkit.domain.model.DomainEvent"
+            )
             raise EventEncodingError(
-                f"cannot encode {cls.__module__}:{cls.__qualname__}: not a pydantic model "
-                "declared as an event; eventkit's events derive from "
-                "eventkit.domain.model.DomainEvent"
+                f"cannot encode {cls.__module__}:{cls.__qualname__}: {reason}"
             ) from None
         try:
             state = cast(BaseModel, domain_event).model_dump(

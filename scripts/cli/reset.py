@@ -50,12 +50,18 @@ def target(args: argparse.Namespace) -> StartFrom:
         return "origin"
     if args.to_head:
         return "head"
-    try:
-        if args.to_position is not None:
+    if args.to_position is not None:
+        try:
             return Position.parse(args.to_position)
+        except ValueError as e:
+            raise ConfigurationError(f"--to-position: {e}") from None
+    try:
         moment = datetime.fromisoformat(args.to_datetime)
-    except ValueError as e:
-        raise ConfigurationError(str(e)) from None
+    except ValueError:
+        raise ConfigurationError(
+            f"--to-datetime {args.to_datetime!r} is not an ISO 8601 time with its offset "
+            "(e.g. 2026-12-03T10:00:00+00:00)"
+        ) from None
     if moment.tzinfo is None:
         raise ConfigurationError(
             f"--to-datetime {args.to_datetime}: give the time's offset (e.g. +00:00)"
