@@ -207,11 +207,29 @@ class PostgresEventRecorder(ApplicationRecorder):
     def _conflict(
         self, error: psycopg.errors.UniqueViolation, rows: list[tuple[UUID, int, str, bytes]]
     ) -> PersistenceError:
-        detail = error.diag.message_detail or ""
-        match = _DUPLICATE_KEY.search(detail)
-        if error.diag.constraint_name != "stored_events_pkey" or match is None:
-            return PersistenceError(f"append to {self.schema}.stored_events failed: {error}")
-        originator_id, version = match[1], int(match[2])
+        """The ConcurrencyError of a save that hit the log's (stream, version) key.
+
+        Recognised by SQLSTATE (the exception class) and the constraint's name, never by
+        the message: DETAIL, which names the key, is left out for a role under row-level
+        security and translated under another ``lc_messages``. When DETAIL is there it says
+        which row conflicted; otherwise the save's keys are looked up.
+        """
+        constraint = error.diag.constraint_name
+        if constraint is not None and constraint != "stored_events_pkey":
+            return PersistenceError(
+                f"append to {self.schema}.stored_events failed on constraint {constraint}: {error}"
+            )
+        match = _DUPLICATE_KEY.search(error.diag.message_detail or "")
+        if match is not None:
+            originator_id, version = match[1], int(match[2])
+        else:
+            found = self._retry(
+                lambda: self._recorded_keys(rows),
+                what="finding which version of the save was recorded already",
+            )
+            # Nothing found: the row we collided with belonged to a transaction that
+            # has rolled back since; still a conflict (our save was rejected whole).
+            originator_id, version = found or (str(rows[0][0]), rows[0][1])
         versions = [r[1] for r in rows if str(r[0]) == originator_id] or [version]
         current = self._retry(
             lambda: self._current_version(originator_id),
@@ -224,6 +242,20 @@ class PostgresEventRecorder(ApplicationRecorder):
             appended_versions=(min(versions), max(versions)),
             num_events=len(rows),
         )
+
+    def _recorded_keys(self, rows: list[tuple[UUID, int, str, bytes]]) -> tuple[str, int] | None:
+        """The first of the save's (stream, version) keys that the log holds already."""
+        with self.pool.connection() as conn:
+            row = conn.execute(
+                sql.SQL(
+                    "SELECT k.originator_id::text, k.originator_version FROM unnest(%s::uuid[],"
+                    " %s::bigint[]) WITH ORDINALITY AS k(originator_id, originator_version, n)"
+                    " WHERE EXISTS (SELECT 1 FROM {} e WHERE e.originator_id = k.originator_id"
+                    " AND e.originator_version = k.originator_version) ORDER BY k.n LIMIT 1"
+                ).format(self._table),
+                ([r[0] for r in rows], [r[1] for r in rows]),
+            ).fetchone()
+        return None if row is None else (row[0], int(row[1]))
 
     def _current_version(self, originator_id: str) -> int | None:
         with self.pool.connection() as conn:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from uuid import UUID, uuid4
@@ -82,6 +83,71 @@ def test_a_conflicting_append_names_the_stream_and_versions_and_writes_nothing(
     assert "version 3 is already recorded" in str(error)
     assert count_rows(pool, schema) == before
     assert recorder.select_events(bystander) == []
+
+
+@pytest.fixture
+def rls_recorder(
+    pool: psycopg_pool.ConnectionPool, database_url: str, schema: str
+) -> Iterator[PostgresEventRecorder]:
+    """A recorder connected as a role under row-level security on the log: the server then
+    leaves DETAIL (which names the duplicate key) out of a unique violation."""
+    role = f"eventkit_rls_{uuid4().hex[:8]}"
+    with pool.connection() as conn:
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+        for statement in (
+            "GRANT USAGE ON SCHEMA {schema} TO {role}",
+            "GRANT SELECT, INSERT ON ALL TABLES IN SCHEMA {schema} TO {role}",
+            "GRANT USAGE ON ALL SEQUENCES IN SCHEMA {schema} TO {role}",
+            "ALTER TABLE {schema}.stored_events ENABLE ROW LEVEL SECURITY",
+            "CREATE POLICY everything ON {schema}.stored_events USING (true) WITH CHECK (true)",
+        ):
+            conn.execute(
+                sql.SQL(statement).format(  # type: ignore[arg-type]
+                    schema=sql.Identifier(schema), role=sql.Identifier(role)
+                )
+            )
+    rls_pool = psycopg_pool.ConnectionPool(
+        database_url,
+        kwargs={"autocommit": True, "options": f"-c role={role}"},
+        min_size=1,
+        max_size=2,
+        open=True,
+    )
+    try:
+        yield PostgresEventRecorder(rls_pool, schema)
+    finally:
+        rls_pool.close()
+        with pool.connection() as conn:
+            conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+            conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+def test_a_conflict_is_recognised_without_the_servers_detail(
+    rls_recorder: PostgresEventRecorder, pool: psycopg_pool.ConnectionPool, schema: str
+) -> None:
+    stream = uuid4()
+    rls_recorder.insert_events(events(stream, 1, 2))
+    # The server's own words for the same violation: no DETAIL under row-level security.
+    with (
+        pytest.raises(psycopg.errors.UniqueViolation) as raw,
+        rls_recorder.pool.connection() as conn,
+    ):
+        conn.execute(
+            sql.SQL(
+                "INSERT INTO {} (originator_id, originator_version, topic, state)"
+                " VALUES (%s, 2, 'Tested', '')"
+            ).format(sql.Identifier(schema, "stored_events")),
+            (stream,),
+        )
+    assert raw.value.diag.message_detail is None
+    assert raw.value.diag.constraint_name == "stored_events_pkey"
+    with pytest.raises(ConcurrencyError) as raised:
+        rls_recorder.insert_events(events(stream, 2, 3))
+    error = raised.value
+    assert error.originator_id == str(stream)
+    assert error.conflicting_version == 2
+    assert error.current_version == 2
+    assert error.appended_versions == (2, 4)
 
 
 def test_a_duplicate_inside_one_save_is_a_conflict(recorder: PostgresEventRecorder) -> None:
@@ -230,14 +296,16 @@ def test_a_deadlock_with_a_writer_of_the_same_streams_is_a_plain_conflict(
             "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
             "AND application_name = 'eventkit' AND query LIKE %s"
         )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
+        # A condition, not a time window: on a loaded machine the writer thread may take
+        # long to get there; the deadline only stops a test that would hang.
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and writer.is_alive():
             row = other.execute(waiting, (f"%{schema}%",)).fetchone()
             if row is not None and row[0] > 0:
                 break
             time.sleep(0.01)
         else:
-            pytest.fail("the recorder's save never waited on the other writer's row")
+            pytest.fail(f"the recorder's save never waited on the other writer's row: {outcome}")
         # Sent as one message, so the other writer commits the moment the deadlock check
         # rolls ours back, before our save can look at what is there.
         other.execute(sql.SQL("{}; COMMIT").format(insert(second)))
