@@ -6,6 +6,7 @@ first use and left running for the next run).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from uuid import uuid4
 
@@ -17,6 +18,28 @@ from eventkit.infrastructure.factory import close_pools, shared_pool
 from eventkit.infrastructure.migrations import migrate
 from eventkit.infrastructure.recorder import PostgresEventRecorder
 from eventkit.infrastructure.settings import Settings
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--run-disruptive",
+        action="store_true",
+        help="also run tests that stop or restart a service this machine shares",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``disruptive`` (they stop or restart a shared service: RabbitMQ, the
+    system PostgreSQL) run only when asked, as .ci/run does."""
+    if config.getoption("--run-disruptive") or os.environ.get("EVENTKIT_DISRUPTIVE_TESTS") == "1":
+        return
+    skip = pytest.mark.skip(
+        reason="stops or restarts a shared service: --run-disruptive or "
+        "EVENTKIT_DISRUPTIVE_TESTS=1 to run it"
+    )
+    for item in items:
+        if "disruptive" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")

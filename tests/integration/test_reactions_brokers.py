@@ -95,7 +95,8 @@ def test_reactions_run_once_each_through_rabbitmq(
     assert once_each(pool, schema, "audit") == dict.fromkeys(orders, 1)
 
 
-@pytest.mark.slow  # chaos: it restarts the machine's RabbitMQ; -m 'not slow' leaves it out
+@pytest.mark.slow
+@pytest.mark.disruptive  # it restarts the machine's RabbitMQ: only when asked (.ci/run asks)
 @pytest.mark.skipif(
     shutil.which("rabbitmqctl") is None, reason="rabbitmqctl is needed to restart RabbitMQ"
 )
