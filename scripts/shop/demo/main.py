@@ -31,6 +31,7 @@ from eventkit.shop.demo.deadletters import (
     retry_dead_letters,
 )
 from eventkit.shop.demo.metrics import print_metrics
+from eventkit.shop.demo.progress import Completion, Pacer, progress_bar
 from eventkit.shop.demo.projections import (
     LagMonitor,
     drain,
@@ -62,6 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         help="random seed of the workload (1); thread timing still varies",
     )
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="show the workers' own log lines too",
+    )
     return parser
 
 
@@ -90,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     tally = Tally()
     shop = DemoShop(env=env, tally=tally)
     try:
-        with quiet_workers(getattr(args, "verbose", False)):
+        with quiet_workers(args.verbose):
             is_sound = _run_demo(args, settings, shop=shop, tally=tally, pool=pool, url=url)
     finally:
         shop.close()
@@ -126,7 +133,7 @@ def _run_demo(
     assert isinstance(ledger, CustomerLedger)
     ledger.poison.add(poison.order_id)  # before its worker starts: the order is poison
     print_workers(workers, poison.order_id)
-    monitor = LagMonitor(pool, schema, projections, tally.total)
+    monitor = LagMonitor(pool, schema, projections, tally, args.orders)
     health = Monitor(pool, schema, projections=projections, workers=workers, interval_s=1.0)
     server = MonitoringServer(health, 0, host="127.0.0.1").start()
     metrics_url = f"http://127.0.0.1:{server.port}"
@@ -136,17 +143,7 @@ def _run_demo(
     health_thread.start()
     with running(workers):
         before = count(pool, schema).events
-        started = time.perf_counter()
-        monitor.header()
-        run_writers(
-            shop,
-            tally,
-            writers=args.writers,
-            orders=args.orders,
-            seed=args.seed,
-            tick=lambda: monitor.show(monitor.status(), "writing"),
-        )
-        wall = time.perf_counter() - started
+        wall = _write(args, shop, tally, monitor)
         is_drained = drain(monitor)
         print("\n  $ eventkit status")
         print(textwrap.indent(render(monitor.status()), "    "))
@@ -170,6 +167,31 @@ def _run_demo(
     server.stop()
     reactions_done = run_reactions(shop, settings, pool, url)
     return is_drained and is_sound and views_agree and is_healed and reactions_done
+
+
+def _write(args: argparse.Namespace, shop: DemoShop, tally: Tally, monitor: LagMonitor) -> float:
+    """Run the writers under a progress bar, with the lag now and then; return the seconds."""
+    started = time.perf_counter()
+
+    def completion() -> Completion:
+        return Completion(tally.finished, args.orders, time.perf_counter() - started)
+
+    # A line every 2 s at first, then every 10 s: a long run still shows it is moving.
+    pacer = Pacer(2.0, 10.0, 10)
+    monitor.header()
+    with progress_bar("orders", args.orders, "orders") as advance:
+
+        def tick() -> None:
+            advance(tally.finished)
+            if pacer.is_due():
+                monitor.show(monitor.status(), "writing: " + completion().describe("orders"))
+
+        run_writers(
+            shop, tally, writers=args.writers, orders=args.orders, seed=args.seed, tick=tick
+        )
+    written = completion()
+    monitor.show(monitor.status(), "written: " + written.describe("orders"))
+    return written.elapsed_s
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -11,7 +11,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from uuid import UUID
 
 import psycopg_pool
@@ -23,6 +23,8 @@ from eventkit.projections.status import ProjectionStatus, projection_status
 from eventkit.projections.worker import ProjectionWorker
 from eventkit.runner import run_until
 from eventkit.shop.demo.deadletters import DEMO_RETRY, CustomerLedger
+from eventkit.shop.demo.progress import Pacer
+from eventkit.shop.demo.workload import Tally
 
 
 class LagMonitor:
@@ -33,13 +35,16 @@ class LagMonitor:
         pool: psycopg_pool.ConnectionPool,
         schema: str,
         projections: Sequence[type[Projection]],
-        commands: Callable[[], int],
+        tally: Tally,
+        orders: int,
     ) -> None:
         self.pool = pool
         self.schema = schema
         self.projections = projections
-        self.commands = commands
+        self.tally = tally
+        self.orders = orders
         self.widths = [max(len(p.name), 14) for p in projections]
+        self.orders_width = max(len(f"{orders:,}/{orders:,}"), len("orders"))
         self.started = time.perf_counter()
 
     def status(self) -> list[ProjectionStatus]:
@@ -48,7 +53,10 @@ class LagMonitor:
     def header(self) -> None:
         print("\nprojections: lag = events not yet in each view / age in seconds of the oldest")
         names = zip(self.projections, self.widths, strict=True)
-        print(f"  {'time':>6}  {'commands':>8}" + "".join(f"  {p.name:>{w}}" for p, w in names))
+        print(
+            f"  {'time':>6}  {'orders':>{self.orders_width}}"
+            + "".join(f"  {p.name:>{w}}" for p, w in names)
+        )
 
     def show(self, rows: list[ProjectionStatus], note: str) -> None:
         lags = {r.projection: f"{r.lag_events:,} / {r.lag_seconds:.1f}" for r in rows}
@@ -57,7 +65,8 @@ class LagMonitor:
             for p, w in zip(self.projections, self.widths, strict=True)
         )
         elapsed = time.perf_counter() - self.started
-        print(f"  {elapsed:>5.1f}s  {self.commands():>8,}{cells}  {note}")
+        orders = f"{self.tally.finished:,}/{self.orders:,}"
+        print(f"  {elapsed:>5.1f}s  {orders:>{self.orders_width}}{cells}  {note}")
 
 
 class _QuietWorkers(logging.Filter):
@@ -70,7 +79,7 @@ class _QuietWorkers(logging.Filter):
 
 @contextlib.contextmanager
 def quiet_workers(verbose: bool) -> Iterator[None]:
-    """Keep the output to what the demo prints itself (all of it with ``eventkit -v``)."""
+    """Keep the output to what the demo prints itself (all of it with ``--verbose``)."""
     if verbose:
         yield
         return
@@ -134,21 +143,19 @@ def drain(monitor: LagMonitor, timeout: float = 30.0) -> bool:
     """
     last = last_position(monitor.pool, monitor.schema)
     deadline = time.monotonic() + timeout
-    shown, lines = 0.0, 0
+    # A line a second at first; fewer when draining takes long.
+    pacer = Pacer(1.0, 5.0, 5, at_once=True)
     while True:
         rows = monitor.status()
         is_lag_zero = all(r.lag_events == 0 for r in rows)
         drained = is_lag_zero and all(Position.parse(r.position) >= last for r in rows)
-        # A line a second at first; fewer when draining takes long.
-        if drained or time.monotonic() - shown >= (1.0 if lines < 5 else 5.0):
-            lines += 1
+        if pacer.is_due() or drained:
             note = "draining"
             if drained:
                 note = "drained: every view has the last event"
             elif is_lag_zero:
                 note = f"waiting for {last}: an older transaction is open on the server"
             monitor.show(rows, note)
-            shown = time.monotonic()
         if drained:
             return True
         if time.monotonic() > deadline:

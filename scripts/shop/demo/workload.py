@@ -32,12 +32,13 @@ from eventkit.domain.shop.commands import (
 from eventkit.domain.shop.errors import DomainError
 from eventkit.shop.demo.catalogue import CATALOGUE, LINES, UNITS
 
-#: How often the writers' progress is shown while they run.
-PROGRESS_EVERY_S = 2.0
+#: How often the writers' caller is told they are still running.
+TICK_S = 0.25
 
 
 class Tally:
-    """Accepted and rejected commands, rejection examples and conflicts, across threads."""
+    """Accepted and rejected commands, rejection examples, conflicts and orders finished,
+    across threads."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -47,6 +48,7 @@ class Tally:
         self.examples: defaultdict[str, list[str]] = defaultdict(list)
         self.conflicts = 0
         self.gave_up = 0
+        self.finished = 0
 
     def run(self, name: str, action: Callable[[], Any]) -> Any:
         """Run one command; return its result, or None when it was rejected."""
@@ -71,10 +73,10 @@ class Tally:
         with self._lock:
             self.conflicts += 1
 
-    def total(self) -> int:
-        """Commands run so far, accepted or rejected."""
+    def finish(self) -> None:
+        """Count an order that has no step left: rejected when placed, or through its plan."""
         with self._lock:
-            return sum(self.accepted.values()) + sum(self.rejected.values())
+            self.finished += 1
 
 
 class DemoShop(Shop):
@@ -132,7 +134,9 @@ class Writer:
         )
         command = PlaceOrder(customer_id=f"customer-{self.rng.randrange(500)}", lines=lines)
         placement = self.tally.run("PlaceOrder", lambda: self.shop.place_order(command))
-        if placement is not None:
+        if placement is None:
+            self.tally.finish()
+        else:
             self.in_flight.append((placement, self.plan()))
 
     def plan(self) -> list[str]:
@@ -174,6 +178,8 @@ class Writer:
         self.tally.run(*actions[step])
         if steps:
             self.in_flight.append((placement, steps))
+        else:
+            self.tally.finish()
 
     def send_invalid(self) -> None:
         """Send a command with bad data: parse_command rejects it before the shop sees it."""
@@ -192,7 +198,7 @@ class Writer:
 def run_writers(
     shop: Shop, tally: Tally, *, writers: int, orders: int, seed: int, tick: Callable[[], None]
 ) -> None:
-    """Run the writer threads to the end, calling ``tick`` now and then while they run."""
+    """Run the writer threads to the end, calling ``tick`` every :data:`TICK_S` meanwhile."""
     shares = [orders // writers] * writers
     for i in range(orders % writers):
         shares[i] += 1
@@ -202,7 +208,7 @@ def run_writers(
     with ThreadPoolExecutor(max_workers=writers, thread_name_prefix="writer") as executor:
         futures = [executor.submit(writer) for writer in threads]
         while True:
-            done, pending = wait(futures, timeout=PROGRESS_EVERY_S, return_when=FIRST_EXCEPTION)
+            done, pending = wait(futures, timeout=TICK_S, return_when=FIRST_EXCEPTION)
             if not pending or any(f.exception() is not None for f in done):
                 break
             tick()
