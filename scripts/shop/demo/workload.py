@@ -95,18 +95,26 @@ class DemoShop(Shop):
 class Writer:
     """One writer thread: places its share of orders and moves them along, interleaved."""
 
-    def __init__(self, shop: Shop, tally: Tally, orders: int, rng: random.Random) -> None:
+    def __init__(
+        self,
+        shop: Shop,
+        tally: Tally,
+        orders: int,
+        rng: random.Random,
+        stop: threading.Event,
+    ) -> None:
         self.shop = shop
         self.tally = tally
         self.orders = orders
         self.rng = rng
+        self.stop = stop
         self.in_flight: list[tuple[OrderPlacement, list[str]]] = []
         self.skus = [sku for sku, *_ in CATALOGUE]
         self.weights = [weight for *_, weight in CATALOGUE]
 
     def __call__(self) -> None:
         placed = 0
-        while placed < self.orders or self.in_flight:
+        while (placed < self.orders or self.in_flight) and not self.stop.is_set():
             if placed < self.orders and (len(self.in_flight) < 6 or self.rng.random() < 0.4):
                 placed += 1
                 self.new_order()
@@ -202,15 +210,22 @@ def run_writers(
     shares = [orders // writers] * writers
     for i in range(orders % writers):
         shares[i] += 1
+    stop = threading.Event()
     threads = [
-        Writer(shop, tally, share, random.Random(seed * 1000 + i)) for i, share in enumerate(shares)
+        Writer(shop, tally, share, random.Random(seed * 1000 + i), stop)
+        for i, share in enumerate(shares)
     ]
     with ThreadPoolExecutor(max_workers=writers, thread_name_prefix="writer") as executor:
         futures = [executor.submit(writer) for writer in threads]
-        while True:
-            done, pending = wait(futures, timeout=TICK_S, return_when=FIRST_EXCEPTION)
-            if not pending or any(f.exception() is not None for f in done):
-                break
-            tick()
+        try:
+            while True:
+                done, pending = wait(futures, timeout=TICK_S, return_when=FIRST_EXCEPTION)
+                if not pending or any(f.exception() is not None for f in done):
+                    break
+                tick()
+        finally:
+            # After Ctrl-C or a writer's error, the others stop after the command in hand
+            # instead of writing all their orders before the pool's exit lets go.
+            stop.set()
         for future in futures:
             future.result()  # a writer's unexpected error ends the demo with it
