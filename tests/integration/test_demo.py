@@ -8,12 +8,15 @@ import re
 import subprocess
 import sys
 import textwrap
+from uuid import uuid4
 
 import psycopg_pool
 import pytest
 from psycopg import sql
 
+from eventkit.infrastructure.settings import Settings
 from eventkit.shop.demo import main
+from eventkit.shop.demo.ending import show_ending
 from eventkit.shop.demo.progress import Completion
 
 
@@ -24,7 +27,7 @@ def test_the_demo_shows_lag_draining_read_models_and_a_poison_order_retried(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     monkeypatch.setenv("DATABASE_URL", database_url)
-    code = main(["--orders", "200", "--writers", "4"])
+    code = main(["--orders", "200", "--writers", "4", "--drop-schema"])
     out = capsys.readouterr().out
     found = re.search(r"schema +(demo_\w+)", out)
     assert found is not None, out
@@ -33,6 +36,7 @@ def test_the_demo_shows_lag_draining_read_models_and_a_poison_order_retried(
         assert code == 0, out
         for expected in [
             "drained: every view has the last event",
+            "is transaction id/notification id",
             "$ eventkit status",
             "orders by status: ",
             "least available stock:",
@@ -47,12 +51,17 @@ def test_the_demo_shows_lag_draining_read_models_and_a_poison_order_retried(
             "v2 paid",
             "no dead letters",
             "workers stopped",
+            f"the demo wrote into schema {schema}",
+            f"EVENTKIT_SCHEMA={schema} eventkit status",
+            f'psql "$(eventkit db url)" -c \'SELECT topic, state FROM {schema}.',
+            f"schema {schema} dropped (--drop-schema)",
         ]:
             assert expected in out, f"{expected!r} not in:\n{out}"
         # Off a terminal, the lag lines carry the workload's progress; the last one its end.
         assert re.search(
             r" 200/200 .* written: 100%, [\d,]+ orders/s, all done in [\d.]+ s\n", out
         ), out
+        assert not _schema_exists(pool, schema)
     finally:
         with pool.connection() as conn:
             conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
@@ -71,6 +80,49 @@ def test_progress_says_the_share_done_the_rate_and_the_time_left(
     completion: Completion, described: str
 ) -> None:
     assert completion.describe("orders") == described
+
+
+def test_off_a_terminal_the_ending_keeps_the_schema_and_prints_how_to_drop_it(
+    pool: psycopg_pool.ConnectionPool,
+    database_url: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    schema = _new_schema(pool)
+    try:
+        settings = Settings(database_url=None, schema=schema)
+        assert show_ending(settings, pool, database_url, drop=False)
+        out = capsys.readouterr().out
+        assert f"EVENTKIT_SCHEMA={schema} eventkit status" in out
+        assert "keeps running" in out
+        assert "eventkit db stop" in out
+        assert f"DROP SCHEMA {schema} CASCADE" in out
+        assert "[y/N]" not in out
+        assert _schema_exists(pool, schema)
+    finally:
+        _drop(pool, schema)
+
+
+@pytest.mark.parametrize(("answer", "is_dropped"), [("\n", False), ("y\n", True)])
+def test_on_a_terminal_the_ending_asks_and_drops_the_schema_only_on_yes(
+    pool: psycopg_pool.ConnectionPool, database_url: str, answer: str, is_dropped: bool
+) -> None:
+    schema = _new_schema(pool)
+    code = f"""
+        import psycopg_pool
+        from eventkit.infrastructure.settings import Settings
+        from eventkit.shop.demo.ending import show_ending
+
+        settings = Settings(database_url={database_url!r}, schema={schema!r})
+        with psycopg_pool.ConnectionPool({database_url!r}, min_size=1) as pool:
+            show_ending(settings, pool, {database_url!r}, drop=False)
+    """
+    try:
+        out = _in_terminal(code, answer=answer)
+        assert f"drop schema {schema} now? [y/N]" in out, out
+        assert (f"schema {schema} dropped (as asked)" in out) is is_dropped, out
+        assert _schema_exists(pool, schema) is not is_dropped
+    finally:
+        _drop(pool, schema)
 
 
 def test_on_a_terminal_log_lines_print_above_the_progress_bar_not_over_it() -> None:
@@ -141,3 +193,21 @@ def _screen(raw: str) -> list[str]:
                 cursor += len(part)
         lines.append("".join(cells))
     return lines
+
+
+def _new_schema(pool: psycopg_pool.ConnectionPool) -> str:
+    schema = f"test_demo_{uuid4().hex[:12]}"
+    with pool.connection() as conn:
+        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+    return schema
+
+
+def _schema_exists(pool: psycopg_pool.ConnectionPool, schema: str) -> bool:
+    with pool.connection() as conn:
+        row = conn.execute("SELECT count(*) FROM pg_namespace WHERE nspname = %s", (schema,))
+        return bool(row.fetchone() == (1,))
+
+
+def _drop(pool: psycopg_pool.ConnectionPool, schema: str) -> None:
+    with pool.connection() as conn:
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))

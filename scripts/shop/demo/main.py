@@ -30,6 +30,7 @@ from eventkit.shop.demo.deadletters import (
     place_poison_order,
     retry_dead_letters,
 )
+from eventkit.shop.demo.ending import show_ending, show_interrupted
 from eventkit.shop.demo.metrics import print_metrics
 from eventkit.shop.demo.progress import Completion, Pacer, progress_bar
 from eventkit.shop.demo.projections import (
@@ -62,6 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=1,
         help="random seed of the workload (1); thread timing still varies",
+    )
+    parser.add_argument(
+        "--drop-schema",
+        action="store_true",
+        help="drop the demo's schema at the end without asking (by default a terminal is"
+        " asked, and elsewhere the schema is kept)",
     )
     parser.add_argument(
         "-v",
@@ -99,14 +106,13 @@ def run(args: argparse.Namespace) -> int:
     try:
         with quiet_workers(args.verbose):
             is_sound = _run_demo(args, settings, shop=shop, tally=tally, pool=pool, url=url)
+    except BaseException:
+        show_interrupted(settings, pool, url, drop=args.drop_schema)
+        raise
     finally:
         shop.close()
-    print(f"\nthe data lives in schema {schema} at {redact(url)}; look at it in SQL:")
-    query = f"SELECT topic, state FROM {schema}.stored_events_json LIMIT 5"
-    print(f"  {query};")
-    print(f"  from a shell: psql \"$(eventkit db url)\" -c '{query}'")
-    print(f"  drop it when done: DROP SCHEMA {schema} CASCADE;")
-    return 0 if is_sound else 1
+    is_ended = show_ending(settings, pool, url, drop=args.drop_schema)
+    return 0 if is_sound and is_ended else 1
 
 
 def _run_demo(
@@ -145,8 +151,14 @@ def _run_demo(
         before = count(pool, schema).events
         wall = _write(args, shop, tally, monitor)
         is_drained = drain(monitor)
-        print("\n  $ eventkit status")
-        print(textwrap.indent(render(monitor.status()), "    "))
+        rows = monitor.status()
+        print(
+            f"\na position such as {rows[0].position} is transaction id/notification id:"
+            " the id of the transaction that wrote an event, and the event's number in the"
+            " log; followers read the log in that order"
+        )
+        print("  $ eventkit status")
+        print(textwrap.indent(render(rows), "    "))
         print_commands(tally, args.writers, args.orders, wall)
         print_rejections(tally, shop.max_attempts)
         print_events(count(pool, schema), before, wall)

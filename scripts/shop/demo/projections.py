@@ -154,7 +154,7 @@ def drain(monitor: LagMonitor, timeout: float = 30.0) -> bool:
             if drained:
                 note = "drained: every view has the last event"
             elif is_lag_zero:
-                note = f"waiting for {last}: an older transaction is open on the server"
+                note = "waiting for the last event: an older transaction is open on the server"
             monitor.show(rows, note)
         if drained:
             return True
