@@ -107,16 +107,3 @@ def app_env(database_url: str, schema: str) -> dict[str, str]:
         "EVENTKIT_SCHEMA": schema,
         "EVENTKIT_POOL_MAX_SIZE": "40",
     }
-
-
-#: eventsourcing environment for unit tests: its in-memory recorder with eventkit's mapper.
-IN_MEMORY_ENV = {
-    "PERSISTENCE_MODULE": "eventsourcing.popo",
-    "MAPPER_TOPIC": "eventkit.infrastructure.transcoding:PydanticMapper",
-    "TRANSCODER_TOPIC": "eventkit.infrastructure.transcoding:PydanticJSONTranscoder",
-}
-
-
-@pytest.fixture
-def memory_env() -> dict[str, str]:
-    return dict(IN_MEMORY_ENV)

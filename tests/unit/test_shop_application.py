@@ -73,8 +73,8 @@ def stocked(shop: S, **on_hand: int) -> S:
 
 
 @pytest.fixture
-def shop(memory_env: dict[str, str]) -> Iterator[Shop]:
-    shop = stocked(Shop(env=memory_env))
+def shop(eventkit_memory_env: dict[str, str]) -> Iterator[Shop]:
+    shop = stocked(Shop(env=eventkit_memory_env))
     yield shop
     shop.close()
 
@@ -324,8 +324,10 @@ def test_unknown_ids_fail(shop: Shop) -> None:
         shop.get_stock("NO-SUCH")
 
 
-def test_a_conflicting_save_is_retried_on_fresh_aggregates(memory_env: dict[str, str]) -> None:
-    shop = stocked(RacingShop(env=memory_env, races=0), tea_green=5)
+def test_a_conflicting_save_is_retried_on_fresh_aggregates(
+    eventkit_memory_env: dict[str, str],
+) -> None:
+    shop = stocked(RacingShop(env=eventkit_memory_env, races=0), tea_green=5)
     shop.races = 2
     before = last_id(shop)
     assert before is not None
@@ -346,8 +348,8 @@ def test_a_conflicting_save_is_retried_on_fresh_aggregates(memory_env: dict[str,
     assert (tea.on_hand, tea.reserved) == (7, 5)  # the rival's receipts are kept
 
 
-def test_a_command_gives_up_after_max_attempts(memory_env: dict[str, str]) -> None:
-    shop = stocked(RacingShop(env=memory_env, races=0))
+def test_a_command_gives_up_after_max_attempts(eventkit_memory_env: dict[str, str]) -> None:
+    shop = stocked(RacingShop(env=eventkit_memory_env, races=0))
     shop.races = Shop.max_attempts
     before = last_id(shop)
     assert before is not None
