@@ -1,4 +1,5 @@
-"""Order: given its history, when a command, then new events (or an error and none)."""
+"""Order: given its history, when a command, then new events (or an error and none), with
+eventkit's harness (eventkit.testing.AggregateScenario)."""
 
 from __future__ import annotations
 
@@ -17,130 +18,144 @@ from eventkit.domain.shop.errors import (
     InvalidQuantityError,
 )
 from eventkit.domain.shop.orders import Currency, Order, OrderLine, OrderStatus
+from eventkit.testing import AggregateScenario, expect, new_event
 
 PAYMENT_ID = uuid4()
 LINES = (
     OrderLine(sku="TEA-GREEN", quantity=2, unit_price=Decimal("6.90")),
     OrderLine(sku="MUG-WHITE", quantity=1, unit_price=Decimal("12.00")),
 )
-
-
-def given(*steps: str) -> Order:
-    """A placed order, taken through ``steps`` ("paid", "cancelled", "shipped")."""
-    order = Order.place("customer-1", LINES, Currency.EUR)
-    for step in steps:
-        if step == "paid":
-            order.mark_paid(PAYMENT_ID)
-        elif step == "cancelled":
-            order.cancel("changed my mind")
-        elif step == "shipped":
-            order.ship()
-    order.collect_events()
-    return order
+PLACED = new_event(
+    Order.Placed,
+    customer_id="customer-1",
+    lines=LINES,
+    total=Decimal("25.80"),
+    currency=Currency.EUR,
+)
+PAID = new_event(Order.Paid, payment_id=PAYMENT_ID)
+CANCELLED = new_event(Order.Cancelled, reason="changed my mind")
+SHIPPED = new_event(Order.Shipped)
+HISTORIES = {"placed": (PLACED,), "paid": (PLACED, PAID), "cancelled": (PLACED, CANCELLED)}
+HISTORIES["shipped"] = (*HISTORIES["paid"], SHIPPED)
 
 
 def test_place_emits_placed_with_lines_total_and_currency() -> None:
     with freeze_time("2024-05-01 09:00:00"):
-        order = Order.place("customer-1", LINES, Currency.EUR)
+        scenario = (
+            AggregateScenario(Order)
+            .when(lambda: Order.place("customer-1", LINES, Currency.EUR))
+            .then(
+                expect(
+                    Order.Placed,
+                    customer_id="customer-1",
+                    lines=LINES,
+                    total=Decimal("25.80"),
+                    currency=Currency.EUR,
+                    timestamp=datetime(2024, 5, 1, 9, tzinfo=UTC),
+                    originator_version=1,
+                )
+            )
+        )
 
-    [event] = order.collect_events()
-    assert isinstance(event, Order.Placed)
-    assert event.customer_id == "customer-1"
-    assert event.lines == LINES
-    assert event.total == Decimal("25.80")
-    assert event.currency is Currency.EUR
-    assert event.timestamp == datetime(2024, 5, 1, 9, tzinfo=UTC)
-    assert event.originator_version == 1
+    order = scenario.aggregate
+    assert order is not None
     assert order.status is OrderStatus.PLACED
     assert order.skus == ("TEA-GREEN", "MUG-WHITE")
 
 
-def test_place_rejects_an_order_without_lines() -> None:
-    with pytest.raises(InvalidOrderLinesError, match="'customer-1' has no lines"):
-        Order.place("customer-1", (), Currency.EUR)
-
-
-def test_place_rejects_a_sku_on_two_lines() -> None:
-    lines = (*LINES, OrderLine(sku="TEA-GREEN", quantity=1, unit_price=Decimal("6.90")))
-
-    with pytest.raises(InvalidOrderLinesError, match="TEA-GREEN on more than one line"):
-        Order.place("customer-1", lines, Currency.EUR)
-
-
-def test_place_rejects_a_quantity_below_one() -> None:
-    lines = (OrderLine(sku="TEA-GREEN", quantity=0, unit_price=Decimal("6.90")),)
-
-    with pytest.raises(InvalidQuantityError, match=r"'TEA-GREEN': quantity must be .*got 0"):
-        Order.place("customer-1", lines, Currency.EUR)
-
-
-def test_place_rejects_a_unit_price_that_is_not_positive() -> None:
-    lines = (OrderLine(sku="TEA-GREEN", quantity=1, unit_price=Decimal("0.00")),)
-
-    with pytest.raises(InvalidAmountError, match=r"'TEA-GREEN'.*got 0\.00"):
-        Order.place("customer-1", lines, Currency.EUR)
+@pytest.mark.parametrize(
+    ("lines", "error", "message"),
+    [
+        ((), InvalidOrderLinesError, "'customer-1' has no lines"),
+        ((*LINES, LINES[0]), InvalidOrderLinesError, "TEA-GREEN on more than one line"),
+        (
+            (OrderLine(sku="TEA-GREEN", quantity=0, unit_price=Decimal("6.90")),),
+            InvalidQuantityError,
+            r"'TEA-GREEN': quantity must be .*got 0",
+        ),
+        (
+            (OrderLine(sku="TEA-GREEN", quantity=1, unit_price=Decimal("0.00")),),
+            InvalidAmountError,
+            r"'TEA-GREEN'.*got 0\.00",
+        ),
+    ],
+    ids=["no lines", "a sku on two lines", "a quantity below one", "a price of zero"],
+)
+def test_place_rejects_bad_lines(
+    lines: tuple[OrderLine, ...], error: type[Exception], message: str
+) -> None:
+    AggregateScenario(Order).when(
+        lambda: Order.place("customer-1", lines, Currency.EUR)
+    ).then_raises(error, match=message)
 
 
 def test_mark_paid_emits_paid() -> None:
-    order = given()
+    scenario = (
+        AggregateScenario(Order)
+        .given(PLACED)
+        .when(lambda order: order.mark_paid(PAYMENT_ID))
+        .then(expect(Order.Paid, payment_id=PAYMENT_ID, originator_version=2))
+    )
 
-    order.mark_paid(PAYMENT_ID)
-
-    [event] = order.collect_events()
-    assert isinstance(event, Order.Paid)
-    assert event.payment_id == PAYMENT_ID
-    assert (order.status, order.payment_id) == (OrderStatus.PAID, PAYMENT_ID)
+    assert scenario.aggregate is not None
+    assert (scenario.aggregate.status, scenario.aggregate.payment_id) == (
+        OrderStatus.PAID,
+        PAYMENT_ID,
+    )
 
 
 def test_cancel_emits_cancelled_with_the_reason() -> None:
-    order = given()
+    scenario = (
+        AggregateScenario(Order)
+        .given(PLACED)
+        .when(lambda order: order.cancel("changed my mind"))
+        .then(expect(Order.Cancelled, reason="changed my mind"))
+    )
 
-    order.cancel("changed my mind")
-
-    [event] = order.collect_events()
-    assert isinstance(event, Order.Cancelled)
-    assert event.reason == "changed my mind"
-    assert (order.status, order.cancellation_reason) == (OrderStatus.CANCELLED, "changed my mind")
+    assert scenario.aggregate is not None
+    assert scenario.aggregate.cancellation_reason == "changed my mind"
 
 
 def test_ship_emits_shipped() -> None:
-    order = given("paid")
+    scenario = (
+        AggregateScenario(Order)
+        .given(*HISTORIES["paid"])
+        .when(lambda order: order.ship())
+        .then(expect(Order.Shipped))
+    )
 
-    order.ship()
+    assert scenario.aggregate is not None
+    assert scenario.aggregate.status is OrderStatus.SHIPPED
 
-    [event] = order.collect_events()
-    assert isinstance(event, Order.Shipped)
-    assert order.status is OrderStatus.SHIPPED
+
+COMMANDS: dict[str, Callable[[Order], None]] = {
+    "ship": lambda order: order.ship(),
+    "pay": lambda order: order.mark_paid(PAYMENT_ID),
+    "cancel": lambda order: order.cancel("too late"),
+}
 
 
 @pytest.mark.parametrize(
-    ("history", "action", "status"),
+    ("status", "action"),
     [
-        ((), "ship", "placed"),  # cannot ship an unpaid order
-        (("cancelled",), "ship", "cancelled"),
-        (("paid", "shipped"), "ship", "shipped"),
-        (("cancelled",), "pay", "cancelled"),  # cannot pay a cancelled order
-        (("paid",), "pay", "paid"),
-        (("paid", "shipped"), "pay", "shipped"),
-        (("paid",), "cancel", "paid"),  # a paid order would need a refund
-        (("paid", "shipped"), "cancel", "shipped"),  # cannot cancel a shipped order
-        (("cancelled",), "cancel", "cancelled"),
+        ("placed", "ship"),  # cannot ship an unpaid order
+        ("cancelled", "ship"),
+        ("shipped", "ship"),
+        ("cancelled", "pay"),  # cannot pay a cancelled order
+        ("paid", "pay"),
+        ("shipped", "pay"),
+        ("paid", "cancel"),  # a paid order would need a refund
+        ("shipped", "cancel"),  # cannot cancel a shipped order
+        ("cancelled", "cancel"),
     ],
 )
-def test_an_illegal_transition_fails_naming_order_and_status(
-    history: tuple[str, ...], action: str, status: str
-) -> None:
-    order = given(*history)
-    command: Callable[[], None] = {
-        "ship": order.ship,
-        "pay": lambda: order.mark_paid(PAYMENT_ID),
-        "cancel": lambda: order.cancel("too late"),
-    }[action]
+def test_an_illegal_transition_fails_naming_order_and_status(status: str, action: str) -> None:
+    scenario = AggregateScenario(Order).given(*HISTORIES[status]).when(COMMANDS[action])
 
-    with pytest.raises(IllegalTransitionError) as raised:
-        command()
+    error = scenario.then_raises(IllegalTransitionError)
 
-    error = raised.value
+    order = scenario.aggregate
+    assert order is not None
     assert (error.kind, error.aggregate_id, error.action, error.status) == (
         "order",
         order.id,
@@ -148,18 +163,15 @@ def test_an_illegal_transition_fails_naming_order_and_status(
         status,
     )
     assert f"cannot {action} order {order.id}: it is {status}" in str(error)
-    assert order.collect_events() == []
     assert order.status == status
 
 
 def test_the_message_says_which_status_is_needed() -> None:
-    order = given()
-
-    with pytest.raises(IllegalTransitionError) as raised:
-        order.ship()
-
-    assert str(raised.value) == (
-        f"cannot ship order {order.id}: it is placed, and only a paid order can be shipped"
+    order_id = uuid4()
+    AggregateScenario(Order, order_id).given(PLACED).when(lambda order: order.ship()).then_raises(
+        IllegalTransitionError,
+        match=rf"^cannot ship order {order_id}: it is placed, and only a paid order can be "
+        "shipped$",
     )
 
 

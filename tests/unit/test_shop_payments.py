@@ -1,4 +1,5 @@
-"""Payment: given its history, when a command, then new events (or an error and none)."""
+"""Payment: given its history, when a command, then new events (or an error and none),
+with eventkit's harness (eventkit.testing.AggregateScenario)."""
 
 from __future__ import annotations
 
@@ -10,83 +11,91 @@ import pytest
 from eventkit.domain.shop.errors import IllegalTransitionError, InvalidAmountError
 from eventkit.domain.shop.orders import Currency
 from eventkit.domain.shop.payments import Payment, PaymentStatus
+from eventkit.testing import AggregateScenario, expect, new_event
 
 ORDER_ID = UUID("00000000-0000-4000-8000-0000000000aa")
 
 
-def given(*steps: str) -> Payment:
-    """A requested payment of 25.80 EUR, taken through ``steps`` ("captured", "failed")."""
-    payment = Payment.request(ORDER_ID, Decimal("25.80"), Currency.EUR)
-    for step in steps:
-        if step == "captured":
-            payment.capture()
-        elif step == "failed":
-            payment.fail("card declined")
-    payment.collect_events()
-    return payment
+REQUESTED = new_event(
+    Payment.Requested, order_id=ORDER_ID, amount=Decimal("25.80"), currency=Currency.EUR
+)
+HISTORIES = {
+    "requested": (REQUESTED,),
+    "captured": (REQUESTED, new_event(Payment.Captured)),
+    "failed": (REQUESTED, new_event(Payment.Failed, reason="card declined")),
+}
 
 
 def test_request_emits_requested_with_id_from_the_order() -> None:
-    payment = Payment.request(ORDER_ID, Decimal("25.80"), Currency.USD)
-
-    [event] = payment.collect_events()
-    assert isinstance(event, Payment.Requested)
-    assert (event.order_id, event.amount, event.currency) == (
-        ORDER_ID,
-        Decimal("25.80"),
-        Currency.USD,
+    scenario = (
+        AggregateScenario(Payment)
+        .when(lambda: Payment.request(ORDER_ID, Decimal("25.80"), Currency.USD))
+        .then(
+            expect(
+                Payment.Requested,
+                originator_id=Payment.id_for(ORDER_ID),
+                order_id=ORDER_ID,
+                amount=Decimal("25.80"),
+                currency=Currency.USD,
+            )
+        )
     )
-    assert payment.id == Payment.id_for(ORDER_ID)
+
     assert Payment.id_for(ORDER_ID) != Payment.id_for(uuid4())
-    assert payment.status is PaymentStatus.REQUESTED
+    assert scenario.aggregate is not None
+    assert scenario.aggregate.status is PaymentStatus.REQUESTED
 
 
 @pytest.mark.parametrize("amount", [Decimal(0), Decimal("-5.00")])
 def test_request_rejects_an_amount_that_is_not_positive(amount: Decimal) -> None:
-    with pytest.raises(InvalidAmountError, match=rf"payment of order {ORDER_ID}.*got {amount}"):
-        Payment.request(ORDER_ID, amount, Currency.EUR)
+    AggregateScenario(Payment).when(
+        lambda: Payment.request(ORDER_ID, amount, Currency.EUR)
+    ).then_raises(InvalidAmountError, match=rf"payment of order {ORDER_ID}.*got {amount}")
 
 
 def test_capture_emits_captured() -> None:
-    payment = given()
+    scenario = (
+        AggregateScenario(Payment)
+        .given(REQUESTED)
+        .when(lambda payment: payment.capture())
+        .then(expect(Payment.Captured))
+    )
 
-    payment.capture()
-
-    [event] = payment.collect_events()
-    assert isinstance(event, Payment.Captured)
-    assert payment.status is PaymentStatus.CAPTURED
+    assert scenario.aggregate is not None
+    assert scenario.aggregate.status is PaymentStatus.CAPTURED
 
 
 def test_fail_emits_failed_with_the_reason() -> None:
-    payment = given()
+    scenario = (
+        AggregateScenario(Payment)
+        .given(REQUESTED)
+        .when(lambda payment: payment.fail("card declined"))
+        .then(expect(Payment.Failed, reason="card declined"))
+    )
 
-    payment.fail("card declined")
-
-    [event] = payment.collect_events()
-    assert isinstance(event, Payment.Failed)
-    assert event.reason == "card declined"
-    assert (payment.status, payment.failure_reason) == (PaymentStatus.FAILED, "card declined")
+    assert scenario.aggregate is not None
+    assert (scenario.aggregate.status, scenario.aggregate.failure_reason) == (
+        PaymentStatus.FAILED,
+        "card declined",
+    )
 
 
 @pytest.mark.parametrize(
-    ("history", "action", "status"),
-    [
-        (("captured",), "capture", "captured"),
-        (("failed",), "capture", "failed"),
-        (("captured",), "fail", "captured"),
-        (("failed",), "fail", "failed"),
-    ],
+    ("status", "action"),
+    [("captured", "capture"), ("failed", "capture"), ("captured", "fail"), ("failed", "fail")],
 )
-def test_capture_and_fail_only_from_requested(
-    history: tuple[str, ...], action: str, status: str
-) -> None:
-    payment = given(*history)
-    command = payment.capture if action == "capture" else lambda: payment.fail("again")
+def test_capture_and_fail_only_from_requested(status: str, action: str) -> None:
+    payment_id = Payment.id_for(ORDER_ID)
+    scenario = (
+        AggregateScenario(Payment, payment_id)
+        .given(*HISTORIES[status])
+        .when(lambda p: p.capture() if action == "capture" else p.fail("again"))
+    )
 
-    with pytest.raises(IllegalTransitionError) as raised:
-        command()
+    error = scenario.then_raises(
+        IllegalTransitionError, match=rf"^cannot {action} payment {payment_id}: it is {status}"
+    )
 
-    assert str(raised.value).startswith(f"cannot {action} payment {payment.id}: it is {status}")
-    assert raised.value.allowed == ("requested",)
-    assert payment.collect_events() == []
-    assert payment.status == status
+    assert error.allowed == ("requested",)
+    assert scenario.aggregate is not None
+    assert scenario.aggregate.status == status
