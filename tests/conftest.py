@@ -19,6 +19,11 @@ from eventkit.infrastructure.migrations import migrate
 from eventkit.infrastructure.recorder import PostgresEventRecorder
 from eventkit.infrastructure.settings import Settings
 
+# The second application (tests/second_app) has its own top-level `domain` package and its
+# own tests: it runs in a process of its own (tests/integration/test_second_app.py), never
+# in this one, where `domain` would not be its package.
+collect_ignore = ["second_app"]
+
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(

@@ -1,0 +1,1 @@
+"""The lending library's domain: books and members, and the Library application service."""
