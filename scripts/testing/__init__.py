@@ -16,7 +16,7 @@ AggregateScenario(Order).given(placed).when(lambda o: o.mark_paid(pid)).then(
 - The pytest plugin (``eventkit.testing.plugin``, registered when eventkit is installed)
   gives the fixtures: ``eventkit_transaction``, ``eventkit_memory_env``,
   ``eventkit_settings``, ``eventkit_application_env`` and the session's
-  ``eventkit_database_url`` and ``eventkit_schema``.
+  ``eventkit_database_url``.
 
 Names are imported on first use, so the plugin costs nothing in a test run that uses none.
 """

@@ -5,9 +5,9 @@ is named ``eventkit_*``; none is set up unless a test asks for it, and this modu
 nothing of eventkit's runtime until one is.
 
 - ``eventkit_database_url`` (session): ``DATABASE_URL``, or eventkit's embedded PostgreSQL.
-- ``eventkit_schema`` (session): a schema migrated for this test session, dropped at its end.
-- ``eventkit_transaction``: a :class:`eventkit.testing.Transaction` in that schema, rolled
-  back after the test; for :class:`ProjectionScenario` and :class:`ReactionScenario`.
+- ``eventkit_transaction``: a :class:`eventkit.testing.Transaction` (a schema of its own,
+  created inside it), rolled back after the test; for :class:`ProjectionScenario` and
+  :class:`ReactionScenario`.
 - ``eventkit_memory_env``: eventsourcing's in-memory recorder with eventkit's mapper, for
   ``Application(env=...)`` in unit tests.
 - ``eventkit_settings``: :class:`eventkit.Settings` of a fresh migrated schema of the test's
@@ -38,26 +38,12 @@ def eventkit_database_url() -> str:
     return resolve_database_url(Settings.from_env())
 
 
-@pytest.fixture(scope="session")
-def eventkit_schema(eventkit_database_url: str) -> Iterator[str]:
-    """A schema migrated for this test session (one per process, so parallel sessions
-    never share one), dropped when the session ends."""
-    from eventkit.infrastructure.settings import Settings
-    from eventkit.testing.database import fresh_schema
-
-    settings = Settings.from_env()
-    with fresh_schema(
-        Settings(database_url=eventkit_database_url, home=settings.home), prefix="eventkit_test"
-    ) as session:
-        yield session.schema
-
-
 @pytest.fixture
-def eventkit_transaction(eventkit_database_url: str, eventkit_schema: str) -> Iterator[Transaction]:
-    """A transaction in the session's schema, rolled back after the test."""
+def eventkit_transaction(eventkit_database_url: str) -> Iterator[Transaction]:
+    """A transaction with a schema of its own, rolled back after the test."""
     from eventkit.testing.database import Transaction
 
-    with Transaction.connect(eventkit_database_url, eventkit_schema) as transaction:
+    with Transaction.connect(eventkit_database_url) as transaction:
         yield transaction
 
 

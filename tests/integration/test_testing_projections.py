@@ -104,15 +104,22 @@ def raised_error(view: ProjectionScenario, *events: object) -> BaseException:
 
 
 def test_the_view_is_gone_after_the_transaction(database_url: str, schema: str) -> None:
-    settings = Settings(database_url=database_url, schema=schema)
-    with Transaction.open(settings) as transaction:
-        ProjectionScenario(OrderSummaries(), transaction).given(placed(uuid4()))
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        # A real view of the same projection, with a row: the scenario never sees it.
+        conn.execute(f'CREATE TABLE "{schema}".order_summaries (order_id uuid)')
+        conn.execute(f'INSERT INTO "{schema}".order_summaries VALUES (gen_random_uuid())')
+    with Transaction.open(Settings(database_url=database_url, schema=schema)) as transaction:
+        view = ProjectionScenario(OrderSummaries(), transaction)
+        assert view.rows("order_summaries") == []
+        view.given(placed(uuid4()))
+        assert len(view.rows("order_summaries")) == 1
 
     with psycopg.connect(database_url) as conn:
         row = conn.execute(
-            "SELECT to_regclass(format('%%I.order_summaries', %s::text))", (schema,)
+            "SELECT count(*) FROM pg_namespace WHERE nspname = %s", (transaction.schema,)
         ).fetchone()
-    assert row == (None,)
+        real = conn.execute(f'SELECT count(*) FROM "{schema}".order_summaries').fetchone()
+    assert (row, real) == ((0,), (1,))
 
 
 def test_time_frozen_while_events_are_given_is_their_time(
