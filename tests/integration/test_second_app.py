@@ -174,12 +174,15 @@ class Library:
         ).stdout
 
     @contextmanager
-    def workers(self, *args: str, **env: str) -> Iterator[subprocess.Popen[bytes]]:
-        """``eventkit workers`` in a process of its own, stopped with SIGTERM (exit 0)."""
+    def workers(
+        self, *args: str, command: tuple[str, ...] = ("eventkit", "workers"), **env: str
+    ) -> Iterator[subprocess.Popen[bytes]]:
+        """``eventkit workers`` (or ``command``) in a process of its own, stopped with
+        SIGTERM (exit 0)."""
         log = self.installed.app / f"workers-{uuid4().hex[:6]}.log"
         with log.open("wb") as out:
             process = subprocess.Popen(
-                [str(self.installed.bin / "eventkit"), "workers", *args],
+                [str(self.installed.bin / command[0]), *command[1:], *args],
                 cwd=self.installed.app,
                 env={**self.env, **env},
                 stdout=out,
@@ -316,9 +319,12 @@ def test_the_eventkit_command_runs_the_library_from_its_directory(
     assert library.receipts() == [("B2", "main"), ("B3", "annex"), ("B5", "main")]
     assert ("B4", ada) in loans
 
-    # Moved to the origin, the view is emptied and the workers build it again.
-    assert "moved projection loans" in library.eventkit(
-        "reset", "loans", "--to-origin", "--execute"
-    )
-    with library.workers("loans"):
+    # Moved to the origin, the view is emptied and the workers build it again: this time
+    # in the service's own process (eventkit.Workers, service/run.py).
+    moved = library.eventkit("reset", "loans", "--to-origin", "--execute")
+    assert "moved projection loans" in moved
+    port = free_port()
+    in_process = ("python", "-m", "service.run")
+    with library.workers("loans", command=in_process, LIBRARY_METRICS_PORT=str(port)):
         wait_until(lambda: library.loans() == loans, "the loans view replayed")
+        wait_until(lambda: 'name="loans"' in metrics(port), "the in-process workers' metrics")

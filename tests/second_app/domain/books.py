@@ -6,8 +6,9 @@ from datetime import date
 from typing import Any
 from uuid import UUID, uuid5
 
-from domain.errors import BookNotAvailableError, NotBorrowedError
 from eventkit import Aggregate, event
+
+from domain.errors import BookNotAvailableError, NotBorrowedError
 
 #: A book's id is uuid5(BOOKS, isbn): one stream per isbn, found by its isbn.
 BOOKS = UUID("5b0c6f8e-2f4a-4c1b-9d7e-3a6b8c0d1e2f")

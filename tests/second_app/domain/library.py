@@ -6,10 +6,14 @@ from __future__ import annotations
 from datetime import date
 from uuid import UUID
 
+from eventkit import Application, Outcome
+
 from domain.books import Book
 from domain.errors import DuplicateBookError, UnknownBookError, UnknownMemberError
 from domain.members import Member
-from eventkit import Application, Outcome
+
+#: What a loan or a return changes: the book and the member, saved together.
+BookAndMember = tuple[Book, Member]
 
 
 class Library(Application):
@@ -26,10 +30,8 @@ class Library(Application):
         self.save(member)
         return member.id
 
-    def lend(
-        self, isbn: str, member_id: UUID, branch: str, due: date
-    ) -> Outcome[tuple[Book, Member]]:
-        def decide() -> tuple[Book, Member]:
+    def lend(self, isbn: str, member_id: UUID, branch: str, due: date) -> Outcome[BookAndMember]:
+        def decide() -> BookAndMember:
             book, member = self._book(isbn), self._member(member_id)
             book.lend(member.id, branch, due)
             member.borrow(book.id)
@@ -37,8 +39,8 @@ class Library(Application):
 
         return self.run(decide, f"lend {isbn} to {member_id}")
 
-    def give_back(self, isbn: str, member_id: UUID) -> Outcome[tuple[Book, Member]]:
-        def decide() -> tuple[Book, Member]:
+    def give_back(self, isbn: str, member_id: UUID) -> Outcome[BookAndMember]:
+        def decide() -> BookAndMember:
             book, member = self._book(isbn), self._member(member_id)
             book.give_back(member.id)
             member.bring_back(book.id)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from uuid import UUID
 
-from domain.errors import LoanLimitError
 from eventkit import Aggregate, event
+
+from domain.errors import LoanLimitError
 
 
 class Member(Aggregate, type_name="library.Member"):

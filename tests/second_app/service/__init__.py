@@ -3,9 +3,9 @@
 pyproject.toml names it (``[tool.eventkit] app = "service:app"``).
 """
 
-from domain.library import Library
-
 from eventkit import App
+
+from domain.library import Library
 from service.loans import Loans
 from service.receipts import LoanReceipts
 

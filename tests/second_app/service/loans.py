@@ -6,9 +6,9 @@ from dataclasses import dataclass
 from datetime import date
 from uuid import UUID
 
-from domain.books import Book
-
 from eventkit import Context, Projection, Queries, Table, handles
+
+from domain.books import Book
 
 
 class Loans(Projection):

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from domain.books import Book
-
 from eventkit import Reaction, ReactionContext, Runtime, Table, handles
+
+from domain.books import Book
 
 
 class UnknownBranchError(Exception):

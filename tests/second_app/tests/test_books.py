@@ -5,12 +5,12 @@ from __future__ import annotations
 from datetime import UTC, date, datetime
 from uuid import uuid4
 
+from eventkit.testing import AggregateScenario, expect, new_event
+from freezegun import freeze_time
+
 from domain.books import Book
 from domain.errors import BookNotAvailableError, LoanLimitError, NotBorrowedError
 from domain.members import Member
-from freezegun import freeze_time
-
-from eventkit.testing import AggregateScenario, expect, new_event
 
 ADA = uuid4()
 ADDED = new_event(Book.Added, isbn="978-0", title="Dune")

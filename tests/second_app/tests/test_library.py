@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from datetime import date
 
 import pytest
+
 from domain.errors import BookNotAvailableError, DuplicateBookError
 from domain.library import Library
 

@@ -7,10 +7,10 @@ from datetime import date
 from uuid import uuid4
 
 import pytest
+from eventkit.testing import HandlerFailedError, ProjectionScenario, Transaction, new_event
+
 from domain.books import Book
 from service.loans import LoanQueries, Loans
-
-from eventkit.testing import HandlerFailedError, ProjectionScenario, Transaction, new_event
 
 
 def test_a_lent_book_is_on_loan_until_it_comes_back(eventkit_transaction: Transaction) -> None:

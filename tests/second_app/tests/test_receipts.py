@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import date
 from uuid import uuid4
 
+from eventkit.testing import ReactionScenario, Transaction, new_event
+
 from domain.books import Book
 from service.receipts import LoanReceipts, UnknownBranchError
-
-from eventkit.testing import ReactionScenario, Transaction, new_event
 
 
 def lent(branch: str) -> object:
