@@ -5,14 +5,24 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
 from eventkit.infrastructure.errors import ConfigurationError
 
-#: The project folder: embedded PostgreSQL keeps its data in ``.eventkit`` below it.
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+def default_home(cwd: Path | None = None) -> Path:
+    """Where the embedded PostgreSQL keeps its data when ``EVENTKIT_HOME`` is unset:
+    ``.eventkit`` in the project's folder, the nearest one from the current directory up
+    that holds a pyproject.toml (else the current directory), never inside the installed
+    package."""
+    cwd = Path.cwd() if cwd is None else cwd
+    for folder in (cwd, *cwd.parents):
+        if (folder / "pyproject.toml").is_file():
+            return folder / ".eventkit"
+    return cwd / ".eventkit"
+
 
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _ON = frozenset({"1", "true", "yes", "on"})
@@ -29,7 +39,7 @@ class Settings:
 
     database_url: str | None
     schema: str = "eventkit"
-    home: Path = PROJECT_ROOT / ".eventkit"
+    home: Path = field(default_factory=default_home)
     pool_min_size: int = 1
     pool_max_size: int = 16
     #: Send a notification hint with every append (``EVENTKIT_NOTIFY=1``), so idle
@@ -76,7 +86,7 @@ class Settings:
         return cls(
             database_url=env.get("DATABASE_URL") or None,
             schema=env.get("EVENTKIT_SCHEMA", "eventkit"),
-            home=Path(env.get("EVENTKIT_HOME") or PROJECT_ROOT / ".eventkit"),
+            home=Path(env["EVENTKIT_HOME"]) if env.get("EVENTKIT_HOME") else default_home(),
             pool_min_size=_int(env, "EVENTKIT_POOL_MIN_SIZE", 1),
             pool_max_size=_int(env, "EVENTKIT_POOL_MAX_SIZE", 16),
             notify=env.get("EVENTKIT_NOTIFY", "").lower() in _ON,

@@ -93,3 +93,18 @@ def test_an_application_env_carries_every_setting() -> None:
     assert from_app == Settings.from_env(NOT_DEFAULT)
     assert from_app.prepared_statements is False
     assert from_app.broker_url == NOT_DEFAULT["BROKER_URL"]
+
+
+def test_the_embedded_servers_home_is_the_projects_folder_never_the_package(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from eventkit.infrastructure.settings import default_home
+
+    service = tmp_path / "service"
+    (service / "src" / "deep").mkdir(parents=True)
+    (service / "pyproject.toml").write_text("[project]\nname = 'service'\n")
+    assert default_home(service / "src" / "deep") == service / ".eventkit"
+    assert default_home(tmp_path) == tmp_path / ".eventkit"
+    monkeypatch.chdir(service / "src")
+    assert Settings.from_env({}).home == service / ".eventkit"
+    assert Settings.from_env({"EVENTKIT_HOME": str(tmp_path / "x")}).home == tmp_path / "x"
