@@ -1,10 +1,11 @@
-"""Dead letters: events a projection could not handle, parked per stream, in order.
+"""Dead letters: events a consumer could not handle, parked per stream, in order.
 
-The first event of a stream that fails (after its retries) or cannot be decoded is parked
-with its error and traceback; every later event of that stream is parked behind it, so
-the stream's order holds while every other stream goes on. An operator retries a stream
-(it is reprocessed in order by the worker that owns the projection, then released) or
-discards dead letters.
+For a projection, the first event of a stream that fails (after its retries) or cannot be
+decoded is parked with its error and traceback; every later event of that stream is parked
+behind it, so the stream's order holds while every other stream goes on. An operator
+retries a stream (it is reprocessed in order by the worker that owns the projection, then
+released) or discards dead letters. A reaction's dead letter names its message instead
+(``message_id``); retrying it queues the message again.
 """
 
 from __future__ import annotations
@@ -27,10 +28,10 @@ OPEN = ("parked", "retry_requested")
 
 @dataclass(frozen=True)
 class DeadLetter:
-    """One parked event of one projection."""
+    """One parked event of one consumer (a projection's event, or a reaction's message)."""
 
     dead_letter_id: int
-    projection: str
+    consumer: str
     originator_id: UUID
     originator_version: int
     notification_id: int
@@ -49,7 +50,7 @@ class DeadLetter:
 
     def summary(self) -> str:
         text = (
-            f"#{self.dead_letter_id} {self.projection} stream {self.originator_id} "
+            f"#{self.dead_letter_id} {self.consumer} stream {self.originator_id} "
             f"v{self.originator_version} (notification {self.notification_id}, {self.topic}) "
             f"{self.status}/{self.reason} after {self.attempts} attempt(s)"
         )
@@ -62,11 +63,11 @@ class DeadLetter:
 
 @dataclass(frozen=True)
 class Selector:
-    """Which dead letters an operator means: one id, one stream, or one projection."""
+    """Which dead letters an operator means: one id, one stream, or one consumer."""
 
     dead_letter_id: int | None = None
     stream: UUID | None = None
-    projection: str | None = None
+    consumer: str | None = None
 
     def where(self) -> tuple[sql.Composable, list[Any]]:
         parts: list[sql.Composable] = []
@@ -77,11 +78,11 @@ class Selector:
         if self.stream is not None:
             parts.append(sql.SQL("originator_id = %s"))
             params.append(self.stream)
-        if self.projection is not None:
-            parts.append(sql.SQL("projection = %s"))
-            params.append(self.projection)
+        if self.consumer is not None:
+            parts.append(sql.SQL("consumer = %s"))
+            params.append(self.consumer)
         if not parts:
-            raise ValueError("name a dead letter id, a stream or a projection")
+            raise ValueError("name a dead letter id, a stream or a consumer")
         return sql.SQL(" AND ").join(parts), params
 
 
@@ -92,21 +93,21 @@ class DeadLetters:
         self.schema = schema
         self._table = sql.Identifier(schema, "dead_letters")
 
-    def parked_streams(self, conn: psycopg.Connection[Any], projection: str) -> set[UUID]:
-        """Streams of ``projection`` with an open dead letter: their events must wait."""
+    def parked_streams(self, conn: psycopg.Connection[Any], consumer: str) -> set[UUID]:
+        """Streams of ``consumer`` with an open dead letter: their events must wait."""
         rows = conn.execute(
             sql.SQL(
-                "SELECT DISTINCT originator_id FROM {} WHERE projection = %s "
+                "SELECT DISTINCT originator_id FROM {} WHERE consumer = %s "
                 "AND status IN ('parked', 'retry_requested')"
             ).format(self._table),
-            (projection,),
+            (consumer,),
         ).fetchall()
         return {r[0] for r in rows}
 
     def park(
         self,
         conn: psycopg.Connection[Any],
-        projection: str,
+        consumer: str,
         notification: LoggedNotification,
         *,
         reason: str,
@@ -118,10 +119,10 @@ class DeadLetters:
         """Park one event (or park it again after a failed retry); return its id."""
         row = conn.execute(
             sql.SQL(
-                "INSERT INTO {} (projection, originator_id, originator_version, notification_id,"
+                "INSERT INTO {} (consumer, originator_id, originator_version, notification_id,"
                 " transaction_id, topic, reason, status, attempts, error_class, error, traceback,"
                 " message_id) VALUES (%s, %s, %s, %s, %s, %s, %s, 'parked', %s, %s, %s, %s, %s)"
-                " ON CONFLICT (projection, originator_id, originator_version) DO UPDATE SET"
+                " ON CONFLICT (consumer, originator_id, originator_version) DO UPDATE SET"
                 " status = 'parked', reason = excluded.reason,"
                 " attempts = {}.attempts + excluded.attempts,"
                 " error_class = excluded.error_class, error = excluded.error,"
@@ -129,7 +130,7 @@ class DeadLetters:
                 " RETURNING dead_letter_id"
             ).format(self._table, sql.Identifier("dead_letters")),
             (
-                projection,
+                consumer,
                 notification.originator_id,
                 notification.originator_version,
                 notification.id,
@@ -151,17 +152,17 @@ class DeadLetters:
         self,
         conn: psycopg.Connection[Any],
         *,
-        projection: str | None = None,
+        consumer: str | None = None,
         statuses: Sequence[str] = OPEN,
         limit: int = 100,
     ) -> list[DeadLetter]:
         """Dead letters, oldest stream position first."""
         query = sql.SQL("SELECT * FROM {} WHERE status = ANY(%s)").format(self._table)
         params: list[Any] = [list(statuses)]
-        if projection is not None:
-            query += sql.SQL(" AND projection = %s")
-            params.append(projection)
-        query += sql.SQL(" ORDER BY projection, originator_id, originator_version LIMIT %s")
+        if consumer is not None:
+            query += sql.SQL(" AND consumer = %s")
+            params.append(consumer)
+        query += sql.SQL(" ORDER BY consumer, originator_id, originator_version LIMIT %s")
         params.append(limit)
         with conn.cursor(row_factory=class_row(DeadLetter)) as cur:
             return cur.execute(query, params).fetchall()
@@ -174,8 +175,8 @@ class DeadLetters:
             ).fetchone()
 
     def request_retry(self, conn: psycopg.Connection[Any], selector: Selector) -> int:
-        """Ask for the selected projection dead letters' whole streams to be reprocessed in
-        order (reactions' letters are not touched: see :meth:`parked_messages`).
+        """Ask for the whole streams of the selected dead letters of projections to be
+        reprocessed in order (reactions' letters are not touched: see :meth:`parked_messages`).
 
         Returns how many dead letters are now waiting for their worker.
         """
@@ -183,8 +184,8 @@ class DeadLetters:
         cur = conn.execute(
             sql.SQL(
                 "UPDATE {t} SET status = 'retry_requested', updated_at = clock_timestamp() "
-                "WHERE status = 'parked' AND message_id IS NULL AND (projection, originator_id)"
-                " IN (SELECT projection, originator_id FROM {t} WHERE {w} AND status = 'parked')"
+                "WHERE status = 'parked' AND message_id IS NULL AND (consumer, originator_id)"
+                " IN (SELECT consumer, originator_id FROM {t} WHERE {w} AND status = 'parked')"
             ).format(t=self._table, w=where),
             params,
         )
@@ -207,17 +208,17 @@ class DeadLetters:
     def retry_requested(
         self,
         conn: psycopg.Connection[Any],
-        projection: str,
+        consumer: str,
         partition: Partition | None = None,
     ) -> list[DeadLetter]:
-        """Open dead letters of the streams of ``projection`` with a retry requested
+        """Open dead letters of the streams of ``consumer`` with a retry requested
         (those of ``partition`` where its key is computed in SQL).
 
         Every open letter of such a stream, in version order: also those parked behind
         after the retry was requested, so the whole stream is reprocessed and released.
         """
         predicate = None if partition is None else partition.predicate("d")
-        params: list[Any] = [projection, projection]
+        params: list[Any] = [consumer, consumer]
         where: sql.Composable = sql.SQL("")
         if predicate is not None:
             where = sql.SQL(" AND ") + predicate[0]
@@ -225,9 +226,9 @@ class DeadLetters:
         with conn.cursor(row_factory=class_row(DeadLetter)) as cur:
             return cur.execute(
                 sql.SQL(
-                    "SELECT d.* FROM {t} d WHERE projection = %s AND status IN ('parked', "
+                    "SELECT d.* FROM {t} d WHERE consumer = %s AND status IN ('parked', "
                     "'retry_requested') AND originator_id IN (SELECT originator_id FROM {t} "
-                    "WHERE projection = %s AND status = 'retry_requested'){w} "
+                    "WHERE consumer = %s AND status = 'retry_requested'){w} "
                     "ORDER BY originator_id, originator_version"
                 ).format(t=self._table, w=where),
                 params,
@@ -257,19 +258,20 @@ class DeadLetters:
         return cur.rowcount
 
     def count_open(self, conn: psycopg.Connection[Any]) -> dict[str, int]:
-        """Open dead letters per projection."""
+        """Open dead letters per consumer."""
         rows = conn.execute(
             sql.SQL(
-                "SELECT projection, count(*) FROM {} WHERE status IN ('parked', 'retry_requested')"
-                " GROUP BY projection"
+                "SELECT consumer, count(*) FROM {} WHERE status IN ('parked', 'retry_requested')"
+                " GROUP BY consumer"
             ).format(self._table)
         ).fetchall()
         return {r[0]: int(r[1]) for r in rows}
 
-    def rename_projection(self, conn: psycopg.Connection[Any], old: str, new: str) -> None:
-        """Hand a rebuilt projection's dead letters to the live name (rebuild swap)."""
-        conn.execute(sql.SQL("DELETE FROM {} WHERE projection = %s").format(self._table), (new,))
+    def rename_consumer(self, conn: psycopg.Connection[Any], old: str, new: str) -> None:
+        """Hand consumer ``old``'s dead letters to ``new`` (a rebuild's swap: the rebuilt
+        projection's letters replace the live name's)."""
+        conn.execute(sql.SQL("DELETE FROM {} WHERE consumer = %s").format(self._table), (new,))
         conn.execute(
-            sql.SQL("UPDATE {} SET projection = %s WHERE projection = %s").format(self._table),
+            sql.SQL("UPDATE {} SET consumer = %s WHERE consumer = %s").format(self._table),
             (new, old),
         )

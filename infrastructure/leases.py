@@ -1,6 +1,6 @@
-"""Leases: one owner per partition of a projection at a time, fenced by a generation.
+"""Leases: one owner per partition of a consumer at a time, fenced by a generation.
 
-A lease is a row of ``{schema}.leases``: (projection, partition) -> owner, generation,
+A lease is a row of ``{schema}.leases``: (consumer, partition) -> owner, generation,
 expiry. Its owner pushes the expiry forward on every heartbeat. Anyone may take a lease
 that has no owner, has expired, or whose owner is known to be dead; taking it draws a new
 generation from a sequence, so generations never repeat.
@@ -44,7 +44,7 @@ class LeaseLostError(PersistenceError):
 class Lease:
     """A partition's lease as its holder took it."""
 
-    projection: str
+    consumer: str
     partition: int
     owner: str
     generation: int
@@ -54,7 +54,7 @@ class Lease:
 class LeaseRow:
     """A lease as the table holds it now (for status)."""
 
-    projection: str
+    consumer: str
     partition: int
     owner: str | None
     generation: int
@@ -73,9 +73,9 @@ class Leases:
         table = sql.Identifier(schema, "leases")
         ttl = sql.SQL("clock_timestamp() + make_interval(secs => %s)")
         self._acquire = sql.SQL(
-            "INSERT INTO {t} AS l (projection, partition, owner, expires_at)"
+            "INSERT INTO {t} AS l (consumer, partition, owner, expires_at)"
             " VALUES (%s, %s, %s, {ttl})"
-            " ON CONFLICT (projection, partition) DO UPDATE SET owner = excluded.owner,"
+            " ON CONFLICT (consumer, partition) DO UPDATE SET owner = excluded.owner,"
             " generation = excluded.generation, acquired_at = excluded.acquired_at,"
             " expires_at = excluded.expires_at"
             " WHERE l.owner IS NULL OR l.expires_at < clock_timestamp()"
@@ -84,34 +84,34 @@ class Leases:
         ).format(t=table, ttl=ttl)
         self._renew = sql.SQL(
             "UPDATE {t} SET expires_at = {ttl} WHERE owner = %s"
-            " RETURNING projection, partition, generation"
+            " RETURNING consumer, partition, generation"
         ).format(t=table, ttl=ttl)
         self._release = sql.SQL(
             "UPDATE {t} SET owner = NULL, expires_at = clock_timestamp()"
-            " WHERE projection = %s AND partition = %s AND owner = %s AND generation = %s"
+            " WHERE consumer = %s AND partition = %s AND owner = %s AND generation = %s"
         ).format(t=table)
         self._release_owners = sql.SQL(
             "UPDATE {t} SET owner = NULL, expires_at = clock_timestamp() WHERE owner = ANY(%s)"
         ).format(t=table)
         self._fence = sql.SQL(
             "SELECT l.owner, l.generation, l.expires_at < clock_timestamp(), p.partitions"
-            " FROM {t} l JOIN {p} p ON p.projection = l.projection"
-            " WHERE l.projection = %s AND l.partition = %s FOR SHARE"
+            " FROM {t} l JOIN {p} p ON p.consumer = l.consumer"
+            " WHERE l.consumer = %s AND l.partition = %s FOR SHARE"
         ).format(t=table, p=sql.Identifier(schema, "partitioning"))
-        self._revoke = sql.SQL("DELETE FROM {t} WHERE projection = %s").format(t=table)
+        self._revoke = sql.SQL("DELETE FROM {t} WHERE consumer = %s").format(t=table)
         self._rows = sql.SQL(
-            "SELECT projection, partition, owner, generation, acquired_at,"
+            "SELECT consumer, partition, owner, generation, acquired_at,"
             " extract(epoch FROM expires_at - clock_timestamp())::float8"
-            " FROM {t} WHERE projection = ANY(%s) ORDER BY projection, partition"
+            " FROM {t} WHERE consumer = ANY(%s) ORDER BY consumer, partition"
         ).format(t=table)
         self._lock = sql.SQL(
-            "SELECT 1 FROM {t} WHERE projection = %s ORDER BY partition FOR UPDATE"
+            "SELECT 1 FROM {t} WHERE consumer = %s ORDER BY partition FOR UPDATE"
         ).format(t=table)
 
     def acquire(
         self,
         conn: psycopg.Connection[Any],
-        projection: str,
+        consumer: str,
         partition: int,
         owner: str,
         *,
@@ -121,9 +121,9 @@ class Leases:
         by ``owner`` itself under an older generation (a worker of ``owner`` that lost
         it, for example to a change of partitions): a new generation fences that one."""
         row = conn.execute(
-            self._acquire, (projection, partition, owner, self.ttl_s, list(dead_owners))
+            self._acquire, (consumer, partition, owner, self.ttl_s, list(dead_owners))
         ).fetchone()
-        return None if row is None else Lease(projection, partition, owner, int(row[0]))
+        return None if row is None else Lease(consumer, partition, owner, int(row[0]))
 
     def renew(self, conn: psycopg.Connection[Any], owner: str) -> set[Lease]:
         """Push forward the expiry of every lease ``owner`` holds; return those leases."""
@@ -133,7 +133,7 @@ class Leases:
     def release(self, conn: psycopg.Connection[Any], lease: Lease) -> None:
         """Give the lease back, so the next worker takes it at once."""
         conn.execute(
-            self._release, (lease.projection, lease.partition, lease.owner, lease.generation)
+            self._release, (lease.consumer, lease.partition, lease.owner, lease.generation)
         )
 
     def release_owners(self, conn: psycopg.Connection[Any], owners: Sequence[str]) -> int:
@@ -142,7 +142,7 @@ class Leases:
 
     def fence(self, conn: psycopg.Connection[Any], lease: Lease, partitions: int) -> None:
         """Check, inside the caller's transaction, that ``lease`` still holds and that the
-        projection still has ``partitions`` partitions; keep both rows locked (``FOR
+        consumer still has ``partitions`` partitions; keep both rows locked (``FOR
         SHARE``) until that transaction ends. Raises :class:`LeaseLostError`.
         """
         self.check_fence(self.send_fence(conn, lease), lease, partitions)
@@ -151,7 +151,7 @@ class Leases:
         """Send the fence's query without waiting for its row (in pipeline mode it then
         travels with the statements after it); :meth:`check_fence` reads it."""
         cursor = conn.cursor()
-        cursor.execute(self._fence, (lease.projection, lease.partition))
+        cursor.execute(self._fence, (lease.consumer, lease.partition))
         return cursor
 
     def check_fence(self, cursor: psycopg.Cursor[Any], lease: Lease, partitions: int) -> None:
@@ -166,33 +166,34 @@ class Leases:
                 else f"is for {row[3]} partitions now, not {partitions}"
             )
         elif row is None:
-            why = "was revoked (the projection's partitions were changed)"
+            why = "was revoked (the consumer's partitions were changed)"
         else:
             why = f"was taken by {row[0] or 'nobody yet'} (generation {row[1]})"
         raise LeaseLostError(
-            f"{lease.projection!r} partition {lease.partition}: worker {lease.owner}'s lease "
+            f"{lease.consumer!r} partition {lease.partition}: worker {lease.owner}'s lease "
             f"(generation {lease.generation}) {why}; not committing"
         )
 
-    def revoke(self, conn: psycopg.Connection[Any], projection: str) -> None:
-        """Delete every lease of ``projection`` (after locking them with :meth:`lock`):
+    def revoke(self, conn: psycopg.Connection[Any], consumer: str) -> None:
+        """Delete every lease of ``consumer`` (after locking them with :meth:`lock`):
         every holder's next batch fails its fence, and leases are taken anew."""
-        conn.execute(self._revoke, (projection,))
+        conn.execute(self._revoke, (consumer,))
 
-    def lock(self, conn: psycopg.Connection[Any], projection: str) -> None:
-        """Lock ``projection``'s lease rows in the caller's transaction: waits for the
+    def lock(self, conn: psycopg.Connection[Any], consumer: str) -> None:
+        """Lock ``consumer``'s lease rows in the caller's transaction: waits for the
         batches that have passed their fence to commit, and holds back new ones."""
-        conn.execute(self._lock, (projection,)).fetchall()
+        conn.execute(self._lock, (consumer,)).fetchall()
 
-    def rows(self, conn: psycopg.Connection[Any], projections: Sequence[str]) -> list[LeaseRow]:
-        return [LeaseRow(*r) for r in conn.execute(self._rows, (list(projections),)).fetchall()]
+    def rows(self, conn: psycopg.Connection[Any], consumers: Sequence[str]) -> list[LeaseRow]:
+        return [LeaseRow(*r) for r in conn.execute(self._rows, (list(consumers),)).fetchall()]
 
 
 # -- advisory locks: one-off guards ----------------------------------------------------------
 
 
-def lease_name(schema: str, projection: str) -> str:
-    return f"eventkit:{schema}:{projection}"
+def lease_name(schema: str, name: str) -> str:
+    """The name of an advisory lock that guards ``name`` (a one-off guard, not a lease)."""
+    return f"eventkit:{schema}:{name}"
 
 
 def try_acquire(conn: psycopg.Connection[Any], name: str) -> bool:

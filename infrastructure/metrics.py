@@ -1,9 +1,10 @@
 """Prometheus metrics of eventkit's processes (``prometheus-client``, default registry).
 
 Names follow Prometheus conventions: the ``eventkit_`` prefix, base units (seconds),
-``_total`` for counters. Labels: ``kind`` (``projection`` or ``reaction``), ``name`` (the
-projection's or reaction's name, as in ``eventkit status``), ``partition`` (0 until
-projections are partitioned), ``event_type`` (the event's topic).
+``_total`` for counters. Labels: ``kind`` (``projection`` or ``reaction``; ``group`` for a
+worker group's own errors), ``consumer`` (the projection's or reaction's name, as in
+``eventkit status``), ``partition`` (0 for a consumer of one partition), ``event_type``
+(the event's topic).
 
 One word per concept, as in the code and docs: an event is *processed* by a projection
 (applied to its view) or by a reaction's follower (handed to the broker); a reaction
@@ -36,79 +37,79 @@ EVENTS_PROCESSED = Counter(
     "eventkit_events_processed_total",
     "Events a consumer processed (a projection applied them, a reaction's follower handed "
     "them to the broker), by event type",
-    ["kind", "name", "partition", "event_type"],
+    ["kind", "consumer", "partition", "event_type"],
 )
 BATCHES = Counter(
     "eventkit_batches_total",
     "Batches a consumer committed (each with its position)",
-    ["kind", "name", "partition"],
+    ["kind", "consumer", "partition"],
 )
 BATCH_EVENTS = Histogram(
     "eventkit_batch_events",
     "Events per committed batch",
-    ["kind", "name"],
+    ["kind", "consumer"],
     buckets=(1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000),
 )
 PROCESSED_LATENCY = Histogram(
     "eventkit_commit_to_processed_seconds",
     "From an event's commit (its recorded time) to the commit of the batch that processed it",
-    ["kind", "name"],
+    ["kind", "consumer"],
     buckets=LATENCY_BUCKETS,
 )
 LAG_EVENTS = Gauge(
     "eventkit_lag_events",
     "Events of the types a consumer reads that it has not processed yet",
-    ["kind", "name", "partition"],
+    ["kind", "consumer", "partition"],
 )
 LAG_SECONDS = Gauge(
     "eventkit_lag_seconds",
     "Now minus the recorded time of the oldest event a consumer has not processed yet",
-    ["kind", "name", "partition"],
+    ["kind", "consumer", "partition"],
 )
 RETRIES = Counter(
     "eventkit_retries_total",
     "Tries of a failing event or reaction message after the first",
-    ["kind", "name"],
+    ["kind", "consumer"],
 )
 DEAD_LETTERS_PARKED = Counter(
     "eventkit_dead_letters_parked_total",
     "Events or reaction messages parked as dead letters by this process, by reason",
-    ["kind", "name", "reason"],
+    ["kind", "consumer", "reason"],
 )
 DEAD_LETTERS_OPEN = Gauge(
     "eventkit_dead_letters_open",
     "Dead letters parked or waiting for a retry, per consumer (read from the database)",
-    ["kind", "name"],
+    ["kind", "consumer"],
 )
 ERRORS = Counter(
     "eventkit_errors_total",
     "Errors met while processing, by exception class",
-    ["kind", "name", "error_class"],
+    ["kind", "consumer", "error_class"],
 )
 WAKEUPS = Counter(
     "eventkit_follower_wakeups_total",
     "Times an idle follower looked at the log again, by cause (notification or poll)",
-    ["kind", "name", "cause"],
+    ["kind", "consumer", "cause"],
 )
 LEASE_OWNED = Gauge(
     "eventkit_lease_owned",
     "1 while this process owns the consumer's lease (partition), else 0",
-    ["kind", "name", "partition"],
+    ["kind", "consumer", "partition"],
 )
 LEASE_TAKEOVERS = Counter(
     "eventkit_lease_takeovers_total",
     "Leases this process took after waiting for another owner to stop or die",
-    ["kind", "name"],
+    ["kind", "consumer"],
 )
 LOOP_HEARTBEAT = Gauge(
     "eventkit_loop_heartbeat_timestamp_seconds",
     "Unix time a consumer's loop last turned (health: a stalled loop stops moving it)",
-    ["kind", "name"],
+    ["kind", "consumer"],
 )
 REACTION_MESSAGES = Counter(
     "eventkit_reaction_messages_total",
     "Reaction messages by outcome: executed, duplicate (skipped by the ledger), retried, parked",
-    ["name", "outcome"],
+    ["consumer", "outcome"],
 )
 POOL_CONNECTIONS = Gauge(
     "eventkit_pool_connections",

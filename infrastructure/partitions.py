@@ -82,7 +82,7 @@ def record_partitions(conn: psycopg.Connection[Any], schema: str, name: str, cou
     (the number every batch's fence checks)."""
     conn.execute(
         sql.SQL(
-            "INSERT INTO {} (projection, partitions) VALUES (%s, %s) ON CONFLICT DO NOTHING"
+            "INSERT INTO {} (consumer, partitions) VALUES (%s, %s) ON CONFLICT DO NOTHING"
         ).format(sql.Identifier(schema, "partitioning")),
         (name, count),
     )
@@ -91,7 +91,7 @@ def record_partitions(conn: psycopg.Connection[Any], schema: str, name: str, cou
 def recorded_partitions(conn: psycopg.Connection[Any], schema: str) -> dict[str, int]:
     """Every consumer's recorded number of partitions."""
     rows = conn.execute(
-        sql.SQL("SELECT projection, partitions FROM {}").format(
+        sql.SQL("SELECT consumer, partitions FROM {}").format(
             sql.Identifier(schema, "partitioning")
         )
     ).fetchall()
@@ -103,7 +103,7 @@ def set_partitions(conn: psycopg.Connection[Any], schema: str, name: str, count:
     revoke its leases in the same transaction)."""
     conn.execute(
         sql.SQL(
-            "INSERT INTO {} (projection, partitions) VALUES (%s, %s) ON CONFLICT (projection)"
+            "INSERT INTO {} (consumer, partitions) VALUES (%s, %s) ON CONFLICT (consumer)"
             " DO UPDATE SET partitions = excluded.partitions, updated_at = clock_timestamp()"
         ).format(sql.Identifier(schema, "partitioning")),
         (name, count),

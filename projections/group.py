@@ -191,14 +191,15 @@ class WorkerGroup:
                     self._leave(conn)
                     return
             except DuplicateWorkerError as e:
-                metrics.ERRORS.labels("group", self.worker_id, type(e).__name__).inc()
+                # The coordinator serves every consumer of the process: no consumer label.
+                metrics.ERRORS.labels("group", "", type(e).__name__).inc()
                 if not waiting:
                     logger.error("%s", e)
                     waiting = True
                 if stop.wait(self.heartbeat_s):
                     return
             except Exception as e:
-                metrics.ERRORS.labels("group", self.worker_id, type(e).__name__).inc()
+                metrics.ERRORS.labels("group", "", type(e).__name__).inc()
                 if stop.is_set():
                     return
                 logger.warning(

@@ -25,7 +25,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from eventkit.infrastructure import metrics
 from eventkit.projections.projection import Consumer
-from eventkit.projections.status import projection_status, reaction_status
+from eventkit.projections.status import consumer_status, reaction_status
 from eventkit.projections.worker import ProjectionWorker
 
 logger = logging.getLogger(__name__)
@@ -83,18 +83,18 @@ class Monitor:
     def refresh(self) -> Check:
         """Read lag and dead letters from the database, set the gauges, decide readiness."""
         problems: list[str] = []
-        for s in projection_status(self.pool, self.schema, self.projections):
-            if s.projection.endswith("#rebuild"):
+        for s in consumer_status(self.pool, self.schema, self.projections):
+            if s.consumer.endswith("#rebuild"):
                 continue
-            self._gauges("projection", s.projection, s.lag_events, s.lag_seconds, s.dead_letters)
+            self._gauges("projection", s.consumer, s.lag_events, s.lag_seconds, s.dead_letters)
             for part in s.partitions:  # several partitions: each one's own lag too
-                metrics.LAG_EVENTS.labels("projection", s.projection, str(part.partition)).set(
+                metrics.LAG_EVENTS.labels("projection", s.consumer, str(part.partition)).set(
                     part.lag_events
                 )
-                metrics.LAG_SECONDS.labels("projection", s.projection, str(part.partition)).set(
+                metrics.LAG_SECONDS.labels("projection", s.consumer, str(part.partition)).set(
                     part.lag_seconds
                 )
-            problems += self._judge("projection", s.projection, s.lag_seconds, s.state, s.detail)
+            problems += self._judge("projection", s.consumer, s.lag_seconds, s.state, s.detail)
         for r in reaction_status(
             self.pool, self.schema, self.reactions, postgres_broker=self.postgres_broker
         ):

@@ -171,7 +171,7 @@ def execute(
             leases.revoke(conn, consumer.name)
             drop_tables(conn, schema, cast(type[Projection], consumer))
             conn.execute(
-                sql.SQL("DELETE FROM {} WHERE projection = %s").format(
+                sql.SQL("DELETE FROM {} WHERE consumer = %s").format(
                     sql.Identifier(schema, "dead_letters")
                 ),
                 (consumer.name,),

@@ -400,7 +400,8 @@ class ReactionExecutor:
                     type(error).__name__,
                     error,
                     extra={
-                        "reaction": self.name,
+                        "consumer": self.name,
+                        "kind": "reaction",
                         "position": f"{transaction_id}/{notification_id}",
                         "stream": str(stream),
                         "version": version,
@@ -548,7 +549,8 @@ class ReactionExecutor:
             type(error).__name__,
             error,
             extra={
-                "reaction": self.name,
+                "consumer": self.name,
+                "kind": "reaction",
                 "position": str(n.position),
                 "stream": str(n.originator_id),
                 "version": n.originator_version,
@@ -590,7 +592,7 @@ def requeue_dead_letters(
         messages = [
             message_for(
                 schema,
-                d.projection,
+                d.consumer,
                 stream=d.originator_id,
                 version=d.originator_version,
                 notification_id=d.notification_id,

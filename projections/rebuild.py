@@ -158,7 +158,7 @@ def reset(conn: psycopg.Connection[object], schema: str, projection: type[Projec
         drop_tables(conn, schema, projection)
         Tracking(schema).forget(conn, projection.name)
         conn.execute(
-            sql.SQL("DELETE FROM {} WHERE projection = %s").format(
+            sql.SQL("DELETE FROM {} WHERE consumer = %s").format(
                 sql.Identifier(schema, "dead_letters")
             ),
             (projection.name,),
@@ -187,7 +187,7 @@ def _discard_leftovers(
         drop_tables(conn, schema, projection, OLD_SUFFIX)
         Tracking(schema).forget(conn, rebuild_name(projection))
         conn.execute(
-            sql.SQL("DELETE FROM {} WHERE projection = %s").format(
+            sql.SQL("DELETE FROM {} WHERE consumer = %s").format(
                 sql.Identifier(schema, "dead_letters")
             ),
             (rebuild_name(projection),),
@@ -245,5 +245,5 @@ def _swap(
             tracking.set(conn, projection.name, position, k)
         tracking.forget(conn, projection.name, from_partition=count)
         tracking.forget(conn, worker.name)
-        DeadLetters(schema).rename_projection(conn, worker.name, projection.name)
+        DeadLetters(schema).rename_consumer(conn, worker.name, projection.name)
     return position

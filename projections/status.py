@@ -1,4 +1,4 @@
-"""Where each projection is: position, head, lag in events and seconds, state, dead letters.
+"""Where each consumer is: position, head, lag in events and seconds, state, dead letters.
 
 Head and lag count every committed event, also those that followers cannot read yet
 because an older transaction is still open somewhere on the server: a lag that stays
@@ -24,7 +24,7 @@ from eventkit.infrastructure.log import Position
 from eventkit.infrastructure.partitions import Partition, recorded_partitions
 from eventkit.infrastructure.recorder import PostgresEventRecorder
 from eventkit.infrastructure.tracking import Tracking
-from eventkit.projections.projection import Consumer
+from eventkit.projections.projection import Consumer, Projection
 
 #: A worker whose heartbeat is older than this is reported as stopped.
 HEARTBEAT_TIMEOUT_S = 10.0
@@ -49,8 +49,12 @@ class PartitionRow:
 
 
 @dataclass(frozen=True)
-class ProjectionStatus:
-    projection: str
+class ConsumerStatus:
+    """Where a consumer (a projection, a reaction's follower, or a projection's rebuild,
+    ``NAME#rebuild``) is, over all its partitions."""
+
+    consumer: str
+    kind: str
     state: str
     worker_id: str | None
     position: str
@@ -176,8 +180,8 @@ def partition_status(
             sql.SQL(
                 "SELECT partition, state, worker_id, detail,"
                 " extract(epoch FROM clock_timestamp() - heartbeat_at)::float8"
-                " FROM {} WHERE projection = %s"
-            ).format(sql.Identifier(schema, "projection_workers")),
+                " FROM {} WHERE consumer = %s"
+            ).format(sql.Identifier(schema, "consumer_workers")),
             (name,),
         ).fetchall()
     }
@@ -227,23 +231,24 @@ def partition_status(
     )
 
 
-def projection_status(
-    pool: psycopg_pool.ConnectionPool, schema: str, projections: Sequence[type[Consumer]]
-) -> list[ProjectionStatus]:
-    """The status of each projection in ``projections`` (and of any rebuild under way);
-    for reactions, the status of their followers. Lag sums the partitions' lags; the
-    position is the lowest of the partitions' positions."""
-    workers = sql.Identifier(schema, "projection_workers")
+def consumer_status(
+    pool: psycopg_pool.ConnectionPool, schema: str, consumers: Sequence[type[Consumer]]
+) -> list[ConsumerStatus]:
+    """The status of each of ``consumers``: of a projection (and of its rebuild, when one
+    is under way), of a reaction's follower. Lag sums the partitions' lags; the position
+    is the lowest of the partitions' positions."""
+    workers = sql.Identifier(schema, "consumer_workers")
     result = []
     head = PostgresEventRecorder(pool, schema).last_recorded()
     with pool.connection() as conn:
         dead = DeadLetters(schema).count_open(conn)
-        for p in projections:
+        for p in consumers:
+            kind = "projection" if issubclass(p, Projection) else "reaction"
             for name in (p.name, f"{p.name}#rebuild"):
                 parts = partition_status(conn, schema, p, name)
                 latest = conn.execute(
                     sql.SQL(
-                        "SELECT heartbeat_at FROM {} WHERE projection = %s "
+                        "SELECT heartbeat_at FROM {} WHERE consumer = %s "
                         "ORDER BY heartbeat_at DESC LIMIT 1"
                     ).format(workers),
                     (name,),
@@ -258,8 +263,9 @@ def projection_status(
                 details = [f"p{r.partition}: {r.detail}" for r in parts.rows if r.detail]
                 position = min(Position.parse(r.position) for r in parts.rows)
                 result.append(
-                    ProjectionStatus(
-                        projection=name,
+                    ConsumerStatus(
+                        consumer=name,
+                        kind=kind,
                         state=state,
                         worker_id=", ".join(owners) or None,
                         position=str(position),
@@ -313,7 +319,7 @@ def reaction_status(
     postgres_broker: bool = True,
 ) -> list[ReactionStatus]:
     """The status of each reaction in ``reactions``."""
-    followers = {s.projection: s for s in projection_status(pool, schema, reactions)}
+    followers = {s.consumer: s for s in consumer_status(pool, schema, reactions)}
     queues: dict[str, str] = {}
     for r in reactions:
         queues[queue_name(schema, r.name)] = r.name

@@ -312,7 +312,8 @@ class ProjectionWorker:
             self.worker_id,
             lease.generation,
             extra={
-                self.kind: self.name,
+                "consumer": self.name,
+                "kind": self.kind,
                 "partition": self.partition.index,
                 "position": str(self.position),
             },
@@ -432,9 +433,10 @@ class ProjectionWorker:
         if recorded == self.position:
             return False
         logger.warning(
-            "projection %s: recorded position moved from %s to %s outside this worker; "
+            "%s %s: recorded position moved from %s to %s outside this worker; "
             "following from there",
-            self.name,
+            self.kind,
+            self.label,
             self.position,
             recorded,
         )
@@ -460,7 +462,7 @@ class ProjectionWorker:
                 try:
                     future.result()
                 except Exception as e:  # read again below, from the right place
-                    logger.debug("projection %s: stale read-ahead failed: %s", self.name, e)
+                    logger.debug("%s %s: stale read-ahead failed: %s", self.kind, self.label, e)
         return self._read(self.position)
 
     def _idle(self, conn: psycopg.Connection[Any], stop: threading.Event, interval: float) -> None:
@@ -532,7 +534,7 @@ class ProjectionWorker:
             except (psycopg.OperationalError, TrackingConflictError):
                 raise
             except (_HandlerFailure, psycopg.Error):
-                logger.debug("projection %s: pipelined batch failed; running it again", self.name)
+                logger.debug("%s %s: pipelined batch failed; run again", self.kind, self.name)
         self._commit_once(conn, items, offset, to)
 
     def _commit_once(
@@ -679,8 +681,9 @@ class ProjectionWorker:
             traceback=tb or "".join(traceback.format_exception(error)),
         )
         logger.error(
-            "projection %s parked stream %s version %s (notification %s, %s) as dead letter "
+            "%s %s parked stream %s version %s (notification %s, %s) as dead letter "
             "#%s after %s attempt(s): %s: %s",
+            self.kind,
             self.name,
             n.originator_id,
             n.originator_version,
@@ -696,7 +699,8 @@ class ProjectionWorker:
     def _fields(self, n: LoggedNotification) -> dict[str, object]:
         """Structured log fields for an event (``--log-format json``)."""
         return {
-            self.kind: self.name,
+            "consumer": self.name,
+            "kind": self.kind,
             "partition": self.partition.index,
             "position": str(n.position),
             "stream": str(n.originator_id),
@@ -723,8 +727,9 @@ class ProjectionWorker:
             metrics.ERRORS.labels(self.kind, self.name, type(failure.error).__name__).inc()
             metrics.RETRIES.labels(self.kind, self.name).inc()
             logger.warning(
-                "projection %s: handler failed on stream %s version %s (notification %s, "
+                "%s %s: handler failed on stream %s version %s (notification %s, "
                 "attempt %d of %d): %s: %s",
+                self.kind,
                 self.name,
                 n.originator_id,
                 n.originator_version,
@@ -811,14 +816,16 @@ class ProjectionWorker:
                 others = [d.dead_letter_id for d in letters if d is not head]
                 self.dead_letters.mark(conn, others, "parked")
             logger.error(
-                "projection %s: retry of stream %s failed again at version %s; still parked",
+                "%s %s: retry of stream %s failed again at version %s; still parked",
+                self.kind,
                 self.name,
                 stream,
                 head.originator_version,
             )
             return
         logger.info(
-            "projection %s: retried %d dead letter(s) of stream %s; stream released",
+            "%s %s: retried %d dead letter(s) of stream %s; stream released",
+            self.kind,
             self.name,
             len(letters),
             stream,
@@ -831,10 +838,10 @@ class ProjectionWorker:
     ) -> None:
         self._heartbeat_at = time.monotonic()
         conn.execute(
-            f'INSERT INTO "{self.schema}".projection_workers '
-            "(projection, partition, state, worker_id, heartbeat_at, detail) "
+            f'INSERT INTO "{self.schema}".consumer_workers '
+            "(consumer, partition, state, worker_id, heartbeat_at, detail) "
             "VALUES (%s, %s, %s, %s, clock_timestamp(), %s) "
-            "ON CONFLICT (projection, partition) DO UPDATE SET "
+            "ON CONFLICT (consumer, partition) DO UPDATE SET "
             "state = excluded.state, worker_id = excluded.worker_id, "
             "heartbeat_at = excluded.heartbeat_at, detail = excluded.detail",
             (self.name, self.partition.index, state, self.worker_id, detail),

@@ -242,7 +242,7 @@ def _catch_up(url: str, schema: str, events: int, processes: int) -> ScaleResult
                         "SELECT count(*) FILTER"
                         " (WHERE (transaction_id, notification_id) = (%s, %s)),"
                         " extract(epoch FROM max(updated_at) - (SELECT min(acquired_at) FROM {l}"
-                        " WHERE projection = %s))::float8 FROM {t} WHERE projection = %s"
+                        " WHERE consumer = %s))::float8 FROM {t} WHERE consumer = %s"
                     ).format(
                         l=sql.Identifier(schema, "leases"), t=sql.Identifier(schema, "tracking")
                     ),
@@ -338,7 +338,7 @@ def _wait_for_owners(url: str, schema: str, name: str, owners: set[str], timeout
         while True:
             rows = conn.execute(
                 sql.SQL(
-                    "SELECT owner FROM {} WHERE projection = %s AND owner IS NOT NULL"
+                    "SELECT owner FROM {} WHERE consumer = %s AND owner IS NOT NULL"
                     " AND expires_at > clock_timestamp()"
                 ).format(sql.Identifier(schema, "leases")),
                 (name,),

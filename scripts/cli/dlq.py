@@ -64,9 +64,9 @@ def _list(args: argparse.Namespace) -> int:
     with pool.connection() as conn:
         store = DeadLetters(settings.schema)
         letters = (
-            store.select(conn, projection=args.consumer, statuses=statuses)
+            store.select(conn, consumer=args.consumer, statuses=statuses)
             if statuses
-            else store.select(conn, projection=args.consumer)
+            else store.select(conn, consumer=args.consumer)
         )
     if not letters:
         print("no dead letters")
@@ -99,7 +99,7 @@ def _retry(args: argparse.Namespace) -> int:
     with pool.connection() as conn:
         messages = requeue_dead_letters(conn, settings.schema, handover, selector)
         requested = store.request_retry(conn, selector)
-        waiting = store.select(conn, projection=args.consumer, statuses=("retry_requested",))
+        waiting = store.select(conn, consumer=args.consumer, statuses=("retry_requested",))
     if requested == 0 and not messages:
         print("nothing to retry: no parked dead letters match")
         return 1
@@ -108,7 +108,7 @@ def _retry(args: argparse.Namespace) -> int:
         ok = _wait_for_messages(pool, settings.schema, messages, args.timeout)
     if requested == 0:
         return 0 if ok else 1
-    projections = sorted({d.projection for d in waiting})
+    projections = sorted({d.consumer for d in waiting})
     print(f"{requested} dead letter(s) of {', '.join(projections)} queued for retry")
     # Where no worker owns a projection this command knows, process its retries here,
     # under the leases of all its partitions; otherwise its workers do, and we wait.
@@ -157,7 +157,7 @@ def _retry(args: argparse.Namespace) -> int:
 
 def _wait_for_messages(pool: Any, schema: str, letters: list[DeadLetter], timeout: float) -> bool:
     """Wait until each requeued reaction message has run, or been parked again."""
-    names = sorted({d.projection for d in letters})
+    names = sorted({d.consumer for d in letters})
     print(
         f"{len(letters)} reaction message(s) of {', '.join(names)} queued again; the reaction "
         "workers run them"

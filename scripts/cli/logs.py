@@ -1,9 +1,10 @@
 """Log formats for eventkit's commands: text (default) or JSON lines (``--log-format json``).
 
 Both redact passwords in URLs (``DATABASE_URL``, ``BROKER_URL``) wherever they appear in a
-message. The JSON format adds the fields a record carries in ``extra`` (``projection``,
-``reaction``, ``partition``, ``position``, ``stream``, ``version``, ``message_id``), so
-lines can be filtered by projection or position without parsing the text.
+message. The JSON format adds the fields a record carries in ``extra`` (``consumer``, the name of a
+projection or reaction, ``kind``, ``projection`` or ``reaction``, and ``partition``,
+``position``, ``stream``, ``version``, ``message_id``), so lines can be filtered by
+consumer or position without parsing the text.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from datetime import UTC, datetime
 from eventkit.infrastructure.settings import redact
 
 #: Fields a log record may carry in ``extra``, copied into JSON lines.
-FIELDS = ("projection", "reaction", "partition", "position", "stream", "version", "message_id")
+FIELDS = ("consumer", "kind", "partition", "position", "stream", "version", "message_id")
 
 
 class RedactingFormatter(logging.Formatter):

@@ -13,11 +13,11 @@ from eventkit.cli.common import app_of, describe_app, settings_of
 from eventkit.infrastructure.broker import BrokerKind, broker_kind
 from eventkit.infrastructure.factory import shared_pool
 from eventkit.projections.status import (
-    ProjectionStatus,
+    ConsumerStatus,
     ReactionStatus,
+    consumer_status,
     members,
     partition_status,
-    projection_status,
     reaction_status,
     render_members,
     server_warnings,
@@ -51,11 +51,11 @@ def register(commands: Any, parents: list[argparse.ArgumentParser], app_spec: st
     parser.set_defaults(run=_run)
 
 
-def render(rows: list[ProjectionStatus]) -> str:
+def render(rows: list[ConsumerStatus]) -> str:
     header = ("projection", "state", "position", "head", "lag", "lag s", "dead", "worker")
     lines = [header] + [
         (
-            r.projection,
+            r.consumer,
             r.state + (f" ({r.detail})" if r.detail and r.state != "running" else ""),
             r.position,
             r.head or "-",
@@ -137,7 +137,7 @@ def _report(args: argparse.Namespace) -> str:
     settings = settings_of(args)
     projections, reaction_types = app_of(args).select(args.names)
     pool, _ = shared_pool(settings)
-    rows = projection_status(pool, settings.schema, projections) if projections else []
+    rows = consumer_status(pool, settings.schema, projections) if projections else []
     reactions = reaction_status(
         pool,
         settings.schema,

@@ -114,7 +114,7 @@ def leases(
     with pool.connection() as conn:
         rows = conn.execute(
             sql.SQL(
-                "SELECT partition, owner, generation, acquired_at FROM {} WHERE projection ="
+                "SELECT partition, owner, generation, acquired_at FROM {} WHERE consumer ="
                 " %s AND owner IS NOT NULL AND expires_at > clock_timestamp()"
             ).format(sql.Identifier(schema, "leases")),
             (name,),

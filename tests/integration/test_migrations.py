@@ -7,12 +7,18 @@ from collections.abc import Iterator
 from pathlib import Path
 from uuid import uuid4
 
+import psycopg
 import psycopg_pool
 import pytest
 from psycopg import sql
 
+from eventkit.infrastructure.deadletters import DeadLetters
 from eventkit.infrastructure.errors import MigrationError
+from eventkit.infrastructure.leases import Leases
+from eventkit.infrastructure.log import Position
 from eventkit.infrastructure.migrations import Migration, load_migrations, migrate
+from eventkit.infrastructure.partitions import recorded_partitions
+from eventkit.infrastructure.tracking import Tracking
 
 
 @pytest.fixture
@@ -106,3 +112,82 @@ def test_badly_named_files_are_refused(tmp_path: Path) -> None:
     (tmp_path / "1_first.sql").write_text("SELECT 1;")
     with pytest.raises(MigrationError, match=r"NNNN_name\.sql"):
         load_migrations(tmp_path)
+
+
+def test_a_schema_at_0007_upgrades_to_consumer_names_in_place(
+    pool: psycopg_pool.ConnectionPool, empty_schema: str
+) -> None:
+    """0008 renames the ``projection`` columns and ``projection_workers``: rows written
+    under the old names are found under the new ones, and keys still hold."""
+    stream = uuid4()
+    with pool.connection() as conn:
+        migrate(conn, empty_schema, [m for m in load_migrations() if m.version <= 7])
+        with conn.transaction():  # SET LOCAL: the pool's connection keeps its search_path
+            conn.execute(
+                sql.SQL("SET LOCAL search_path TO {}").format(sql.Identifier(empty_schema))
+            )
+            conn.execute(
+                "INSERT INTO tracking (projection, partition, transaction_id, notification_id)"
+                " VALUES ('order_summaries', 0, 812, 4051), ('charge_payments', 1, 900, 4100)"
+            )
+            conn.execute(
+                "INSERT INTO dead_letters (projection, originator_id, originator_version,"
+                " notification_id, transaction_id, topic, reason, status, message_id)"
+                " VALUES ('charge_payments', %s, 3, 4099, 899, 'Payment.Requested', 'failed',"
+                " 'parked', %s)",
+                (stream, uuid4()),
+            )
+            conn.execute(
+                "INSERT INTO leases (projection, partition, owner, expires_at)"
+                " VALUES ('charge_payments', 1, 'host:1', now() + interval '1 hour')"
+            )
+            conn.execute(
+                "INSERT INTO partitioning (projection, partitions) VALUES ('charge_payments', 2)"
+            )
+            conn.execute(
+                "INSERT INTO projection_workers (projection, partition, state, worker_id)"
+                " VALUES ('charge_payments', 1, 'running', 'host:1')"
+            )
+
+        applied = migrate(conn, empty_schema)
+
+        assert [m.name for m in applied] == ["consumers"]
+        tracking = Tracking(empty_schema)
+        assert tracking.position(conn, "order_summaries") == Position(812, 4051)
+        assert tracking.positions(conn, "charge_payments") == {1: Position(900, 4100)}
+        [letter] = DeadLetters(empty_schema).select(conn, consumer="charge_payments")
+        assert (letter.consumer, letter.originator_id, letter.topic) == (
+            "charge_payments",
+            stream,
+            "Payment.Requested",
+        )
+        [lease] = Leases(empty_schema).rows(conn, ["charge_payments"])
+        assert (lease.consumer, lease.partition, lease.owner) == ("charge_payments", 1, "host:1")
+        assert recorded_partitions(conn, empty_schema) == {"charge_payments": 2}
+        state = conn.execute(
+            sql.SQL("SELECT consumer, partition, state FROM {}").format(
+                sql.Identifier(empty_schema, "consumer_workers")
+            )
+        ).fetchall()
+        assert state == [("charge_payments", 1, "running")]
+
+        # The keys came along: a second row per key is refused or merged as before.
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            conn.execute(
+                sql.SQL(
+                    "INSERT INTO {} (consumer, partition, transaction_id, notification_id)"
+                    " VALUES ('order_summaries', 0, 1, 1)"
+                ).format(sql.Identifier(empty_schema, "tracking"))
+            )
+        tracking.advance(conn, "order_summaries", Position(812, 4051), Position(813, 4060))
+        assert tracking.position(conn, "order_summaries") == Position(813, 4060)
+        names = {
+            r[0]
+            for r in conn.execute(
+                "SELECT conname FROM pg_constraint WHERE connamespace = %s::regnamespace"
+                " UNION SELECT relname FROM pg_class WHERE relnamespace = %s::regnamespace",
+                (empty_schema, empty_schema),
+            ).fetchall()
+        }
+        assert not [n for n in names if "projection" in n]
+        assert {"consumer_workers", "consumer_workers_pkey"} <= names

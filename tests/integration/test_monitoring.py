@@ -108,15 +108,14 @@ def test_metrics_and_health_of_running_workers(
                 found,
                 "eventkit_events_processed_total",
                 kind="projection",
-                name="order_summaries",
+                consumer="order_summaries",
                 event_type="Order.Placed",
             )
             assert placed >= 20
-            assert value(found, "eventkit_lag_events", name="order_summaries") == 0
-            assert value(found, "eventkit_lease_owned", name="order_history") == 1
-            assert (
-                value(found, "eventkit_commit_to_processed_seconds_count", name="order_history") > 0
-            )
+            assert value(found, "eventkit_lag_events", consumer="order_summaries") == 0
+            assert value(found, "eventkit_lease_owned", consumer="order_history") == 1
+            latency = "eventkit_commit_to_processed_seconds_count"
+            assert value(found, latency, consumer="order_history") > 0
             assert value(found, "eventkit_events_appended_total") > 0
             assert value(found, "eventkit_pool_connections", state="in_use") >= 0
             assert get(base + "/healthz") == (200, "ok\n")
@@ -133,13 +132,13 @@ def test_metrics_and_health_of_running_workers(
             while True:
                 monitor.refresh()
                 found = samples(get(base + "/metrics")[1])
-                if value(found, "eventkit_dead_letters_open", name="order_history") >= 1:
+                if value(found, "eventkit_dead_letters_open", consumer="order_history") >= 1:
                     break
                 assert time.monotonic() < deadline, "no dead letter counted"
                 time.sleep(0.1)
             assert get(base + "/readyz")[0] == 200  # parked: the projection goes on
-        assert value(found, "eventkit_retries_total", name="order_history") >= 1
-        assert value(found, "eventkit_dead_letters_parked_total", name="order_history") >= 1
+        assert value(found, "eventkit_retries_total", consumer="order_history") >= 1
+        assert value(found, "eventkit_dead_letters_parked_total", consumer="order_history") >= 1
         assert value(found, "eventkit_errors_total", error_class="RuntimeError") >= 1
     finally:
         OrderHistory.broken.clear()
@@ -162,8 +161,8 @@ def test_the_readiness_check_turns_red_for_a_failing_projection(
         assert monitor.refresh().ok
         with pool.connection() as conn:
             conn.execute(
-                f'UPDATE "{schema}".projection_workers SET state = %s, detail = %s '
-                "WHERE projection = %s",
+                f'UPDATE "{schema}".consumer_workers SET state = %s, detail = %s '
+                "WHERE consumer = %s",
                 ("failing", "retrying stream X v3", "order_history"),
             )
         check = monitor.refresh()
@@ -221,9 +220,9 @@ def test_a_real_prometheus_scrapes_a_running_worker(
         while time.monotonic() < deadline:
             time.sleep(1)
             try:
-                lag = _query(api, 'eventkit_lag_events{name="order_summaries"}')
+                lag = _query(api, 'eventkit_lag_events{consumer="order_summaries"}')
                 throughput = _query(
-                    api, 'sum by (name) (eventkit_events_processed_total{kind="projection"})'
+                    api, 'sum by (consumer) (eventkit_events_processed_total{kind="projection"})'
                 )
             except (urllib.error.URLError, ConnectionError):
                 continue  # Prometheus is starting
@@ -231,7 +230,7 @@ def test_a_real_prometheus_scrapes_a_running_worker(
                 break  # caught up, as Prometheus sees it
         assert lag, "Prometheus has no lag series for order_summaries"
         assert float(lag[0]["value"][1]) == 0  # type: ignore[index]
-        by_name = {r["metric"]["name"]: float(r["value"][1]) for r in throughput}  # type: ignore[index]
+        by_name = {r["metric"]["consumer"]: float(r["value"][1]) for r in throughput}  # type: ignore[index]
         assert by_name["order_summaries"] > 0
         assert set(by_name) >= {"order_summaries", "stock_levels", "revenue_by_day"}
         up = _query(api, 'up{job="eventkit"}')
@@ -245,7 +244,8 @@ def test_a_real_prometheus_scrapes_a_running_worker(
     assert worker.returncode == 0, err.decode()[-2000:]
     lines = [json.loads(line) for line in err.decode().splitlines() if line.strip()]
     took = [x for x in lines if "took the lease" in x["message"]]
-    assert {x["projection"] for x in took} == {"order_summaries", "stock_levels", "revenue_by_day"}
+    assert {x["consumer"] for x in took} == {"order_summaries", "stock_levels", "revenue_by_day"}
+    assert {x["kind"] for x in took} == {"projection"}
     assert all("position" in x and x["partition"] == 0 for x in took)
 
 

@@ -102,7 +102,7 @@ def test_a_lease_taken_by_another_worker_fences_the_old_holder(
     leases = Leases(schema, ttl_s=0.2)
     with pool.connection() as conn:
         conn.execute(
-            f'INSERT INTO "{schema}".partitioning (projection, partitions) VALUES (%s, 2)',
+            f'INSERT INTO "{schema}".partitioning (consumer, partitions) VALUES (%s, 2)',
             ("p",),
         )
         first = leases.acquire(conn, "p", 1, "first")

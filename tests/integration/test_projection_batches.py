@@ -146,7 +146,7 @@ def test_an_sql_error_seen_only_when_the_batch_is_sent_parks_exactly_its_event(
     rows = dump(pool, schema, "positive_quantities")
     assert sorted(r[1] for r in rows) == ["c1", "c2", "c3", "c4"]
     with pool.connection() as conn:
-        [letter] = DeadLetters(schema).select(conn, projection=PositiveQuantities.name)
+        [letter] = DeadLetters(schema).select(conn, consumer=PositiveQuantities.name)
     poison = placed[2]
     assert (letter.originator_id, letter.originator_version) == (poison.order_id, 1)
     assert (letter.topic, letter.reason) == (EVENT_TYPES.name(Order.Placed), "failed")
@@ -250,7 +250,7 @@ def test_a_failed_row_count_check_in_a_batch_parks_exactly_its_event(
     rows = dump(pool, schema, "paid_orders")
     assert sorted(rows) == sorted((o.order_id, True) for o in (placed[0], placed[2]))
     with pool.connection() as conn:
-        [letter] = DeadLetters(schema).select(conn, projection=PaidOrders.name)
+        [letter] = DeadLetters(schema).select(conn, consumer=PaidOrders.name)
     assert (letter.originator_id, letter.topic) == (ghost, EVENT_TYPES.name(Order.Paid))
     assert letter.error_class == "LookupError"
     assert f"order {ghost} was never placed" in (letter.error or "")

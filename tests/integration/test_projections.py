@@ -29,7 +29,7 @@ from eventkit.projections.shop import (
     StockLevels,
     app,
 )
-from eventkit.projections.status import projection_status
+from eventkit.projections.status import consumer_status
 from eventkit.projections.worker import PollPolicy, connect
 from tests.integration.projection_support import (
     SKUS,
@@ -173,7 +173,7 @@ def test_projections_on_the_same_event_type_advance_independently(
     assert len(summaries) == 21
     with pool.connection() as conn:
         parked = DeadLetters(view_settings.schema).select(conn)
-    assert [(d.projection, d.originator_id) for d in parked] == [("order_history", poison.order_id)]
+    assert [(d.consumer, d.originator_id) for d in parked] == [("order_history", poison.order_id)]
 
 
 @pytest.mark.parametrize("partitions", [1, 3])
@@ -211,7 +211,7 @@ def test_a_poison_event_is_parked_with_its_stream_behind_it_then_retried_in_orde
         ]
         assert history(pool, view_settings.schema, poison.order_id) == []
         with pool.connection() as conn:
-            letters = DeadLetters(view_settings.schema).select(conn, projection="order_history")
+            letters = DeadLetters(view_settings.schema).select(conn, consumer="order_history")
         assert [(d.originator_version, d.reason, d.attempts) for d in letters] == [
             (1, "failed", 3),
             (2, "behind", 0),
@@ -360,14 +360,14 @@ def test_status_reports_position_lag_state_and_dead_letters(
     shop: Shop, view_settings: Settings, pool: psycopg_pool.ConnectionPool
 ) -> None:
     workload(shop, 5, seed=3)
-    before = {s.projection: s for s in projection_status(pool, view_settings.schema, ALL)}
+    before = {s.consumer: s for s in consumer_status(pool, view_settings.schema, ALL)}
     assert before["order_summaries"].state == "stopped"
     assert before["order_summaries"].lag_events > 0
     assert before["order_summaries"].lag_seconds >= 0
     with running(*(make_worker(p(), view_settings) for p in ALL)):
         for p in ALL:
             wait_until_caught_up(pool, view_settings.schema, p.name)
-        after = {s.projection: s for s in projection_status(pool, view_settings.schema, ALL)}
+        after = {s.consumer: s for s in consumer_status(pool, view_settings.schema, ALL)}
     assert after["order_summaries"].state == "running"
     assert after["order_summaries"].lag_events == 0
     assert after["stock_levels"].position == after["stock_levels"].head

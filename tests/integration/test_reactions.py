@@ -82,7 +82,7 @@ def test_two_reactions_to_one_event_type_each_run_once_per_event(
     shop: Shop, pool: psycopg_pool.ConnectionPool, schema: str, react_settings: Settings
 ) -> None:
     orders = place(shop, 40)
-    executed = {"name": "effects", "outcome": "executed"}
+    executed = {"consumer": "effects", "outcome": "executed"}
     before = REGISTRY.get_sample_value("eventkit_reaction_messages_total", executed) or 0.0
     runtime = make_runtime([Effects(), Audit()], react_settings)
     with running_reactions(runtime):
@@ -162,7 +162,7 @@ def test_a_poison_reaction_is_parked_after_exactly_n_tries_and_retried_from_the_
         )
         with pool.connection() as conn:
             [letter] = DeadLetters(schema).select(conn)
-        assert letter.projection == "effects"
+        assert letter.consumer == "effects"
         assert letter.message_id == poison_message
         assert letter.originator_id == poison
         assert letter.attempts == Effects.max_attempts == 3
@@ -412,7 +412,7 @@ def test_a_reaction_follower_split_into_partitions_runs_each_reaction_once(
             )
         ).fetchall()
         partitions = conn.execute(
-            sql.SQL("SELECT partition FROM {} WHERE projection = %s ORDER BY 1").format(
+            sql.SQL("SELECT partition FROM {} WHERE consumer = %s ORDER BY 1").format(
                 sql.Identifier(schema, "tracking")
             ),
             (Effects.name,),

@@ -277,7 +277,7 @@ def test_the_eventkit_command_runs_the_library_from_its_directory(
     with library.workers("--metrics-port", str(port)):
         wait_until(lambda: library.position("loan_receipts") > Position.ORIGIN, "the reaction")
         wait_until(lambda: ("B1", ada) in library.loans(), "B1 in the loans view")
-        wait_until(lambda: 'name="loans"' in metrics(port), "the workers' metrics")
+        wait_until(lambda: 'consumer="loans"' in metrics(port), "the workers' metrics")
         library.commands(
             f"library.lend('B2', UUID('{ada}'), 'main', due)\n"
             f"library.lend('B3', UUID('{bo}'), 'annex', due)\n"  # no printer at the annex
@@ -327,4 +327,4 @@ def test_the_eventkit_command_runs_the_library_from_its_directory(
     in_process = ("python", "-m", "service.run")
     with library.workers("loans", command=in_process, LIBRARY_METRICS_PORT=str(port)):
         wait_until(lambda: library.loans() == loans, "the loans view replayed")
-        wait_until(lambda: 'name="loans"' in metrics(port), "the in-process workers' metrics")
+        wait_until(lambda: 'consumer="loans"' in metrics(port), "the in-process workers' metrics")

@@ -19,13 +19,14 @@ def record(message: str, *args: object, **fields: object) -> logging.LogRecord:
     return r
 
 
-def test_json_lines_carry_the_projection_and_position_fields() -> None:
+def test_json_lines_carry_the_consumer_and_position_fields() -> None:
     line = json.loads(
         JsonFormatter().format(
             record(
                 "handler failed on stream %s",
                 "c0ffee",
-                projection="order_summaries",
+                consumer="order_summaries",
+                kind="projection",
                 partition=0,
                 position="812/4051",
                 stream="c0ffee",
@@ -36,13 +37,20 @@ def test_json_lines_carry_the_projection_and_position_fields() -> None:
     assert line["level"] == "warning"
     assert line["logger"] == "eventkit.projections.worker"
     assert line["message"] == "handler failed on stream c0ffee"
-    assert (line["projection"], line["partition"], line["position"], line["version"]) == (
+    assert (
+        line["consumer"],
+        line["kind"],
+        line["partition"],
+        line["position"],
+        line["version"],
+    ) == (
         "order_summaries",
+        "projection",
         0,
         "812/4051",
         3,
     )
-    assert "reaction" not in line
+    assert "message_id" not in line
 
 
 def test_no_format_prints_a_password_from_a_url() -> None:

@@ -48,3 +48,26 @@ def test_alert_rules_name_exported_metrics_and_cover_the_required_alerts() -> No
         "EventkitLatencyHigh",
     ):
         assert f"alert: {alert}" in text
+
+
+#: The labels eventkit's metrics carry (infrastructure/metrics.py), and Prometheus's own.
+LABELS = {"kind", "consumer", "partition", "event_type", "reason", "error_class", "cause"}
+LABELS |= {"outcome", "pool", "state", "le", "instance", "job"}
+GROUPING = re.compile(r"\b(?:by|on)\s*\(([^)]*)\)")
+TEMPLATE = re.compile(r"\{\{\s*\$?(?:labels\.)?([a-z_]+)\s*\}\}|\$labels\.([a-z_]+)")
+
+
+def used_labels(text: str) -> set[str]:
+    """The labels ``text`` groups or matches by, or prints in a legend or an annotation."""
+    found = {label.strip() for group in GROUPING.findall(text) for label in group.split(",")}
+    found |= {a or b for a, b in TEMPLATE.findall(text)}
+    return found - {"", "value"}  # {{ $value }}: the sample, not a label
+
+
+def test_queries_and_legends_name_a_consumer_by_its_label() -> None:
+    dashboard = (MONITORING / "grafana" / "eventkit-dashboard.json").read_text()
+    alerts = (MONITORING / "prometheus" / "alerts.yml").read_text()
+    for name, text in (("dashboard", dashboard), ("alert rules", alerts)):
+        labels = used_labels(text)
+        assert "consumer" in labels, name
+        assert labels <= LABELS, f"{name}: unknown label(s) {labels - LABELS}"

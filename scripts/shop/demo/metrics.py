@@ -19,9 +19,9 @@ def print_metrics(base: str) -> None:
         for sample in family.samples:
             labels = sample.labels
             if sample.name == "eventkit_events_processed_total":
-                processed[labels["name"]] += sample.value
+                processed[labels["consumer"]] += sample.value
             elif sample.name == "eventkit_commit_to_processed_seconds_bucket":
-                latency[labels["name"]][float(labels["le"])] = sample.value
+                latency[labels["consumer"]][float(labels["le"])] = sample.value
             elif sample.name in {
                 "eventkit_events_appended_total",
                 "eventkit_retries_total",

@@ -19,7 +19,7 @@ import psycopg_pool
 from eventkit.infrastructure.log import Position
 from eventkit.infrastructure.recorder import PostgresEventRecorder
 from eventkit.projections.projection import Projection
-from eventkit.projections.status import ProjectionStatus, projection_status
+from eventkit.projections.status import ConsumerStatus, consumer_status
 from eventkit.projections.worker import ProjectionWorker
 from eventkit.runner import run_until
 from eventkit.shop.demo.deadletters import DEMO_RETRY, CustomerLedger
@@ -47,8 +47,8 @@ class LagMonitor:
         self.orders_width = max(len(f"{orders:,}/{orders:,}"), len("orders"))
         self.started = time.perf_counter()
 
-    def status(self) -> list[ProjectionStatus]:
-        return projection_status(self.pool, self.schema, self.projections)
+    def status(self) -> list[ConsumerStatus]:
+        return consumer_status(self.pool, self.schema, self.projections)
 
     def header(self) -> None:
         print("\nprojections: lag = events not yet in each view / age in seconds of the oldest")
@@ -58,8 +58,8 @@ class LagMonitor:
             + "".join(f"  {p.name:>{w}}" for p, w in names)
         )
 
-    def show(self, rows: list[ProjectionStatus], note: str) -> None:
-        lags = {r.projection: f"{r.lag_events:,} / {r.lag_seconds:.1f}" for r in rows}
+    def show(self, rows: list[ConsumerStatus], note: str) -> None:
+        lags = {r.consumer: f"{r.lag_events:,} / {r.lag_seconds:.1f}" for r in rows}
         cells = "".join(
             f"  {lags.get(p.name, '-'):>{w}}"
             for p, w in zip(self.projections, self.widths, strict=True)
@@ -74,7 +74,8 @@ class _QuietWorkers(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         args = record.args if isinstance(record.args, tuple) else ()
-        return record.levelno >= logging.WARNING and CustomerLedger.name not in args[:1]
+        # The follower's lines start with the consumer's kind and name.
+        return record.levelno >= logging.WARNING and CustomerLedger.name not in args[:2]
 
 
 @contextlib.contextmanager

@@ -129,7 +129,7 @@ def _place_orders(shop: Shop) -> list[UUID]:
 
 def _open_letters(pool: psycopg_pool.ConnectionPool, schema: str, name: str) -> int:
     with pool.connection() as conn:
-        return len(DeadLetters(schema).select(conn, projection=name, statuses=("parked",)))
+        return len(DeadLetters(schema).select(conn, consumer=name, statuses=("parked",)))
 
 
 def _mails(pool: psycopg_pool.ConnectionPool, schema: str) -> int:
