@@ -368,7 +368,8 @@ class PostgresEventRecorder(ApplicationRecorder):
         partition: Partition | None = None,
     ) -> Scan:
         """Read up to ``limit`` notifications after ``after``; return those of ``topics``
-        (and of ``partition``, where its key is computed in SQL).
+        (and of ``partition``, where its key is computed in SQL). The read of every
+        follower (:mod:`projections.follower`), which does everything else of following.
 
         Also returns the position of the last notification scanned, matching or not, so a
         follower of rare event types moves past the rest of the log instead of scanning it

@@ -9,10 +9,12 @@ from the consumer's name, so single-partition consumers spread over members too)
 member computes the same plan from the same rows, so a joining member takes a fair share
 within a heartbeat and the others hand those partitions over.
 
-One loop thread per consumer works on the partitions this member owns, each under its
-lease, on one connection: a process holds 1 + (consumers) + (read pool) connections
-whatever its number of partitions. A loop takes the leases of partitions planned for it
-once they are free, and gives back the ones planned for others after the batch in hand.
+One loop thread per consumer turns the :class:`~projections.follower.Follower` of each
+partition this member owns (one :meth:`Follower.step` each per round, the turn a
+standalone follower's own loop takes too), each under its lease, on one connection: a
+process holds 1 + (consumers) + (read pool) connections whatever its number of
+partitions. A loop takes the leases of partitions planned for it once they are free, and
+gives back the ones planned for others after the batch in hand.
 A stopping member gives back every lease and deletes its row, so the others take over at
 once; a killed one is found dead at the next heartbeat of any other member (its session
 is gone), a paused or cut-off one when its row and leases expire. See
@@ -41,21 +43,21 @@ from eventkit.infrastructure.leases import LeaseLostError, Leases
 from eventkit.infrastructure.log import Position
 from eventkit.infrastructure.partitions import recorded_partitions
 from eventkit.infrastructure.tracking import TrackingConflictError
-from eventkit.projections.projection import Consumer
+from eventkit.projections.follower import Follower, Idle, PollPolicy, connect
+from eventkit.projections.projection import Consumer, Projection
 from eventkit.projections.status import autovacuum_warning
-from eventkit.projections.worker import PollPolicy, ProjectionWorker, connect
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class Runnable:
-    """A consumer a group runs, and how to make the worker of partition ``k`` of ``P``:
+    """A consumer a group runs, and how to make the follower of partition ``k`` of ``P``:
     ``make(k, P)``."""
 
     name: str
     cls: type[Consumer]
-    make: Callable[[int, int], ProjectionWorker]
+    make: Callable[[int, int], Follower]
 
 
 @dataclass(frozen=True)
@@ -108,7 +110,7 @@ class WorkerGroup:
                 f"heartbeat ({heartbeat_s} s)"
             )
         self.consumers = list(consumers)
-        #: Whether batch commits wait for the disk (see :func:`projections.worker.connect`);
+        #: Whether batch commits wait for the disk (see :func:`projections.follower.connect`);
         #: the coordinator's (membership, leases) always do.
         self.durable_commits = durable_commits
         self.url = url
@@ -125,8 +127,8 @@ class WorkerGroup:
         self._dead: list[str] = []
         self._lock = threading.Lock()
         self._planned = threading.Event()
-        #: Every partition worker this member runs now, by (consumer, partition).
-        self.workers: dict[tuple[str, int], ProjectionWorker] = {}
+        #: Every partition's follower this member runs now, by (consumer, partition).
+        self.followers: dict[tuple[str, int], Follower] = {}
         self._table = sql.Identifier(schema, "worker_members")
 
     # -- running ------------------------------------------------------------------------------
@@ -322,10 +324,10 @@ class WorkerGroup:
             conn.execute("SELECT pg_notify(%s, %s)", (members_channel(self.schema), "left"))
         logger.info("worker %s left the group", self.worker_id)
 
-    def current_workers(self) -> list[ProjectionWorker]:
-        """The partition workers this member runs now (for health checks)."""
+    def current_followers(self) -> list[Follower]:
+        """The partitions' followers this member runs now (for health checks)."""
         with self._lock:
-            return list(self.workers.values())
+            return list(self.followers.values())
 
     def plan(self, name: str) -> tuple[Plan | None, list[str]]:
         with self._lock:
@@ -334,8 +336,9 @@ class WorkerGroup:
     # -- one consumer's loop ----------------------------------------------------------------------
 
     def _loop(self, consumer: Runnable, stop: threading.Event) -> None:
-        workers: dict[int, ProjectionWorker] = {}
-        state = _LoopState()
+        followers: dict[int, Follower] = {}
+        kind = "projection" if issubclass(consumer.cls, Projection) else "reaction"
+        state = _LoopState(Idle(self.poll, self.notify_channel, kind, consumer.name))
         delay = 0.1
         while not self._planned.wait(0.2):  # the coordinator has not joined the group yet
             if stop.is_set():
@@ -348,24 +351,21 @@ class WorkerGroup:
                     self.leases.ttl_s,
                     durable_commits=self.durable_commits,
                 ) as conn:
-                    if self.notify_channel is not None:
-                        conn.execute(
-                            sql.SQL("LISTEN {}").format(sql.Identifier(self.notify_channel))
-                        )
-                    for w in workers.values():  # after a reconnect: the leases are rows
-                        if w.lease is not None:
-                            w.attach(conn, w.lease)
+                    state.idle.listen(conn)
+                    for f in followers.values():  # after a reconnect: the leases are rows
+                        if f.lease is not None:
+                            f.attach(conn, f.lease)
                     delay = 0.1
-                    self._work(consumer, conn, workers, state, stop)
-                    for k in list(workers):
-                        workers.pop(k).detach(conn)
+                    self._work(consumer, conn, followers, state, stop)
+                    for k in list(followers):
+                        followers.pop(k).detach(conn)
                         self._forget(consumer, k)
                     return
             except Exception as e:
                 metrics.ERRORS.labels("group", consumer.name, type(e).__name__).inc()
                 if stop.is_set():
-                    for k in list(workers):
-                        workers.pop(k).detach(None)
+                    for k in list(followers):
+                        followers.pop(k).detach(None)
                         self._forget(consumer, k)
                     return
                 logger.warning(
@@ -383,63 +383,53 @@ class WorkerGroup:
         self,
         consumer: Runnable,
         conn: psycopg.Connection[Any],
-        workers: dict[int, ProjectionWorker],
+        followers: dict[int, Follower],
         state: _LoopState,
         stop: threading.Event,
     ) -> None:
-        interval = self.poll.min_interval_s
+        idle = state.idle
         seen: Position | None = None  # the log's head when every partition last caught up
-        idle = False  # the last round read nothing: look at the head before the next one
+        quiet = False  # the last round read nothing: look at the head before the next one
         rounds_at = 0.0
         while not stop.is_set():
-            self._reconcile(consumer, conn, workers, state)
+            self._reconcile(consumer, conn, followers, state)
             # Catching up, no look at the head: it costs a query per round and is only
             # needed once a round comes back empty.
-            head = next(iter(workers.values())).recorder.head() if idle and workers else None
+            head = next(iter(followers.values())).recorder.head() if quiet and followers else None
             if seen is not None and head == seen and time.monotonic() - rounds_at < IDLE_ROUND_S:
                 # Idle: one look at the log's head instead of a read per partition; every
                 # partition still turns twice a second (dead letters to retry, its state).
-                self._idle(conn, stop, interval)
-                interval = min(interval * 2, self.poll.max_interval_s)
+                idle.wait(conn, stop)
                 continue
             rounds_at = time.monotonic()
             did = False
-            for k, w in list(workers.items()):
+            for k, f in list(followers.items()):
                 if stop.is_set():
                     break
                 try:
-                    did = w.step(conn, stop) or did
+                    did = f.step(conn, stop) or did
                 except LeaseLostError as e:
                     logger.warning("%s: %s", consumer.name, e)
-                    workers.pop(k).detach(None)
+                    followers.pop(k).detach(None)
                     self._forget(consumer, k)
                 except TrackingConflictError as e:
                     logger.warning("%s: %s; reading its position again", consumer.name, e)
-                    if w.lease is not None:
-                        w.attach(conn, w.lease)
+                    if f.lease is not None:
+                        f.attach(conn, f.lease)
             if did:
-                seen, idle = None, False
-                interval = self.poll.min_interval_s
+                seen, quiet = None, False
+                idle.busy()
                 continue
             # Every partition read up to at least this head (None after a busy round: the
             # next round, with the head looked at first, confirms) and found nothing.
-            seen, idle = head, True
-            self._idle(conn, stop, interval)
-            interval = min(interval * 2, self.poll.max_interval_s)
-
-    def _idle(self, conn: psycopg.Connection[Any], stop: threading.Event, seconds: float) -> None:
-        """Wait ``seconds``, or less when a writer's notification hint arrives."""
-        if self.notify_channel is None:
-            stop.wait(seconds)
-            return
-        for _ in conn.notifies(timeout=seconds, stop_after=1):
-            pass
+            seen, quiet = head, True
+            idle.wait(conn, stop)
 
     def _reconcile(
         self,
         consumer: Runnable,
         conn: psycopg.Connection[Any],
-        workers: dict[int, ProjectionWorker],
+        followers: dict[int, Follower],
         state: _LoopState,
     ) -> None:
         """Give back partitions planned for others; take free ones planned for us."""
@@ -447,15 +437,15 @@ class WorkerGroup:
         if plan is None:
             return
         if plan.partitions != state.partitions:
-            for k in list(workers):
-                workers.pop(k).detach(conn)
+            for k in list(followers):
+                followers.pop(k).detach(conn)
                 self._forget(consumer, k)
             state.partitions = plan.partitions
-        for k in list(workers):
+        for k in list(followers):
             if k not in plan.mine:
-                workers.pop(k).detach(conn)
+                followers.pop(k).detach(conn)
                 self._forget(consumer, k)
-        wanted = plan.mine - workers.keys()
+        wanted = plan.mine - followers.keys()
         if not wanted or (
             plan == state.tried_plan and time.monotonic() - state.tried_at < self.poll.lease_wait_s
         ):
@@ -465,20 +455,22 @@ class WorkerGroup:
             lease = self.leases.acquire(conn, consumer.name, k, self.worker_id, dead_owners=dead)
             if lease is None:
                 continue  # its owner has not handed it over yet
-            worker = consumer.make(k, plan.partitions)
-            worker.renews_itself = False
-            worker.attach(conn, lease)
-            workers[k] = worker
+            follower = consumer.make(k, plan.partitions)
+            follower.attach(conn, lease)  # the coordinator renews the lease: see _tick
+            followers[k] = follower
             with self._lock:
-                self.workers[(consumer.name, k)] = worker
+                self.followers[(consumer.name, k)] = follower
 
     def _forget(self, consumer: Runnable, partition: int) -> None:
         with self._lock:
-            self.workers.pop((consumer.name, partition), None)
+            self.followers.pop((consumer.name, partition), None)
 
 
 @dataclass
 class _LoopState:
+    """One consumer's loop: how it waits, and what it last planned and tried."""
+
+    idle: Idle
     partitions: int | None = None
     tried_plan: Plan | None = None
     tried_at: float = 0.0

@@ -24,9 +24,9 @@ import psycopg_pool
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from eventkit.infrastructure import metrics
+from eventkit.projections.follower import Follower
 from eventkit.projections.projection import Consumer
 from eventkit.projections.status import consumer_status, reaction_status
-from eventkit.projections.worker import ProjectionWorker
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ class Monitor:
         *,
         projections: Sequence[type[Consumer]] = (),
         reactions: Sequence[type[Consumer]] = (),
-        workers: Sequence[ProjectionWorker] | Callable[[], Sequence[ProjectionWorker]] = (),
+        followers: Sequence[Follower] | Callable[[], Sequence[Follower]] = (),
         postgres_broker: bool = True,
         max_lag_s: float = 30.0,
         stall_s: float = 30.0,
@@ -60,9 +60,9 @@ class Monitor:
         self.schema = schema
         self.projections = list(projections)
         self.reactions = list(reactions)
-        #: The workers whose loops the health check watches (a function: they change as
+        #: The followers whose loops the health check watches (a function: they change as
         #: a worker group hands partitions over).
-        self.workers = workers if callable(workers) else (lambda: list(workers))
+        self.followers = followers if callable(followers) else (lambda: list(followers))
         self.postgres_broker = postgres_broker
         self.max_lag_s = max_lag_s
         self.stall_s = stall_s
@@ -142,9 +142,9 @@ class Monitor:
         """Green while every consumer loop of this process has turned within ``stall_s``."""
         now = time.monotonic()
         stalled = [
-            f"{w.kind} {w.name}: loop stalled for {now - w.last_loop:.0f} s"
-            for w in self.workers()
-            if now - w.last_loop > self.stall_s
+            f"{f.kind} {f.name}: loop stalled for {now - f.last_loop:.0f} s"
+            for f in self.followers()
+            if now - f.last_loop > self.stall_s
         ]
         return Check(not stalled, tuple(stalled))
 

@@ -1,10 +1,10 @@
 """The reaction runtime: followers that record messages, and actors that execute them.
 
-For each reaction, a **follower** (a :class:`~projections.worker.ProjectionWorker` under
-the reaction's name, with its lease and its compare-and-set position) reads the events the
-reaction handles and writes one message per event into the broker's queue table (or the
-outbox), in the transaction that records its position. A crash at any point loses no
-message and writes none twice: both commit or neither does.
+For each reaction, a **follower** (a :class:`~projections.follower.Follower` under the
+reaction's name, with its lease and its compare-and-set position) reads the events the
+reaction handles and its :class:`HandoverApplier` writes one message per event into the
+broker's queue table (or the outbox), in the transaction that records its position. A
+crash at any point loses no message and writes none twice: both commit or neither does.
 
 A dramatiq **actor** per reaction executes the messages: it loads the event named by the
 message, records the message in the idempotency ledger and runs the handler in one
@@ -53,13 +53,14 @@ from eventkit.infrastructure.deadletters import DeadLetter, DeadLetters, Selecto
 from eventkit.infrastructure.errors import EventDecodingError, EventkitError
 from eventkit.infrastructure.factory import shared_pool
 from eventkit.infrastructure.log import LoggedNotification
+from eventkit.infrastructure.partitions import Partition
 from eventkit.infrastructure.recorder import PostgresEventRecorder, logged_notification
 from eventkit.infrastructure.settings import Settings
 from eventkit.infrastructure.transcoding import PydanticMapper
+from eventkit.projections.follower import Follower, FollowerOptions, PollPolicy
 from eventkit.projections.group import Runnable
-from eventkit.projections.projection import Context, Projection, create_tables, table_identifiers
+from eventkit.projections.projection import Consumer, Context, create_tables, table_identifiers
 from eventkit.projections.reaction import Reaction, ReactionContext
-from eventkit.projections.worker import BatchReport, PollPolicy, ProjectionWorker
 
 logger = logging.getLogger(__name__)
 
@@ -116,80 +117,37 @@ def _missing(
 # -- the follower ------------------------------------------------------------------------------
 
 
-def follower_projection(reaction: type[Reaction], schema: str, handover: Handover) -> Projection:
-    """A projection whose only "view write" is one message per event of ``reaction``."""
-    statement = handover.statement
-    name = reaction.name
+class HandoverApplier:
+    """A reaction's follower's applier: one message per event, written through the broker's
+    hand-over in the batch's transaction (into dramatiq-postgres's queue table, or the
+    outbox a relay publishes from). The event is not decoded: the message carries its
+    stream, version and position, and the reaction's actor loads it."""
 
-    def enqueue(self: Projection, notification: LoggedNotification, context: Context) -> None:
-        context.execute(statement, handover.params(reaction_message(schema, name, notification)))
+    kind = "reaction"
+    #: Reactions' messages run unordered (several actor threads), so a dead letter holds
+    #: up nothing; it names its message, which ``eventkit dlq retry`` queues again.
+    sequenced = False
+    #: A reaction's latency ends when its actor runs the message (the executor measures).
+    observes_latency = False
 
-    def topics(cls: type[Projection]) -> list[str]:
-        return reaction.topics()
+    def __init__(self, reaction: type[Reaction], schema: str, handover: Handover) -> None:
+        self.consumer: type[Consumer] = reaction
+        self.schema = schema
+        self.handover = handover
+        #: The statement's ``{target}``: the queue table or the outbox.
+        self.tables = {"target": handover.target}
+        self._statement = handover.statement
 
-    def handler(cls: type[Projection], event_type: type[Any]) -> Callable[[Any, Any, Any], None]:
-        return enqueue
+    def prepare(self, conn: psycopg.Connection[Any]) -> None:
+        """Nothing to create: the queue and the outbox come with eventkit's schema (the
+        reaction's own tables are its executor's)."""
 
-    follower = type(
-        f"{reaction.__name__}Follower",
-        (Projection,),
-        {
-            "name": name,
-            "tables": (),
-            "partition_key": reaction.partition_key,
-            "partitions": reaction.partitions,
-            "start_from": reaction.start_from,
-            "topics": classmethod(topics),
-            "handler": classmethod(handler),
-            "__module__": __name__,
-        },
-    )
-    instance: Projection = follower()
-    return instance
+    def decode(self, notification: LoggedNotification) -> object:
+        return notification
 
-
-def build_follower(
-    reaction: type[Reaction],
-    *,
-    handover: Handover,
-    url: str,
-    schema: str,
-    recorder: PostgresEventRecorder,
-    mapper: Mapper[UUID],
-    worker_id: str,
-    batch_size: int = 1000,
-    poll: PollPolicy | None = None,
-    notify_channel: str | None = None,
-    tracking_name: str | None = None,
-    on_batch: Callable[[BatchReport], None] | None = None,
-    partition: int = 0,
-    partitions: int = 1,
-    lease_ttl_s: float = 5.0,
-) -> ProjectionWorker:
-    """The follower of one reaction (or of ``partition`` of its ``partitions``): its
-    position is tracked under the reaction's name."""
-    return ProjectionWorker(
-        follower_projection(reaction, schema, handover),
-        url=url,
-        schema=schema,
-        recorder=recorder,
-        mapper=mapper,
-        worker_id=worker_id,
-        tracking_name=tracking_name,
-        batch_size=batch_size,
-        poll=poll,
-        notify_channel=notify_channel,
-        tables={"target": handover.target},
-        decode=False,
-        sequenced=False,
-        on_batch=on_batch,
-        kind="reaction",
-        # The reaction's latency is the actor's, from the event's commit to its execution.
-        observe_latency=False,
-        partition=partition,
-        partitions=partitions,
-        lease_ttl_s=lease_ttl_s,
-    )
+    def apply(self, event: object, context: Context) -> None:
+        message = reaction_message(self.schema, self.consumer.name, context.notification)
+        context.execute(self._statement, self.handover.params(message))
 
 
 # -- the actor ---------------------------------------------------------------------------------
@@ -670,23 +628,22 @@ class ReactionRuntime:
         for executor in self.executors.values():
             declare_actor(broker, schema, executor)
 
-        def maker(reaction: type[Reaction]) -> Callable[[int, int], ProjectionWorker]:
-            def make(partition: int, partitions: int) -> ProjectionWorker:
-                return build_follower(
-                    reaction,
-                    handover=handover,
-                    url=url,
-                    schema=schema,
-                    recorder=recorder,
-                    mapper=mapper,
-                    worker_id=worker_id,
-                    batch_size=batch_size,
-                    poll=poll,
-                    notify_channel=notify_channel,
-                    partition=partition,
-                    partitions=partitions,
-                    lease_ttl_s=lease_ttl_s,
-                )
+        options = FollowerOptions(
+            url=url,
+            recorder=recorder,
+            worker_id=worker_id,
+            batch_size=batch_size,
+            poll=poll or PollPolicy(),
+            lease_ttl_s=lease_ttl_s,
+            notify_channel=notify_channel,
+        )
+
+        def maker(reaction: type[Reaction]) -> Callable[[int, int], Follower]:
+            applier = HandoverApplier(reaction, schema, handover)
+
+            def make(partition: int, partitions: int) -> Follower:
+                key = Partition(reaction.partition_key, partitions, partition)
+                return Follower(reaction.name, applier, key, options)
 
             return make
 

@@ -1,8 +1,9 @@
 """Rebuild a projection beside the live one, then swap it in atomically.
 
-1. A worker fills copies of the view's tables (``<table>__rebuild``) from the start of the
-   log, under its own tracking name (``<name>#rebuild``), while the live worker keeps
-   following new events and readers keep querying the live tables.
+1. A :class:`~projections.follower.Follower` fills copies of the view's tables
+   (``<table>__rebuild``) from the start of the log, under its own tracking name
+   (``<name>#rebuild``), while the live followers keep following new events and readers
+   keep querying the live tables.
 2. When the copy has caught up, one transaction locks the live and the new tables, applies
    what arrived meanwhile, renames the live tables away and the new ones into their place,
    and moves the position (and the copy's dead letters) to the live name. Readers wait for
@@ -10,7 +11,7 @@
    see an empty or half-built view.
 3. The old tables are dropped.
 
-A live worker whose batch was waiting on the lock finds, at its compare-and-set of the
+A live follower whose batch was waiting on the lock finds, at its compare-and-set of the
 position, that the position moved; its transaction rolls back (so nothing is applied twice
 to the new tables) and it carries on from the rebuilt position.
 """
@@ -34,13 +35,20 @@ from eventkit.infrastructure.log import Position
 from eventkit.infrastructure.partitions import Partition, recorded_partitions, set_partitions
 from eventkit.infrastructure.recorder import PostgresEventRecorder
 from eventkit.infrastructure.tracking import Tracking
+from eventkit.projections.applier import ProjectionApplier
+from eventkit.projections.follower import (
+    BatchReport,
+    Follower,
+    FollowerOptions,
+    PollPolicy,
+    RetryPolicy,
+)
 from eventkit.projections.projection import (
     Projection,
     create_tables,
     drop_tables,
     table_identifiers,
 )
-from eventkit.projections.worker import BatchReport, PollPolicy, ProjectionWorker, RetryPolicy
 
 logger = logging.getLogger(__name__)
 
@@ -89,8 +97,8 @@ def rebuild(
     stop = stop or threading.Event()
     name = rebuild_name(projection)
     with psycopg.connect(url, autocommit=True, application_name=f"eventkit:{worker_id}") as conn:
-        # One rebuild of a projection at a time. This lease is not the rebuild worker's own
-        # (which its worker takes on its own connection below).
+        # One rebuild of a projection at a time. This lock is not the rebuild's follower's
+        # lease (which it takes on its own connection below).
         guard = lease_name(schema, f"{projection.name}#rebuild-guard")
         if not try_acquire(conn, guard):
             owner = holder(conn, guard)
@@ -108,29 +116,29 @@ def rebuild(
             if on_batch is not None:
                 on_batch(report)
 
-        worker = ProjectionWorker(
-            projection(),
-            url=url,
-            schema=schema,
-            recorder=recorder,
-            mapper=mapper,
-            worker_id=worker_id,
-            tracking_name=name,
-            table_suffix=REBUILD_SUFFIX,
-            batch_size=batch_size,
-            retry=retry,
-            poll=PollPolicy(min_interval_s=0.001, max_interval_s=0.01, lease_wait_s=0.05),
-            on_batch=count,
-            state="rebuilding",
+        follower = Follower(
+            name,
+            ProjectionApplier(projection(), schema, mapper=mapper, table_suffix=REBUILD_SUFFIX),
+            Partition(),
+            FollowerOptions(
+                url=url,
+                recorder=recorder,
+                worker_id=worker_id,
+                batch_size=batch_size,
+                retry=retry or RetryPolicy(),
+                poll=PollPolicy(min_interval_s=0.001, max_interval_s=0.01, lease_wait_s=0.05),
+                state="rebuilding",
+                on_batch=count,
+            ),
         )
-        # The rebuild's worker takes its own lease on its own connection; this connection
-        # keeps holding the "one rebuild at a time" lease meanwhile.
-        thread = threading.Thread(target=_run_until_caught_up, args=(worker, stop))
+        # The rebuild's follower takes its own lease on its own connection; this
+        # connection keeps holding the "one rebuild at a time" lock meanwhile.
+        thread = threading.Thread(target=_run_until_caught_up, args=(follower, stop))
         thread.start()
         thread.join()
         if stop.is_set():
             raise RebuildError(f"rebuild of {projection.name!r} interrupted; nothing was swapped")
-        position = _swap(conn, worker, projection, schema, partitions)
+        position = _swap(conn, follower, projection, schema, partitions)
         drop_tables(conn, schema, projection, OLD_SUFFIX)
     logger.info("rebuilt %s up to %s and swapped it in", projection.name, position)
     return RebuildResult(
@@ -165,17 +173,17 @@ def reset(conn: psycopg.Connection[object], schema: str, projection: type[Projec
         )
 
 
-def _run_until_caught_up(worker: ProjectionWorker, stop: threading.Event) -> None:
+def _run_until_caught_up(follower: Follower, stop: threading.Event) -> None:
     inner = threading.Event()
 
     def watch() -> None:
-        while not (worker.caught_up.wait(0.05) or stop.is_set()):
+        while not (follower.caught_up.wait(0.05) or stop.is_set()):
             pass
         inner.set()
 
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
-    worker.run(inner)
+    follower.run(inner)
 
 
 def _discard_leftovers(
@@ -196,7 +204,7 @@ def _discard_leftovers(
 
 def _swap(
     conn: psycopg.Connection[object],
-    worker: ProjectionWorker,
+    follower: Follower,
     projection: type[Projection],
     schema: str,
     partitions: int | None,
@@ -214,14 +222,7 @@ def _swap(
             sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(sql.SQL(", ").join(locked))
         )
         # Apply what arrived since the copy caught up, inside this transaction.
-        worker.position = tracking.position(conn, worker.name)
-        worker.retry = RetryPolicy(max_attempts=1)
-        while True:
-            scan = worker.recorder.scan(worker.position, worker.batch_size, worker.topics)
-            if scan.last is None:
-                break
-            worker._process(conn, scan.notifications, scan.last, threading.Event())
-        position = worker.position
+        position = follower.finish(conn)
         for t in projection.tables:
             conn.execute(
                 sql.SQL("ALTER TABLE {} RENAME TO {}").format(
@@ -244,6 +245,6 @@ def _swap(
         for k in range(count):
             tracking.set(conn, projection.name, position, k)
         tracking.forget(conn, projection.name, from_partition=count)
-        tracking.forget(conn, worker.name)
-        DeadLetters(schema).rename_consumer(conn, worker.name, projection.name)
+        tracking.forget(conn, follower.name)
+        DeadLetters(schema).rename_consumer(conn, follower.name, projection.name)
     return position

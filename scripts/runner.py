@@ -28,16 +28,24 @@ from typing import Any
 from eventkit.infrastructure.broker import BrokerKind, BrokerOptions, broker_kind
 from eventkit.infrastructure.errors import ConfigurationError
 from eventkit.infrastructure.factory import shared_pool
+from eventkit.infrastructure.partitions import Partition
 from eventkit.infrastructure.recorder import PostgresEventRecorder
 from eventkit.infrastructure.settings import Settings
 from eventkit.infrastructure.transcoding import PydanticMapper
 from eventkit.projections.app import App, Runtime
+from eventkit.projections.applier import ProjectionApplier
+from eventkit.projections.follower import (
+    BatchReport,
+    Follower,
+    FollowerOptions,
+    PollPolicy,
+    RetryPolicy,
+)
 from eventkit.projections.group import Runnable, WorkerGroup
 from eventkit.projections.monitoring import Monitor, MonitoringServer
 from eventkit.projections.projection import Projection
 from eventkit.projections.reaction import Reaction
 from eventkit.projections.reactor import ReactionRuntime, reaction_runtime
-from eventkit.projections.worker import BatchReport, PollPolicy, ProjectionWorker, RetryPolicy
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +54,7 @@ def default_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def worker_factory(
+def follower_options(
     settings: Settings,
     *,
     worker_id: str,
@@ -56,38 +64,49 @@ def worker_factory(
     lease_ttl_s: float = 5.0,
     poll: PollPolicy | None = None,
     durable_commits: bool = False,
-    construct: Callable[[type[Projection]], Projection] | None = None,
-) -> Callable[[type[Projection], int, int], ProjectionWorker]:
-    """Makes the worker of partition ``k`` of ``P`` of a projection: ``make(cls, k, P)``.
-    The workers of one factory share the process's pool for reading the log; projections
-    are made by ``construct`` (default: the class called with no arguments)."""
+) -> FollowerOptions:
+    """How this process's followers follow the log of ``settings``' database: they read
+    it through the process's pool."""
     pool, url = shared_pool(settings)
-    recorder = PostgresEventRecorder(pool, settings.schema, notify_channel=settings.notify_channel)
+    return FollowerOptions(
+        url=url,
+        recorder=PostgresEventRecorder(
+            pool, settings.schema, notify_channel=settings.notify_channel
+        ),
+        worker_id=worker_id,
+        batch_size=batch_size,
+        retry=retry or RetryPolicy(),
+        poll=poll or PollPolicy(),
+        lease_ttl_s=lease_ttl_s,
+        durable_commits=durable_commits,
+        notify_channel=settings.notify_channel,
+        on_batch=on_batch,
+    )
+
+
+def follower_factory(
+    options: FollowerOptions,
+    *,
+    construct: Callable[[type[Projection]], Projection] | None = None,
+) -> Callable[[type[Projection], int, int], Follower]:
+    """Makes the follower of partition ``k`` of ``P`` of a projection: ``make(cls, k, P)``,
+    following as ``options`` say; projections are made by ``construct`` (default: the
+    class called with no arguments)."""
     mapper = PydanticMapper()
 
-    def make(projection: type[Projection], partition: int, partitions: int) -> ProjectionWorker:
-        return ProjectionWorker(
+    def make(projection: type[Projection], partition: int, partitions: int) -> Follower:
+        applier = ProjectionApplier(
             construct(projection) if construct is not None else projection(),
-            url=url,
-            schema=settings.schema,
-            recorder=recorder,
+            options.schema,
             mapper=mapper,
-            worker_id=worker_id,
-            batch_size=batch_size,
-            retry=retry,
-            on_batch=on_batch,
-            notify_channel=settings.notify_channel,
-            partition=partition,
-            partitions=partitions,
-            lease_ttl_s=lease_ttl_s,
-            poll=poll,
-            durable_commits=durable_commits,
         )
+        key = Partition(projection.partition_key, partitions, partition)
+        return Follower(projection.name, applier, key, options)
 
     return make
 
 
-def build_workers(
+def build_followers(
     projections: Sequence[type[Projection]],
     settings: Settings,
     *,
@@ -95,11 +114,12 @@ def build_workers(
     batch_size: int = 1000,
     retry: RetryPolicy | None = None,
     on_batch: Callable[[BatchReport], None] | None = None,
-) -> list[ProjectionWorker]:
-    """One single-partition worker per projection, each managing its own lease."""
-    make = worker_factory(
+) -> list[Follower]:
+    """One single-partition follower per projection, each managing its own lease."""
+    options = follower_options(
         settings, worker_id=worker_id, batch_size=batch_size, retry=retry, on_batch=on_batch
     )
+    make = follower_factory(options)
     return [make(p, 0, 1) for p in projections]
 
 
@@ -120,7 +140,7 @@ def build_group(
 ) -> WorkerGroup:
     """This process's member of the worker group: ``projections`` and the reaction
     followers ``reactions``, their partitions shared out with the other members."""
-    make = worker_factory(
+    options = follower_options(
         settings,
         worker_id=worker_id,
         batch_size=batch_size,
@@ -129,8 +149,8 @@ def build_group(
         lease_ttl_s=lease_ttl_s,
         poll=poll,
         durable_commits=durable_commits,
-        construct=construct,
     )
+    make = follower_factory(options, construct=construct)
     consumers = [Runnable(p.name, p, partial(make, p)) for p in projections]
     _, url = shared_pool(settings)
     return WorkerGroup(
@@ -147,11 +167,11 @@ def build_group(
     )
 
 
-def run_until(workers: Sequence[ProjectionWorker], stop: threading.Event) -> None:
-    """Run each worker in a thread until ``stop`` is set; wait for all to finish."""
+def run_until(followers: Sequence[Follower], stop: threading.Event) -> None:
+    """Run each follower in a thread until ``stop`` is set; wait for all to finish."""
     threads = [
-        threading.Thread(target=w.run, args=(stop,), name=f"worker-{w.name}", daemon=True)
-        for w in workers
+        threading.Thread(target=f.run, args=(stop,), name=f"follower-{f.label}", daemon=True)
+        for f in followers
     ]
     for t in threads:
         t.start()
@@ -271,7 +291,7 @@ class Workers:
                 self.settings.schema,
                 projections=self.projections,
                 reactions=self.reactions,
-                workers=group.current_workers,
+                followers=group.current_followers,
                 postgres_broker=broker_kind(self.settings.broker_url) is BrokerKind.POSTGRES,
                 max_lag_s=o.max_lag_s,
             )

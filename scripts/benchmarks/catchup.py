@@ -8,8 +8,9 @@ is timed until it has committed the last event (see :mod:`.proj_systems` for the
 
 * eventkit ``rebuild``: :func:`projections.rebuild.rebuild` with its default batch size,
   from its start until the new view is swapped in and the old one dropped;
-* eventkit ``worker``: a fresh :class:`~projections.worker.ProjectionWorker` (each with its
-  own tracking name and tables), at the batch size of ``eventkit workers`` and at 5,000;
+* eventkit ``worker``: a fresh :class:`~projections.follower.Follower` of the projection
+  (each with its own tracking name and tables), at the batch size of ``eventkit workers``
+  and at 5,000;
 * eventsourcing ``ProjectionRunner``: from its construction until the view has recorded
   the last event, one transaction per event as eventsourcing's examples do.
 
@@ -50,11 +51,13 @@ from eventkit.bootstrap import tune_gc
 from eventkit.infrastructure.database import resolve_database_url
 from eventkit.infrastructure.errors import EventkitError
 from eventkit.infrastructure.factory import shared_pool
+from eventkit.infrastructure.partitions import Partition
 from eventkit.infrastructure.recorder import PostgresEventRecorder
 from eventkit.infrastructure.settings import Settings
 from eventkit.infrastructure.transcoding import PydanticMapper
+from eventkit.projections.applier import ProjectionApplier
+from eventkit.projections.follower import BatchReport, Follower, FollowerOptions
 from eventkit.projections.rebuild import rebuild
-from eventkit.projections.worker import BatchReport, ProjectionWorker
 
 QUICK_EVENTS = 20_000
 FULL_EVENTS = 200_000
@@ -182,20 +185,20 @@ def _measure_worker(url: str, schema: str, events: int, batch: int) -> CatchupRe
             done.set()
 
     suffix = f"__w{batch}"
-    worker = ProjectionWorker(
-        StreamCounts(),
-        url=url,
-        schema=schema,
-        recorder=PostgresEventRecorder(pool, schema),
-        mapper=PydanticMapper(),
-        worker_id=f"bench-catchup-w{batch}",
-        tracking_name=f"{StreamCounts.name}#w{batch}",
-        table_suffix=suffix,
-        batch_size=batch,
-        on_batch=count,
+    follower = Follower(
+        f"{StreamCounts.name}#w{batch}",
+        ProjectionApplier(StreamCounts(), schema, mapper=PydanticMapper(), table_suffix=suffix),
+        Partition(),
+        FollowerOptions(
+            url=url,
+            recorder=PostgresEventRecorder(pool, schema),
+            worker_id=f"bench-catchup-w{batch}",
+            batch_size=batch,
+            on_batch=count,
+        ),
     )
     stop = threading.Event()
-    thread = threading.Thread(target=worker.run, args=(stop,), name=f"catchup-w{batch}")
+    thread = threading.Thread(target=follower.run, args=(stop,), name=f"catchup-w{batch}")
     started = time.perf_counter()
     thread.start()
     finished = done.wait(timeout=events / SLOWEST_PER_S + 60)

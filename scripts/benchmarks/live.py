@@ -3,7 +3,7 @@ at a fixed offered rate, eventkit against eventsourcing's ``ProjectionRunner``, 
 against one server.
 
 For each offered rate and system, in a fresh schema: the projection starts on an empty log
-in the benchmark's process (eventkit: a :class:`~projections.worker.ProjectionWorker` with
+in the benchmark's process (eventkit: a :class:`~projections.follower.Follower` with
 the defaults of ``eventkit workers``; eventsourcing: a ``ProjectionRunner`` into a
 PostgreSQL view, see :mod:`.proj_systems`). Then ``writers`` processes each save a new
 stream of ``batch`` events on a fixed schedule (:class:`~.proj_writers.Pace`) through a
@@ -66,10 +66,12 @@ from eventkit.bootstrap import tune_gc
 from eventkit.infrastructure.database import resolve_database_url
 from eventkit.infrastructure.errors import EventkitError
 from eventkit.infrastructure.factory import shared_pool
+from eventkit.infrastructure.partitions import Partition
 from eventkit.infrastructure.recorder import PostgresEventRecorder
 from eventkit.infrastructure.settings import Settings
 from eventkit.infrastructure.transcoding import PydanticMapper
-from eventkit.projections.worker import BatchReport, ProjectionWorker
+from eventkit.projections.applier import ProjectionApplier
+from eventkit.projections.follower import BatchReport, Follower, FollowerOptions
 
 RATES = (2_000, 5_000, 10_000)
 WRITERS = 4
@@ -233,20 +235,22 @@ def _eventkit(url: str, schema: str) -> Running:
             applied.applied_at.append(now)
             applied.committed_at.append(n.recorded_at.timestamp())
 
-    worker = ProjectionWorker(
-        StreamCounts(),
-        url=url,
-        schema=schema,
-        recorder=PostgresEventRecorder(pool, schema),
-        mapper=PydanticMapper(),
-        worker_id="bench-live",
-        on_batch=on_batch,
+    follower = Follower(
+        StreamCounts.name,
+        ProjectionApplier(StreamCounts(), schema, mapper=PydanticMapper()),
+        Partition(),
+        FollowerOptions(
+            url=url,
+            recorder=PostgresEventRecorder(pool, schema),
+            worker_id="bench-live",
+            on_batch=on_batch,
+        ),
     )
     stop = threading.Event()
-    thread = threading.Thread(target=worker.run, args=(stop,), name="live-eventkit")
+    thread = threading.Thread(target=follower.run, args=(stop,), name="live-eventkit")
     thread.start()
     try:
-        if not worker.caught_up.wait(30):
+        if not follower.caught_up.wait(30):
             raise LiveError("the eventkit worker did not start reading the log within 30 s")
         yield applied, lambda: len(applied.ids)
     finally:

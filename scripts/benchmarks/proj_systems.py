@@ -3,7 +3,7 @@ view both fill.
 
 * ``eventkit``: events saved by an ``Application`` with ``PERSISTENCE_MODULE=infrastructure.
   factory``; :class:`StreamCounts`, an eventkit :class:`~projections.projection.Projection`,
-  run by :class:`~projections.worker.ProjectionWorker` (or :func:`~projections.rebuild.rebuild`).
+  run by a :class:`~projections.follower.Follower` (or :func:`~projections.rebuild.rebuild`).
 * ``eventsourcing``: events saved by an ``Application`` with eventsourcing's PostgreSQL
   recorder; :class:`PlainStreamCounts`, an ``eventsourcing.projection.Projection``, run by
   eventsourcing's ``ProjectionRunner`` into :class:`PlainStreamCountsView`, a

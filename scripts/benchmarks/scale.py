@@ -43,12 +43,13 @@ from eventkit.benchmarks.systems import drop_schemas
 from eventkit.bootstrap import stop_on_signals, tune_gc
 from eventkit.infrastructure.database import create_pool, resolve_database_url
 from eventkit.infrastructure.errors import EventkitError
-from eventkit.infrastructure.partitions import record_partitions
+from eventkit.infrastructure.partitions import Partition, record_partitions
 from eventkit.infrastructure.recorder import PostgresEventRecorder
 from eventkit.infrastructure.settings import Settings
 from eventkit.infrastructure.transcoding import PydanticMapper
+from eventkit.projections.applier import ProjectionApplier
+from eventkit.projections.follower import Follower, FollowerOptions
 from eventkit.projections.group import Runnable, WorkerGroup
-from eventkit.projections.worker import ProjectionWorker
 
 ROOT = Path(__file__).resolve().parents[2]
 QUICK_EVENTS = 20_000
@@ -174,24 +175,22 @@ def _serve(name: str, worker_id: str) -> None:
     url = resolve_database_url(settings)
     # The pool under the worker's name too, so its connections are counted with it.
     pool = create_pool(url, settings, name=f"eventkit:{worker_id}")
-    recorder = PostgresEventRecorder(pool, settings.schema)
+    options = FollowerOptions(
+        url=url,
+        recorder=PostgresEventRecorder(pool, settings.schema),
+        worker_id=worker_id,
+        batch_size=BATCH,
+        lease_ttl_s=LEASE_TTL_S,
+    )
     mapper = PydanticMapper()
+    suffix = f"__{name.rsplit('#', 1)[-1]}"
 
-    def make(partition: int, partitions: int) -> ProjectionWorker:
-        return ProjectionWorker(
-            StreamCounts(),
-            url=url,
-            schema=settings.schema,
-            recorder=recorder,
-            mapper=mapper,
-            worker_id=worker_id,
-            tracking_name=name,
-            table_suffix=f"__{name.rsplit('#', 1)[-1]}",
-            batch_size=BATCH,
-            partition=partition,
-            partitions=partitions,
-            lease_ttl_s=LEASE_TTL_S,
+    def make(partition: int, partitions: int) -> Follower:
+        applier = ProjectionApplier(
+            StreamCounts(), settings.schema, mapper=mapper, table_suffix=suffix
         )
+        key = Partition(StreamCounts.partition_key, partitions, partition)
+        return Follower(name, applier, key, options)
 
     group = WorkerGroup(
         [Runnable(name, StreamCounts, make)],

@@ -19,7 +19,7 @@ from eventkit.infrastructure.leases import Leases
 from eventkit.infrastructure.partitions import recorded_partitions
 from eventkit.projections.app import Runtime
 from eventkit.projections.reactor import executed, requeue_dead_letters
-from eventkit.runner import build_workers, default_worker_id
+from eventkit.runner import default_worker_id, follower_factory, follower_options
 
 
 def register(commands: Any, parents: list[argparse.ArgumentParser], app_spec: str | None) -> None:
@@ -113,21 +113,22 @@ def _retry(args: argparse.Namespace) -> int:
     # Where no worker owns a projection this command knows, process its retries here,
     # under the leases of all its partitions; otherwise its workers do, and we wait.
     app = app_of(args)
-    known = {p.name: p for p in app.projections if p.name in projections}
+    runtime = Runtime(app, settings)
+    known = [p for p in app.projections if p.name in projections]
     owner = f"dlq:{default_worker_id()}"
     leases = Leases(settings.schema)
-    workers = build_workers(list(known.values()), settings, worker_id=owner)
-    runtime = Runtime(app, settings)
-    for worker in workers:
-        worker.projection = runtime.construct(known[worker.name])
+    options = follower_options(settings, worker_id=owner)
+    make = follower_factory(options, construct=runtime.construct)
+    for projection in known:
+        follower = make(projection, 0, 1)  # one partition: every stream's letters
         with psycopg.connect(url, autocommit=True) as conn:
             count = recorded_partitions(conn, settings.schema).get(
-                worker.name, known[worker.name].partitions
+                projection.name, projection.partitions
             )
-            held = [leases.acquire(conn, worker.name, k, owner) for k in range(count)]
+            held = [leases.acquire(conn, projection.name, k, owner) for k in range(count)]
             try:
                 if all(held):
-                    worker._process_retries(conn)
+                    follower.process_retries(conn)
             finally:
                 for lease in held:
                     if lease is not None:

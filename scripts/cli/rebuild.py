@@ -14,9 +14,9 @@ from eventkit.infrastructure.factory import shared_pool
 from eventkit.infrastructure.recorder import PostgresEventRecorder
 from eventkit.infrastructure.settings import Settings
 from eventkit.infrastructure.transcoding import PydanticMapper
+from eventkit.projections.follower import BatchReport
 from eventkit.projections.projection import Projection
 from eventkit.projections.rebuild import rebuild
-from eventkit.projections.worker import BatchReport
 from eventkit.runner import default_worker_id
 
 
@@ -67,7 +67,7 @@ class Progress:
             self.stream.flush()
         elif time.monotonic() - self.last_line >= 2.0:
             self.last_line = time.monotonic()
-            print(f"rebuild {report.projection}: {text}", file=self.stream, flush=True)
+            print(f"rebuild {report.consumer}: {text}", file=self.stream, flush=True)
 
     def finish(self) -> None:
         if self.is_tty:

@@ -8,7 +8,8 @@ def test_a_paid_order_is_listed_as_paid(eventkit_transaction):
 ```
 
 Each :meth:`ProjectionScenario.given` is one batch of a worker: the events are encoded and
-decoded as the log gives them, the handlers run with a real
+decoded as the log gives them, the handlers run through the follower's
+:class:`~eventkit.projections.applier.ProjectionApplier` with a real
 :class:`~eventkit.projections.projection.Context` whose statements are queued and sent
 together (``expect_rows`` checked when they are sent), and a batch that fails runs again
 statement by statement to name the event that failed, which :class:`HandlerFailedError`
@@ -17,11 +18,12 @@ then names. Everything happens in the test's transaction, rolled back afterwards
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any, Self, TypeVar
+from collections.abc import Sequence
+from typing import Self, TypeVar
 
 import psycopg
 
+from eventkit.projections.applier import ProjectionApplier
 from eventkit.projections.projection import Context, Projection
 from eventkit.projections.queries import Queries
 from eventkit.testing.consumers import ConsumerScenario, bound_queries
@@ -63,7 +65,8 @@ class ProjectionScenario(ConsumerScenario):
         super().__init__(projection, transaction)
         self.projection = projection
         self._statements: dict[str, bytes] = {}
-        self._handlers: dict[type[Any], Callable[[Any, Any, Any], None]] = {}
+        # What a follower applies the projection's events with: the same handler lookup.
+        self._applier = ProjectionApplier(projection, self.schema, mapper=self._mapper)
 
     def given(self, *events: Given) -> Self:
         """Apply ``events`` as one batch (events, :func:`new_event` events, or aggregates
@@ -105,13 +108,8 @@ class ProjectionScenario(ConsumerScenario):
                 )
             else:
                 context.notification = item.notification
-            handler = self._handlers.get(type(item.event))
-            if handler is None:
-                handler = self._handlers[type(item.event)] = type(self.projection).handler(
-                    type(item.event)
-                )
             try:
-                handler(self.projection, item.event, context)
+                self._applier.apply(item.event, context)
             except psycopg.OperationalError:
                 raise
             except Exception as e:

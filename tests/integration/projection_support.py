@@ -1,4 +1,4 @@
-"""Helpers for projection tests: running workers, a workload, and comparing views."""
+"""Helpers for projection tests: running followers, a workload, and comparing views."""
 
 from __future__ import annotations
 
@@ -29,12 +29,14 @@ from eventkit.domain.shop.errors import DomainError
 from eventkit.domain.shop.orders import Order
 from eventkit.infrastructure.factory import shared_pool
 from eventkit.infrastructure.log import Position
+from eventkit.infrastructure.partitions import Partition
 from eventkit.infrastructure.recorder import PostgresEventRecorder
 from eventkit.infrastructure.settings import Settings
 from eventkit.infrastructure.tracking import Tracking
 from eventkit.infrastructure.transcoding import PydanticMapper
+from eventkit.projections.applier import ProjectionApplier
+from eventkit.projections.follower import Follower, FollowerOptions, PollPolicy, RetryPolicy
 from eventkit.projections.projection import Context, Projection, Table, handles
-from eventkit.projections.worker import PollPolicy, ProjectionWorker, RetryPolicy
 
 FAST_RETRY = RetryPolicy(max_attempts=3, first_delay_s=0.01, max_delay_s=0.05)
 FAST_POLL = PollPolicy(min_interval_s=0.001, max_interval_s=0.02, lease_wait_s=0.05)
@@ -45,7 +47,7 @@ def settings_for(database_url: str, schema: str) -> Settings:
     return Settings(database_url=database_url, schema=schema, pool_min_size=2, pool_max_size=40)
 
 
-def make_worker(
+def make_follower(
     projection: Projection,
     settings: Settings,
     *,
@@ -54,32 +56,34 @@ def make_worker(
     table_suffix: str = "",
     batch_size: int = 200,
     retry: RetryPolicy = FAST_RETRY,
+    poll: PollPolicy = FAST_POLL,
     partition: int = 0,
     partitions: int = 1,
-) -> ProjectionWorker:
+) -> Follower:
+    """A follower of ``partition`` of ``projection`` with fast retries and polls, reading
+    the log through the settings' shared pool."""
     pool, url = shared_pool(settings)
-    return ProjectionWorker(
-        projection,
+    options = FollowerOptions(
         url=url,
-        schema=settings.schema,
         recorder=PostgresEventRecorder(pool, settings.schema),
-        mapper=PydanticMapper(),
         worker_id=worker_id,
-        tracking_name=tracking_name,
-        table_suffix=table_suffix,
         batch_size=batch_size,
         retry=retry,
-        poll=FAST_POLL,
-        partition=partition,
-        partitions=partitions,
+        poll=poll,
+        notify_channel=settings.notify_channel,
     )
+    applier = ProjectionApplier(
+        projection, settings.schema, mapper=PydanticMapper(), table_suffix=table_suffix
+    )
+    key = Partition(type(projection).partition_key, partitions, partition)
+    return Follower(tracking_name or projection.name, applier, key, options)
 
 
 @contextmanager
-def running(*workers: ProjectionWorker) -> Iterator[threading.Event]:
-    """Run workers in threads for the duration of the block; stop them gracefully after."""
+def running(*followers: Follower) -> Iterator[threading.Event]:
+    """Run followers in threads for the duration of the block; stop them gracefully after."""
     stop = threading.Event()
-    threads = [threading.Thread(target=w.run, args=(stop,), daemon=True) for w in workers]
+    threads = [threading.Thread(target=f.run, args=(stop,), daemon=True) for f in followers]
     for t in threads:
         t.start()
     try:
@@ -88,7 +92,7 @@ def running(*workers: ProjectionWorker) -> Iterator[threading.Event]:
         stop.set()
         for t in threads:
             t.join(timeout=30)
-            assert not t.is_alive(), "a worker did not stop"
+            assert not t.is_alive(), "a follower did not stop"
 
 
 def wait_until_caught_up(

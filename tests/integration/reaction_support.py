@@ -19,10 +19,10 @@ from eventkit.domain.shop.commands import OrderLineRequest, PlaceOrder
 from eventkit.domain.shop.orders import Order
 from eventkit.infrastructure.broker import BrokerOptions
 from eventkit.infrastructure.settings import Settings
+from eventkit.projections.follower import PollPolicy
 from eventkit.projections.projection import Table, handles
 from eventkit.projections.reaction import Reaction, ReactionContext
 from eventkit.projections.reactor import ReactionRuntime, reaction_runtime
-from eventkit.projections.worker import PollPolicy
 
 FAST_POLL = PollPolicy(min_interval_s=0.001, max_interval_s=0.02, lease_wait_s=0.05)
 FAST_BROKER = BrokerOptions(

@@ -25,12 +25,14 @@ from psycopg import sql
 from eventkit.bootstrap import stop_on_signals
 from eventkit.domain.shop.orders import Order
 from eventkit.infrastructure.factory import shared_pool
+from eventkit.infrastructure.partitions import Partition
 from eventkit.infrastructure.recorder import PostgresEventRecorder
 from eventkit.infrastructure.settings import Settings
 from eventkit.infrastructure.transcoding import PydanticMapper
+from eventkit.projections.applier import ProjectionApplier
+from eventkit.projections.follower import Follower, FollowerOptions, PollPolicy, RetryPolicy
 from eventkit.projections.group import Runnable, WorkerGroup
 from eventkit.projections.projection import Context, Projection, Table, handles
-from eventkit.projections.worker import PollPolicy, ProjectionWorker, RetryPolicy
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -193,25 +195,22 @@ def main() -> None:
     )
     settings = Settings.from_env()
     pool, url = shared_pool(settings)
-    recorder = PostgresEventRecorder(pool, settings.schema)
     mapper = PydanticMapper()
     poll = PollPolicy(min_interval_s=0.005, max_interval_s=0.1, lease_wait_s=0.1)
+    options = FollowerOptions(
+        url=url,
+        recorder=PostgresEventRecorder(pool, settings.schema),
+        worker_id=args.id,
+        batch_size=50,
+        retry=RetryPolicy(max_attempts=3, first_delay_s=0.01, max_delay_s=0.05),
+        poll=poll,
+        lease_ttl_s=args.lease_ttl,
+    )
 
-    def make(partition: int, partitions: int) -> ProjectionWorker:
-        return ProjectionWorker(
-            Audit(),
-            url=url,
-            schema=settings.schema,
-            recorder=recorder,
-            mapper=mapper,
-            worker_id=args.id,
-            batch_size=50,
-            retry=RetryPolicy(max_attempts=3, first_delay_s=0.01, max_delay_s=0.05),
-            poll=poll,
-            partition=partition,
-            partitions=partitions,
-            lease_ttl_s=args.lease_ttl,
-        )
+    def make(partition: int, partitions: int) -> Follower:
+        applier = ProjectionApplier(Audit(), settings.schema, mapper=mapper)
+        key = Partition(Audit.partition_key, partitions, partition)
+        return Follower(Audit.name, applier, key, options)
 
     group = WorkerGroup(
         [Runnable(Audit.name, Audit, make)],

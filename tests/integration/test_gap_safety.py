@@ -55,7 +55,7 @@ def event(stream: UUID, version: int, topic: str = "Tested") -> StoredEvent:
 
 
 class Follower:
-    """Reads the log after a recorded position, as a projection worker does."""
+    """Reads the log after a recorded position, as a follower does."""
 
     def __init__(self, recorder: PostgresEventRecorder, limit: int = 100) -> None:
         self.recorder = recorder

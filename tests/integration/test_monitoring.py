@@ -25,7 +25,7 @@ from eventkit.projections.monitoring import Monitor, MonitoringServer
 from eventkit.projections.shop import OrderSummaries
 from tests.integration.projection_support import (
     OrderHistory,
-    make_worker,
+    make_follower,
     running,
     settings_for,
     stock_up,
@@ -84,13 +84,13 @@ def test_metrics_and_health_of_running_workers(
     shop: Shop, pool: psycopg_pool.ConnectionPool, schema: str, database_url: str
 ) -> None:
     settings = settings_for(database_url, schema)
-    summaries = make_worker(OrderSummaries(), settings)
-    history = make_worker(OrderHistory(), settings)
+    summaries = make_follower(OrderSummaries(), settings)
+    history = make_follower(OrderHistory(), settings)
     monitor = Monitor(
         pool,
         schema,
         projections=[OrderSummaries, OrderHistory],
-        workers=[summaries, history],
+        followers=[summaries, history],
         max_lag_s=30,
     )
     server = MonitoringServer(monitor, 0, host="127.0.0.1").start()
@@ -144,7 +144,7 @@ def test_metrics_and_health_of_running_workers(
         OrderHistory.broken.clear()
         server.stop()
     # The workers stopped: their loops no longer turn.
-    stalled = Monitor(pool, schema, workers=[summaries], stall_s=0.0)
+    stalled = Monitor(pool, schema, followers=[summaries], stall_s=0.0)
     assert not stalled.health().ok
     assert "loop stalled" in stalled.health().text()
 
@@ -153,8 +153,8 @@ def test_the_readiness_check_turns_red_for_a_failing_projection(
     shop: Shop, pool: psycopg_pool.ConnectionPool, schema: str, database_url: str
 ) -> None:
     settings = settings_for(database_url, schema)
-    worker = make_worker(OrderHistory(), settings)
-    monitor = Monitor(pool, schema, projections=[OrderHistory], workers=[worker], max_lag_s=0.5)
+    worker = make_follower(OrderHistory(), settings)
+    monitor = Monitor(pool, schema, projections=[OrderHistory], followers=[worker], max_lag_s=0.5)
     with running(worker):
         workload(shop, 5, seed=9)
         wait_until_caught_up(pool, schema, "order_history")

@@ -13,13 +13,14 @@ from eventkit.infrastructure.log import LoggedNotification, Position
 from eventkit.infrastructure.partitions import Partition, PartitionKey
 from eventkit.infrastructure.recorder import PostgresEventRecorder
 from eventkit.infrastructure.settings import Settings
+from eventkit.infrastructure.transcoding import PydanticMapper
+from eventkit.projections.follower import Follower
 from eventkit.projections.partitioning import RescaleError, split
 from eventkit.projections.queries import Queries, ReadModelTimeoutError
 from eventkit.projections.rebuild import rebuild
-from eventkit.projections.worker import ProjectionWorker
 from tests.integration.projection_support import (
     SKUS,
-    make_worker,
+    make_follower,
     running,
     settings_for,
     stock_up,
@@ -75,7 +76,7 @@ def test_partitioned_workers_with_a_key_function_build_the_whole_view(
 
     workload(shop, 20, seed=2)
     workers = [
-        make_worker(ShardedAudit(), view_settings, worker_id=f"w{k}", partition=k, partitions=3)
+        make_follower(ShardedAudit(), view_settings, worker_id=f"w{k}", partition=k, partitions=3)
         for k in range(3)
     ]
     with running(*workers):
@@ -89,7 +90,7 @@ def test_partitioned_workers_with_a_key_function_build_the_whole_view(
 
 
 def caught_up_with_key(
-    pool: psycopg_pool.ConnectionPool, schema: str, workers: list[ProjectionWorker]
+    pool: psycopg_pool.ConnectionPool, schema: str, workers: list[Follower]
 ) -> bool:
     last = PostgresEventRecorder(pool, schema).last_recorded()
     assert last is not None
@@ -136,24 +137,24 @@ def test_a_rebuild_into_3_partitions_from_8_keeps_the_view_whole(
 ) -> None:
     workload(shop, 20, seed=4)
     workers = [
-        make_worker(Audit(), view_settings, worker_id=f"w{k}", partition=k, partitions=8)
+        make_follower(Audit(), view_settings, worker_id=f"w{k}", partition=k, partitions=8)
         for k in range(8)
     ]
     with running(*workers):
         wait_for("8 partitions caught up", lambda: caught_up(pool, view_settings.schema))
     result = rebuild(
         Audit,
-        url=workers[0].url,
+        url=workers[0].options.url,
         schema=view_settings.schema,
         recorder=workers[0].recorder,
-        mapper=workers[0].mapper,
+        mapper=PydanticMapper(),
         worker_id="rebuilder",
         partitions=3,
     )
     assert result.applied > 0
     workload(shop, 10, seed=5)
     workers = [
-        make_worker(Audit(), view_settings, worker_id=f"v{k}", partition=k, partitions=3)
+        make_follower(Audit(), view_settings, worker_id=f"v{k}", partition=k, partitions=3)
         for k in range(3)
     ]
     with running(*workers):
@@ -170,7 +171,7 @@ def test_read_your_writes_waits_for_the_partition_that_holds_the_event(
 ) -> None:
     queries = AuditQueries(pool, view_settings.schema)
     workers = [
-        make_worker(Audit(), view_settings, worker_id=f"w{k}", partition=k, partitions=4)
+        make_follower(Audit(), view_settings, worker_id=f"w{k}", partition=k, partitions=4)
         for k in range(4)
     ]
     with running(*workers[:3]):

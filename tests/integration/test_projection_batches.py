@@ -28,7 +28,7 @@ from eventkit.projections.projection import (
 from tests.integration.projection_support import (
     SKUS,
     dump,
-    make_worker,
+    make_follower,
     running,
     settings_for,
     stock_up,
@@ -141,7 +141,7 @@ def test_an_sql_error_seen_only_when_the_batch_is_sent_parks_exactly_its_event(
     ]
     settings = settings_for(database_url, schema)
     # One batch holds all five orders, so the CHECK fails only when the batch is sent.
-    with running(make_worker(PositiveQuantities(), settings, batch_size=1000)):
+    with running(make_follower(PositiveQuantities(), settings, batch_size=1000)):
         wait_until_caught_up(pool, schema, PositiveQuantities.name)
     rows = dump(pool, schema, "positive_quantities")
     assert sorted(r[1] for r in rows) == ["c1", "c2", "c3", "c4"]
@@ -244,7 +244,7 @@ def test_a_failed_row_count_check_in_a_batch_parks_exactly_its_event(
     for order in placed:
         shop.capture_payment(CapturePayment(payment_id=order.payment_id))
     settings = settings_for(database_url, schema)
-    with running(make_worker(PaidOrders(), settings, batch_size=1000)):
+    with running(make_follower(PaidOrders(), settings, batch_size=1000)):
         wait_until_caught_up(pool, schema, PaidOrders.name)
     ghost = placed[1].order_id
     rows = dump(pool, schema, "paid_orders")

@@ -18,6 +18,7 @@ from eventkit.infrastructure.deadletters import DeadLetters
 from eventkit.infrastructure.recorder import PostgresEventRecorder
 from eventkit.infrastructure.settings import Settings
 from eventkit.infrastructure.transcoding import PydanticMapper
+from eventkit.projections.follower import PollPolicy, connect
 from eventkit.projections.queries import ReadModelNotReadyError, ReadModelTimeoutError
 from eventkit.projections.rebuild import rebuild
 from eventkit.projections.shop import (
@@ -30,13 +31,12 @@ from eventkit.projections.shop import (
     app,
 )
 from eventkit.projections.status import consumer_status
-from eventkit.projections.worker import PollPolicy, connect
 from tests.integration.projection_support import (
     SKUS,
     OrderHistory,
     dump,
     history,
-    make_worker,
+    make_follower,
     running,
     settings_for,
     stock_up,
@@ -70,7 +70,7 @@ def replay_equals_live(
 ) -> None:
     """Replay each projection from zero into copies of its tables; compare with the live view."""
     for projection in projections:
-        worker = make_worker(
+        worker = make_follower(
             projection(),
             view_settings,
             tracking_name=f"{projection.name}#replay",
@@ -100,7 +100,7 @@ def test_a_query_waits_for_the_command_it_follows(
     shop: Shop, view_settings: Settings, pool: psycopg_pool.ConnectionPool
 ) -> None:
     orders = OrderSummaryQueries(pool, view_settings.schema)
-    with running(*(make_worker(p(), view_settings) for p in ALL)):
+    with running(*(make_follower(p(), view_settings) for p in ALL)):
         placed = shop.place_order(
             PlaceOrder(customer_id="ada", lines=(OrderLineRequest(sku=SKUS[0], quantity=2),))
         )
@@ -137,7 +137,7 @@ def test_views_after_a_busy_workload_equal_a_replay_from_zero(
     shop: Shop, view_settings: Settings, pool: psycopg_pool.ConnectionPool
 ) -> None:
     writers_stop = threading.Event()
-    with running(*(make_worker(p(), view_settings) for p in ALL)):
+    with running(*(make_follower(p(), view_settings) for p in ALL)):
         writers = [
             threading.Thread(target=workload, args=(shop, 60, seed, writers_stop))
             for seed in range(4)
@@ -162,9 +162,9 @@ def test_projections_on_the_same_event_type_advance_independently(
     )
     OrderHistory.broken.add(poison.order_id)
     with running(
-        make_worker(OrderSummaries(), view_settings),
-        make_worker(RevenueByDay(), view_settings),
-        make_worker(OrderHistory(), view_settings),
+        make_follower(OrderSummaries(), view_settings),
+        make_follower(RevenueByDay(), view_settings),
+        make_follower(OrderHistory(), view_settings),
     ):
         workload(shop, 20, seed=7)
         for name in ("order_summaries", "revenue_by_day", "order_history"):
@@ -193,7 +193,7 @@ def test_a_poison_event_is_parked_with_its_stream_behind_it_then_retried_in_orde
     )
     OrderHistory.broken.add(poison.order_id)
     workers = [
-        make_worker(
+        make_follower(
             OrderHistory(), view_settings, worker_id=f"w{k}", partition=k, partitions=partitions
         )
         for k in range(partitions)
@@ -247,7 +247,7 @@ def test_an_undecodable_event_is_a_dead_letter_not_a_crash_loop(
     later = shop.place_order(
         PlaceOrder(customer_id="y", lines=(OrderLineRequest(sku=SKUS[3], quantity=1),))
     )
-    with running(make_worker(OrderSummaries(), view_settings)):
+    with running(make_follower(OrderSummaries(), view_settings)):
         wait_until_caught_up(pool, view_settings.schema, "order_summaries")
     with pool.connection() as conn:
         [letter] = DeadLetters(view_settings.schema).select(conn)
@@ -259,8 +259,8 @@ def test_an_undecodable_event_is_a_dead_letter_not_a_crash_loop(
 def test_a_second_worker_waits_and_takes_over_without_double_applying(
     shop: Shop, view_settings: Settings, pool: psycopg_pool.ConnectionPool
 ) -> None:
-    first = make_worker(OrderHistory(), view_settings, worker_id="first")
-    second = make_worker(OrderHistory(), view_settings, worker_id="second")
+    first = make_follower(OrderHistory(), view_settings, worker_id="first")
+    second = make_follower(OrderHistory(), view_settings, worker_id="second")
     stop_first, stop_second = threading.Event(), threading.Event()
     t1 = threading.Thread(target=first.run, args=(stop_first,))
     t1.start()
@@ -285,7 +285,7 @@ def test_workers_recover_when_their_connections_are_killed(
     shop: Shop, view_settings: Settings, pool: psycopg_pool.ConnectionPool
 ) -> None:
     names = {p.name: f"doomed-{p.name}-{view_settings.schema}" for p in ALL}
-    with running(*(make_worker(p(), view_settings, worker_id=names[p.name]) for p in ALL)):
+    with running(*(make_follower(p(), view_settings, worker_id=names[p.name]) for p in ALL)):
         for seed in range(3):
             workload(shop, 15, seed=seed)
             deadline = time.monotonic() + 10
@@ -324,7 +324,7 @@ def test_rebuild_under_load_never_shows_readers_an_empty_or_partial_view(
             seen.append(total)
             time.sleep(0.005)
 
-    with running(*(make_worker(p(), view_settings) for p in ALL)):
+    with running(*(make_follower(p(), view_settings) for p in ALL)):
         wait_until_caught_up(pool, view_settings.schema, "order_summaries")
         reader = threading.Thread(target=read)
         writer = threading.Thread(target=workload, args=(shop, 2_000, 12, writers_stop))
@@ -364,7 +364,7 @@ def test_status_reports_position_lag_state_and_dead_letters(
     assert before["order_summaries"].state == "stopped"
     assert before["order_summaries"].lag_events > 0
     assert before["order_summaries"].lag_seconds >= 0
-    with running(*(make_worker(p(), view_settings) for p in ALL)):
+    with running(*(make_follower(p(), view_settings) for p in ALL)):
         for p in ALL:
             wait_until_caught_up(pool, view_settings.schema, p.name)
         after = {s.consumer: s for s in consumer_status(pool, view_settings.schema, ALL)}
@@ -381,7 +381,7 @@ def test_reset_makes_the_next_worker_replay(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     workload(shop, 10, seed=5)
-    with running(make_worker(StockLevels(), view_settings)):
+    with running(make_follower(StockLevels(), view_settings)):
         wait_until_caught_up(pool, view_settings.schema, "stock_levels")
     before = dump(pool, view_settings.schema, "stock_levels")
     monkeypatch.setenv("DATABASE_URL", view_settings.database_url or "")
@@ -392,7 +392,7 @@ def test_reset_makes_the_next_worker_replay(
             "SELECT to_regclass(format('%%I.stock_levels', %s::text))", (view_settings.schema,)
         ).fetchone()
     assert row == (None,)
-    with running(make_worker(StockLevels(), view_settings)):
+    with running(make_follower(StockLevels(), view_settings)):
         wait_until_caught_up(pool, view_settings.schema, "stock_levels")
     assert dump(pool, view_settings.schema, "stock_levels") == before
 
@@ -412,7 +412,7 @@ def test_querying_a_view_no_worker_created_says_what_to_start(
 def test_a_worker_creates_its_view_before_any_event(
     view_settings: Settings, pool: psycopg_pool.ConnectionPool
 ) -> None:
-    with running(make_worker(OrderSummaries(), view_settings)):
+    with running(make_follower(OrderSummaries(), view_settings)):
         wait_until_caught_up(pool, view_settings.schema, "order_summaries")
     assert dump(pool, view_settings.schema, "order_summaries") == []
 
@@ -429,11 +429,14 @@ def test_a_notification_hint_wakes_an_idle_worker_before_its_poll_interval(
     )
     shop = Shop(env={**app_env, "EVENTKIT_NOTIFY": "1"})
     stock_up(shop)
-    worker = make_worker(OrderSummaries(), hinted)
-    worker.notify_channel = hinted.notify_channel
-    worker.poll = PollPolicy(min_interval_s=5.0, max_interval_s=5.0, lease_wait_s=0.05)
-    with running(worker):
-        assert worker.caught_up.wait(10)
+    follower = make_follower(
+        OrderSummaries(),
+        hinted,
+        poll=PollPolicy(min_interval_s=5.0, max_interval_s=5.0, lease_wait_s=0.05),
+    )
+    assert follower.options.notify_channel == hinted.notify_channel
+    with running(follower):
+        assert follower.caught_up.wait(10)
         time.sleep(0.2)  # the worker is now in a 5 s idle wait
         started = time.monotonic()
         placed = shop.place_order(

@@ -22,7 +22,7 @@ from eventkit.infrastructure.tracking import Tracking
 from eventkit.projections.projection import Context, Projection, Table, handles
 from eventkit.projections.reaction import Reaction, ReactionContext
 from tests.integration.projection_support import (
-    make_worker,
+    make_follower,
     running,
     settings_for,
     stock_up,
@@ -117,7 +117,7 @@ def test_a_projection_declared_to_start_at_a_position_or_a_time_starts_there(
     class FromThere(PlacedOrders):
         start_from = start
 
-    with running(make_worker(FromThere(), consumer_settings)):
+    with running(make_follower(FromThere(), consumer_settings)):
         wait_until_caught_up(pool, schema, FromThere.name)
     seen = ids(pool, schema, "placed_orders")
     assert seen == set(after)

@@ -29,7 +29,7 @@ from eventkit.shop.gateway import FakeGateway
 from tests.integration.projection_support import (
     SKUS,
     dump,
-    make_worker,
+    make_follower,
     running,
     settings_for,
     stock_up,
@@ -123,7 +123,7 @@ def test_kill_9_at_random_points_loses_and_doubles_nothing(
     assert len(dump(pool, schema, "order_summaries")) > 20
 
     for p in ALL:
-        worker = make_worker(
+        worker = make_follower(
             p(), settings, tracking_name=f"{p.name}#replay", table_suffix="__replay"
         )
         with running(worker):

@@ -12,7 +12,7 @@ URL = "postgresql://app:s3cret@db.internal:5432/shop"
 
 def record(message: str, *args: object, **fields: object) -> logging.LogRecord:
     r = logging.LogRecord(
-        "eventkit.projections.worker", logging.WARNING, __file__, 1, message, args, None
+        "eventkit.projections.follower", logging.WARNING, __file__, 1, message, args, None
     )
     for name, value in fields.items():
         setattr(r, name, value)
@@ -35,7 +35,7 @@ def test_json_lines_carry_the_consumer_and_position_fields() -> None:
         )
     )
     assert line["level"] == "warning"
-    assert line["logger"] == "eventkit.projections.worker"
+    assert line["logger"] == "eventkit.projections.follower"
     assert line["message"] == "handler failed on stream c0ffee"
     assert (
         line["consumer"],

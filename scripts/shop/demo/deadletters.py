@@ -16,9 +16,9 @@ import psycopg_pool
 from eventkit.domain.shop.application import OrderPlacement, Shop
 from eventkit.domain.shop.commands import CapturePayment, OrderLineRequest, PlaceOrder
 from eventkit.domain.shop.orders import Order
+from eventkit.projections.follower import RetryPolicy
 from eventkit.projections.projection import Context, Projection, Table, handles
 from eventkit.projections.queries import Queries
-from eventkit.projections.worker import RetryPolicy
 from eventkit.shop.demo.cli import cli_env, eventkit
 
 #: The demo's workers retry a failing event quickly, so the poison order is parked at once.

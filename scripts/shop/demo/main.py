@@ -19,10 +19,11 @@ from eventkit.bootstrap import settings_with
 from eventkit.cli.status import render
 from eventkit.infrastructure.factory import application_env, shared_pool
 from eventkit.infrastructure.settings import Settings, redact
+from eventkit.projections.applier import ProjectionApplier
 from eventkit.projections.monitoring import Monitor, MonitoringServer
 from eventkit.projections.projection import Projection
 from eventkit.projections.shop import app
-from eventkit.runner import build_workers
+from eventkit.runner import build_followers
 from eventkit.shop.demo.catalogue import CATALOGUE, stock_up
 from eventkit.shop.demo.deadletters import (
     DEMO_RETRY,
@@ -134,13 +135,15 @@ def _run_demo(
         f"order {poison.order_id} placed and paid ({time.perf_counter() - started:.1f} s)"
     )
     projections: list[type[Projection]] = [*app.projections, CustomerLedger]
-    workers = build_workers(projections, settings, worker_id="demo", retry=DEMO_RETRY)
-    ledger = workers[-1].projection
+    workers = build_followers(projections, settings, worker_id="demo", retry=DEMO_RETRY)
+    applier = workers[-1].applier
+    assert isinstance(applier, ProjectionApplier)
+    ledger = applier.projection
     assert isinstance(ledger, CustomerLedger)
     ledger.poison.add(poison.order_id)  # before its worker starts: the order is poison
     print_workers(workers, poison.order_id)
     monitor = LagMonitor(pool, schema, projections, tally, args.orders)
-    health = Monitor(pool, schema, projections=projections, workers=workers, interval_s=1.0)
+    health = Monitor(pool, schema, projections=projections, followers=workers, interval_s=1.0)
     server = MonitoringServer(health, 0, host="127.0.0.1").start()
     metrics_url = f"http://127.0.0.1:{server.port}"
     print(f"metrics: {metrics_url}/metrics (Prometheus), {metrics_url}/healthz, /readyz")

@@ -18,9 +18,9 @@ import psycopg_pool
 
 from eventkit.infrastructure.log import Position
 from eventkit.infrastructure.recorder import PostgresEventRecorder
+from eventkit.projections.follower import Follower
 from eventkit.projections.projection import Projection
 from eventkit.projections.status import ConsumerStatus, consumer_status
-from eventkit.projections.worker import ProjectionWorker
 from eventkit.runner import run_until
 from eventkit.shop.demo.deadletters import DEMO_RETRY, CustomerLedger
 from eventkit.shop.demo.progress import Pacer
@@ -84,7 +84,7 @@ def quiet_workers(verbose: bool) -> Iterator[None]:
     if verbose:
         yield
         return
-    worker_logger, quiet = logging.getLogger("eventkit.projections.worker"), _QuietWorkers()
+    worker_logger, quiet = logging.getLogger("eventkit.projections.follower"), _QuietWorkers()
     worker_logger.addFilter(quiet)
     # The reactions' failures and dead letters are the demo's to tell, and dramatiq's
     # start and stop lines are noise here.
@@ -104,7 +104,7 @@ def quiet_workers(verbose: bool) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def running(workers: Sequence[ProjectionWorker]) -> Iterator[None]:
+def running(workers: Sequence[Follower]) -> Iterator[None]:
     """Run the workers in threads for the block; then stop them and wait for them."""
     stop = threading.Event()
     runner = threading.Thread(
@@ -126,7 +126,7 @@ def running(workers: Sequence[ProjectionWorker]) -> Iterator[None]:
             )
 
 
-def print_workers(workers: Sequence[ProjectionWorker], poison: UUID) -> None:
+def print_workers(workers: Sequence[Follower], poison: UUID) -> None:
     print(
         f"workers: {', '.join(w.name for w in workers)}, a thread each; a failing event "
         f"is tried {DEMO_RETRY.max_attempts} times, {DEMO_RETRY.first_delay_s} s apart at first"

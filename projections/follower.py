@@ -1,16 +1,34 @@
-"""The projection worker: follows the log and applies events to one projection's view.
+"""The follower: follows the log for one partition of one consumer (a projection or a
+reaction) and hands each batch of its events to an :class:`Applier`.
 
-Exactly once: each batch's view writes and the new position are one transaction, on the
-connection that holds the projection's lease, and the position only moves from the value
-the worker read (compare-and-set). A crash at any point leaves either the whole batch or
-none of it; a second worker waits for the lease; a worker whose connection was cut cannot
-commit at all.
+Everything about following the log is here; what a batch *does* is the applier's (a
+projection's handlers writing its view, or a reaction's messages going to the broker):
 
-Failures: a handler that raises rolls its batch back. The events before it are committed
-on their own; the failing event is retried alone, with backoff, up to the retry policy's
-limit, and then parked as a dead letter, with every later event of its stream parked
-behind it. Other streams go on. The worker never moves its position past an event it has
-neither applied nor parked.
+- **lease**: one follower per partition at a time, under a lease row whose generation
+  every batch transaction checks before it commits (:mod:`infrastructure.leases`);
+  :meth:`Follower.attach` starts work under a lease, :meth:`Follower.detach` gives it
+  back. Standalone (:meth:`Follower.run`) the follower waits for and renews its lease
+  itself; in ``eventkit workers`` a :class:`~projections.group.WorkerGroup` does.
+- **position**: where the partition is, in ``tracking``, recorded in each batch's
+  transaction by compare-and-set from the position read (:mod:`infrastructure.tracking`);
+  on a first run, where the consumer's ``start_from`` says. A position an operator moved
+  (``eventkit reset``) is adopted at the next heartbeat.
+- **reading**: the recorder's gap-safe scan (:meth:`PostgresEventRecorder.scan`), filtered
+  to the consumer's event types and partition; while catching up, the next batch is read
+  and decoded by a reader thread while the current one is applied; when nothing is new,
+  an adaptive poll (:class:`Idle`), woken early by a writer's ``NOTIFY`` when enabled.
+- **the batch loop**: as much of a batch as possible per transaction; a failing event is
+  retried alone with backoff, then parked as a dead letter, and, for consumers whose
+  order per stream matters (projections), its stream's later events are parked behind
+  it; dead letters an operator asked to retry are reprocessed in order.
+- **state and metrics**: the partition's row in ``consumer_workers`` (``eventkit
+  status``) and the Prometheus metrics of :mod:`infrastructure.metrics`.
+
+Exactly once: each batch's writes and the new position are one transaction, on the
+connection that holds the partition's lease, and the position only moves from the value
+the follower read. A crash at any point leaves either the whole batch or none of it; a
+second follower waits for the lease; one that lost its lease cannot commit. The follower
+never moves its position past an event it has neither applied nor parked.
 """
 
 from __future__ import annotations
@@ -22,13 +40,12 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import groupby
 from typing import Any
 from uuid import UUID
 
 import psycopg
-from eventsourcing.persistence import Mapper
 from psycopg import sql
 
 from eventkit.infrastructure import metrics
@@ -39,14 +56,15 @@ from eventkit.infrastructure.log import LoggedNotification, Position, describe_s
 from eventkit.infrastructure.partitions import Partition, record_partitions
 from eventkit.infrastructure.recorder import PostgresEventRecorder, Scan
 from eventkit.infrastructure.tracking import Tracking, TrackingConflictError
-from eventkit.projections.projection import Context, Projection, create_tables, table_identifiers
+from eventkit.projections.applier import Applier
+from eventkit.projections.projection import Context
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """How often a failing handler is tried, and how long to wait between tries."""
+    """How often a failing event is tried, and how long to wait between tries."""
 
     max_attempts: int = 5
     first_delay_s: float = 0.1
@@ -58,14 +76,18 @@ class RetryPolicy:
         return random.uniform(ceiling / 2, ceiling)
 
 
+#: A rebuild's last stretch runs under table locks that readers wait for: no retries.
+TRY_ONCE = RetryPolicy(max_attempts=1)
+
+
 @dataclass(frozen=True)
 class PollPolicy:
-    """How a worker waits when the log has nothing new: an interval that grows while idle."""
+    """How a follower waits when the log has nothing new: an interval that grows while idle."""
 
     min_interval_s: float = 0.002
     max_interval_s: float = 0.05
     lease_wait_s: float = 0.5
-    #: How often the worker looks for dead letters an operator asked to retry.
+    #: How often the follower looks for dead letters an operator asked to retry.
     retry_check_s: float = 0.25
 
 
@@ -73,11 +95,100 @@ class PollPolicy:
 class BatchReport:
     """What one committed batch did, for logs, metrics and progress bars."""
 
-    projection: str
+    consumer: str
     applied: int
     parked: int
     position: Position
     notifications: Sequence[LoggedNotification]
+
+
+@dataclass(frozen=True)
+class FollowerOptions:
+    """Where the log is and how followers follow it: one value serves every follower of a
+    process (a rebuild's follower has its own, which reports ``rebuilding``)."""
+
+    #: The database (each follower opens its own connection: see :func:`connect`).
+    url: str
+    #: Reads the log (through its pool, from the follower's reader thread too).
+    recorder: PostgresEventRecorder
+    #: This process's id in the worker group: leases and state rows name it.
+    worker_id: str
+    batch_size: int = 1000
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    poll: PollPolicy = field(default_factory=PollPolicy)
+    lease_ttl_s: float = 5.0
+    #: Whether each batch's commit waits for the disk (see :func:`connect`).
+    durable_commits: bool = False
+    #: LISTEN here for writers' hints (``EVENTKIT_NOTIFY``); None: poll only.
+    notify_channel: str | None = None
+    #: The state a follower reports while it works: ``running``, or ``rebuilding``.
+    state: str = "running"
+    #: Called after each committed batch (in the follower's thread).
+    on_batch: Callable[[BatchReport], None] | None = None
+
+    @property
+    def schema(self) -> str:
+        return self.recorder.schema
+
+
+def connect(
+    url: str, worker_id: str, lease_ttl_s: float, *, durable_commits: bool = True
+) -> psycopg.Connection[Any]:
+    """A follower's (or a worker group's) connection.
+
+    A transaction left idle longer than a lease lives (its process paused by SIGSTOP or a
+    debugger, or cut off) is ended by the server, so the row locks it holds (a lease
+    row's, checked by its fence) never block a takeover for longer than the lease would
+    have.
+
+    ``durable_commits=False`` sets ``synchronous_commit = off``: a batch's commit returns
+    without waiting for its WAL to reach disk. Safe for views: a batch and its position are
+    one transaction, so a server crash can only lose the last batches whole (at most
+    3 x ``wal_writer_delay``), and the follower applies them again from the position that
+    was lost with them. The events themselves are written with durable commits.
+    """
+    options = f"-c idle_in_transaction_session_timeout={int(lease_ttl_s * 1000)}"
+    if not durable_commits:
+        options += " -c synchronous_commit=off"
+    return psycopg.connect(
+        url, autocommit=True, application_name=f"eventkit:{worker_id}", options=options
+    )
+
+
+class Idle:
+    """The wait of a consumer's loop that found nothing new: an interval that doubles from
+    the poll policy's minimum to its maximum, reset by :meth:`busy`, and cut short by a
+    writer's notification on ``channel`` (the hint only shortens the wait: a lost
+    notification, or a pooler that drops LISTEN, costs at most one interval)."""
+
+    def __init__(self, poll: PollPolicy, channel: str | None, kind: str, consumer: str) -> None:
+        self.poll = poll
+        self.channel = channel
+        self.interval = poll.min_interval_s
+        self._woken = {
+            cause: metrics.WAKEUPS.labels(kind, consumer, cause)
+            for cause in ("poll", "notification")
+        }
+
+    def listen(self, conn: psycopg.Connection[Any]) -> None:
+        """Subscribe ``conn`` to writers' hints (once per connection)."""
+        if self.channel is not None:
+            conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
+
+    def busy(self) -> None:
+        """Something was read: wait the shortest interval next time."""
+        self.interval = self.poll.min_interval_s
+
+    def wait(self, conn: psycopg.Connection[Any], stop: threading.Event) -> None:
+        """Wait the interval (or until a hint arrives), then double it."""
+        cause = "poll"
+        if self.channel is None:
+            stop.wait(self.interval)
+        else:
+            for _ in conn.notifies(timeout=self.interval, stop_after=1):
+                cause = "notification"
+        self._woken[cause].inc()
+        self.interval = min(self.interval * 2, self.poll.max_interval_s)
 
 
 class _HandlerFailure(Exception):
@@ -101,142 +212,77 @@ class _Read:
     items: list[_Item]
 
 
-def connect(
-    url: str, worker_id: str, lease_ttl_s: float, *, durable_commits: bool = True
-) -> psycopg.Connection[Any]:
-    """A worker's connection.
-
-    A transaction left idle longer than a lease lives (its process paused by SIGSTOP or a
-    debugger, or cut off) is ended by the server, so the row locks it holds (a lease
-    row's, checked by its fence) never block a takeover for longer than the lease would
-    have.
-
-    ``durable_commits=False`` sets ``synchronous_commit = off``: a batch's commit returns
-    without waiting for its WAL to reach disk. Safe for views: a batch and its position are
-    one transaction, so a server crash can only lose the last batches whole (at most
-    3 x ``wal_writer_delay``), and the worker applies them again from the position that
-    was lost with them. The events themselves are written with durable commits.
-    """
-    options = f"-c idle_in_transaction_session_timeout={int(lease_ttl_s * 1000)}"
-    if not durable_commits:
-        options += " -c synchronous_commit=off"
-    return psycopg.connect(
-        url, autocommit=True, application_name=f"eventkit:{worker_id}", options=options
-    )
-
-
-class ProjectionWorker:
-    """Owns one projection (or a rebuild's copy of it) and keeps its view up to date."""
+class Follower:
+    """Follows the log for ``partition`` of consumer ``name`` (its tracking name: a
+    rebuild's copy is ``NAME#rebuild``) and applies its events with ``applier``."""
 
     def __init__(
-        self,
-        projection: Projection,
-        *,
-        url: str,
-        schema: str,
-        recorder: PostgresEventRecorder,
-        mapper: Mapper[UUID],
-        worker_id: str,
-        tracking_name: str | None = None,
-        table_suffix: str = "",
-        batch_size: int = 1000,
-        retry: RetryPolicy | None = None,
-        poll: PollPolicy | None = None,
-        on_batch: Callable[[BatchReport], None] | None = None,
-        state: str = "running",
-        notify_channel: str | None = None,
-        tables: dict[str, sql.Identifier] | None = None,
-        decode: bool = True,
-        sequenced: bool = True,
-        kind: str = "projection",
-        observe_latency: bool = True,
-        partition: int = 0,
-        partitions: int = 1,
-        lease_ttl_s: float = 5.0,
-        durable_commits: bool = False,
+        self, name: str, applier: Applier, partition: Partition, options: FollowerOptions
     ) -> None:
-        """``decode=False`` hands handlers the notification itself rather than the decoded
-        event (the reaction follower, which only forwards ids and positions);
-        ``sequenced=False`` turns off parking a stream's later events behind its dead
-        letter (reactions are not ordered per stream; their dead letters are retried by
-        ``eventkit dlq`` directly). ``tables`` overrides the projection's table names.
-        ``partition`` of ``partitions`` (by the consumer's ``partition_key``) is the part
-        of the log this worker follows, under a lease that lives ``lease_ttl_s``.
-        ``durable_commits`` makes each batch's commit wait for the disk (see
-        :func:`connect`; off by default)."""
-        self.projection = projection
-        self.url = url
-        self.schema = schema
-        self.recorder = recorder
-        self.mapper = mapper
-        self.worker_id = worker_id
-        self.name = tracking_name or projection.name
-        self.table_suffix = table_suffix
-        self.batch_size = batch_size
-        self.retry = retry or RetryPolicy()
-        self.poll = poll or PollPolicy()
-        self.on_batch = on_batch
-        self.state = state
-        self.notify_channel = notify_channel
-        self.tables = (
-            table_identifiers(schema, type(projection), table_suffix) if tables is None else tables
-        )
-        self.decode = decode
-        self.sequenced = sequenced
-        self.kind = kind
-        self.observe_latency = observe_latency
+        self.name = name
+        self.applier = applier
+        self.partition = partition
+        self.options = options
+        self.kind = applier.kind
+        self.recorder = options.recorder
+        self.leases = Leases(options.schema, options.lease_ttl_s)
+        self.tracking = Tracking(options.schema)
+        self.dead_letters = DeadLetters(options.schema)
+        self.topics = applier.consumer.topics()
+        #: The lease this follower works under (None while it has none).
+        self.lease: Lease | None = None
+        #: The last position this follower committed (or read when it attached).
+        self.position = Position.ORIGIN
+        #: Set once a read reaches the head of the log.
+        self.caught_up = threading.Event()
         #: ``time.monotonic()`` when the loop last turned (health checks).
         self.last_loop = time.monotonic()
-        self.partition = Partition(type(projection).partition_key, partitions, partition)
-        self.leases = Leases(schema, lease_ttl_s)
-        self.lease: Lease | None = None
-        #: False when a :class:`WorkerGroup` renews the lease for this worker.
-        self.renews_itself = True
-        self.durable_commits = durable_commits
+        # Standalone (run()) the follower renews its own lease; in a group the group does.
+        self._standalone = False
         self._renewed_at = 0.0
         self._reader: ThreadPoolExecutor | None = None
         self._ahead: tuple[Position, Future[_Read]] | None = None
         # Only this partition's owner parks letters of its streams when the key is the
         # stream; with other keys, other partitions park letters of the same streams.
-        self._own_letters = self.partition.whole or self.partition.key == "stream"
-        part = str(partition)
-        self._m_batches = metrics.BATCHES.labels(kind, self.name, part)
-        self._m_batch_events = metrics.BATCH_EVENTS.labels(kind, self.name)
-        self._m_latency = metrics.PROCESSED_LATENCY.labels(kind, self.name)
-        self._m_heartbeat = metrics.LOOP_HEARTBEAT.labels(kind, self.name)
-        self._m_lease = metrics.LEASE_OWNED.labels(kind, self.name, part)
-        self._m_processed: dict[str, Any] = {}
-        self.topics = type(projection).topics()
-        self.tracking = Tracking(schema)
-        self.dead_letters = DeadLetters(schema)
-        self.position = Position.ORIGIN
-        self.caught_up = threading.Event()
+        self._own_letters = partition.whole or partition.key == "stream"
+        self._none_parked = False  # not known: read the dead letters
         self._heartbeat_at = 0.0
         self._retries_checked_at = 0.0
-        self._none_parked = False  # not known: read the dead letters
         self._statements: dict[str, bytes] = {}
-        self._handlers: dict[type[Any], Callable[[Any, Any, Context], None]] = {}
+        part = str(partition.index)
+        self._m_batches = metrics.BATCHES.labels(self.kind, name, part)
+        self._m_batch_events = metrics.BATCH_EVENTS.labels(self.kind, name)
+        self._m_latency = metrics.PROCESSED_LATENCY.labels(self.kind, name)
+        self._m_heartbeat = metrics.LOOP_HEARTBEAT.labels(self.kind, name)
+        self._m_lease = metrics.LEASE_OWNED.labels(self.kind, name, part)
+        self._m_processed: dict[str, Any] = {}
 
-    # -- the loop ----------------------------------------------------------------------------
+    @property
+    def label(self) -> str:
+        """The consumer's name, with its partition when it has several."""
+        p = self.partition
+        return self.name if p.whole else f"{self.name}[{p.index}/{p.count}]"
+
+    # -- standalone -----------------------------------------------------------------------
 
     def run(self, stop: threading.Event) -> None:
-        """Work on this worker's partition until ``stop`` is set, managing its own lease.
+        """Work on this partition until ``stop`` is set, managing its own lease.
 
         Waits for the lease, then follows the log, renewing the lease as it goes.
         Reconnects after a lost connection, takes the lease again after losing it, and
         re-reads the position after a conflict. Returns when ``stop`` is set, after the
-        batch in hand is committed; gives the lease back so a waiting worker takes over
+        batch in hand is committed; gives the lease back so a waiting follower takes over
         at once. (``eventkit workers`` runs partitions under a :class:`WorkerGroup`
         instead, which shares them out between processes.)
         """
+        self._standalone = True
+        o = self.options
+        idle = Idle(o.poll, o.notify_channel, self.kind, self.name)
         delay = 0.1
         while not stop.is_set():
             try:
                 with connect(
-                    self.url,
-                    self.worker_id,
-                    self.leases.ttl_s,
-                    durable_commits=self.durable_commits,
+                    o.url, o.worker_id, o.lease_ttl_s, durable_commits=o.durable_commits
                 ) as conn:
                     if self.lease is None:
                         lease = self._wait_for_lease(conn, stop)
@@ -245,12 +291,9 @@ class ProjectionWorker:
                     else:
                         lease = self.lease  # kept across a reconnect: rows need no session
                     self.attach(conn, lease)
-                    if self.notify_channel is not None:
-                        conn.execute(
-                            sql.SQL("LISTEN {}").format(sql.Identifier(self.notify_channel))
-                        )
+                    idle.listen(conn)
                     delay = 0.1
-                    self._follow(conn, stop)
+                    self._follow(conn, stop, idle)
                     self.detach(conn)
                     return
             except (psycopg.Error, PersistenceError) as e:
@@ -272,16 +315,12 @@ class ProjectionWorker:
                 stop.wait(delay)
                 delay = min(delay * 2, 5.0)
 
-    @property
-    def label(self) -> str:
-        """The consumer's name, with its partition when it has several."""
-        p = self.partition
-        return self.name if p.whole else f"{self.name}[{p.index}/{p.count}]"
-
     def _wait_for_lease(self, conn: psycopg.Connection[Any], stop: threading.Event) -> Lease | None:
         said = False
         while True:
-            lease = self.leases.acquire(conn, self.name, self.partition.index, self.worker_id)
+            lease = self.leases.acquire(
+                conn, self.name, self.partition.index, self.options.worker_id
+            )
             if lease is not None:
                 if said:
                     metrics.LEASE_TAKEOVERS.labels(self.kind, self.name).inc()
@@ -298,31 +337,52 @@ class ProjectionWorker:
                     row.expires_in_s if row else 0.0,
                 )
                 said = True
-            if stop.wait(self.poll.lease_wait_s):
+            if stop.wait(self.options.poll.lease_wait_s):
                 return None
             self.last_loop = time.monotonic()  # waiting for the lease is turning too
 
+    def _follow(self, conn: psycopg.Connection[Any], stop: threading.Event, idle: Idle) -> None:
+        try:
+            while not stop.is_set():
+                self._renew_if_due(conn)
+                if self.step(conn, stop):
+                    idle.busy()
+                else:
+                    idle.wait(conn, stop)
+        finally:
+            self._close_reader()
+
+    def _renew_if_due(self, conn: psycopg.Connection[Any]) -> None:
+        """Standalone: renew the lease every third of its time to live."""
+        if self.lease is None or time.monotonic() - self._renewed_at < self.leases.ttl_s / 3:
+            return
+        held = self.leases.renew(conn, self.options.worker_id)
+        self._renewed_at = time.monotonic()
+        if self.lease not in held:
+            raise LeaseLostError(
+                f"{self.kind} {self.label}: worker {self.options.worker_id} lost its lease "
+                f"(generation {self.lease.generation}) before it could renew it"
+            )
+
+    # -- under a lease ----------------------------------------------------------------------
+
     def attach(self, conn: psycopg.Connection[Any], lease: Lease) -> None:
-        """Start working under ``lease``: create the view, read the recorded position."""
+        """Start working under ``lease``: prepare the applier (the view's tables), record
+        the consumer's partitions and, on its first run, its start; read the position."""
         self.lease = lease
         logger.info(
             "%s %s: worker %s took the lease (generation %d)",
             self.kind,
             self.label,
-            self.worker_id,
+            self.options.worker_id,
             lease.generation,
-            extra={
-                "consumer": self.name,
-                "kind": self.kind,
-                "partition": self.partition.index,
-                "position": str(self.position),
-            },
+            extra=self._fields(),
         )
         self._m_lease.set(1)
+        start = self.applier.consumer.start_from
         with conn.transaction():
-            create_tables(conn, self.schema, type(self.projection), self.table_suffix)
-            record_partitions(conn, self.schema, self.name, self.partition.count)
-            start = type(self.projection).start_from
+            self.applier.prepare(conn)
+            record_partitions(conn, self.options.schema, self.name, self.partition.count)
             first = self.tracking.initialise(
                 conn, self.name, self.partition.count, lambda: self.recorder.start_position(start)
             )
@@ -335,9 +395,9 @@ class ProjectionWorker:
                 first,
             )
         self.position = self.tracking.position(conn, self.name, self.partition.index)
-        self._none_parked = not self.sequenced
+        self._none_parked = not self.applier.sequenced
         self._renewed_at = time.monotonic()
-        self._set_state(conn, self.state)
+        self._set_state(conn, self.options.state)
 
     def detach(self, conn: psycopg.Connection[Any] | None, *, stopped: bool = True) -> None:
         """Stop working: record the state and give the lease back (when ``conn`` works)."""
@@ -349,66 +409,60 @@ class ProjectionWorker:
         if stopped:
             self._set_state(conn, "stopped")
         self.leases.release(conn, lease)
-        logger.info("%s %s: worker %s gave the lease back", self.kind, self.label, self.worker_id)
-
-    def _follow(self, conn: psycopg.Connection[Any], stop: threading.Event) -> None:
-        interval = self.poll.min_interval_s
-        try:
-            while not stop.is_set():
-                self._renew_if_due(conn)
-                if self.step(conn, stop):
-                    interval = self.poll.min_interval_s
-                    continue
-                self._idle(conn, stop, interval)
-                interval = min(interval * 2, self.poll.max_interval_s)
-        finally:
-            self._close_reader()
-
-    def _renew_if_due(self, conn: psycopg.Connection[Any]) -> None:
-        """Standalone: renew the lease every third of its time to live."""
-        if self.lease is None or time.monotonic() - self._renewed_at < self.leases.ttl_s / 3:
-            return
-        held = self.leases.renew(conn, self.worker_id)
-        self._renewed_at = time.monotonic()
-        if self.lease not in held:
-            raise LeaseLostError(
-                f"{self.kind} {self.label}: worker {self.worker_id} lost its lease "
-                f"(generation {self.lease.generation}) before it could renew it"
-            )
+        logger.info(
+            "%s %s: worker %s gave the lease back", self.kind, self.label, self.options.worker_id
+        )
 
     def step(self, conn: psycopg.Connection[Any], stop: threading.Event) -> bool:
         """Read the next batch and apply it; return False when there was nothing to read.
 
-        Raises :class:`LeaseLostError` when the lease was lost, and database errors.
+        The one turn of every loop that follows the log: :meth:`run`'s and a worker
+        group's. Raises :class:`LeaseLostError` when the lease was lost, and database
+        errors.
         """
         self.last_loop = time.monotonic()
         self._m_heartbeat.set_to_current_time()
         if (
-            self.sequenced
-            and time.monotonic() - self._retries_checked_at >= self.poll.retry_check_s
+            self.applier.sequenced
+            and time.monotonic() - self._retries_checked_at >= self.options.poll.retry_check_s
         ):
-            self._process_retries(conn)
+            self.process_retries(conn)
             self._retries_checked_at = time.monotonic()
         read = self._take(self._ahead)
         self._ahead = None
         scan = read.scan
-        if scan.count < self.batch_size:
+        batch_size = self.options.batch_size
+        if scan.count < batch_size:
             self.caught_up.set()  # this read reached the head of the log
         if time.monotonic() - self._heartbeat_at > 1.0:
-            self._set_state(conn, self.state)
+            self._set_state(conn, self.options.state)
             if self._position_moved(conn):
                 return True  # an operator moved it (a replay): read from there
         if scan.last is None:
             return False
-        if scan.count == self.batch_size:
+        if scan.count == batch_size:
             # Catching up: read and decode the next batch while this one is applied.
             if self._reader is None:
                 self._reader = ThreadPoolExecutor(
                     1, thread_name_prefix=f"eventkit-read-{self.label}"
                 )
             self._ahead = (scan.last, self._reader.submit(self._read, scan.last))
-        self._process_items(conn, read.items, scan.last, stop)
+        self._process(conn, read.items, scan.last, stop, self.options.retry)
         return True
+
+    def finish(self, conn: psycopg.Connection[Any]) -> Position:
+        """Apply, inside the caller's transaction, every event readable now, from the
+        recorded position; return the position reached. A rebuild's last stretch, under
+        table locks that readers wait for: a failing event is parked at once."""
+        self._close_reader()
+        self.position = self.tracking.position(conn, self.name, self.partition.index)
+        while True:
+            read = self._read(self.position)
+            if read.scan.last is None:
+                return self.position
+            self._process(conn, read.items, read.scan.last, threading.Event(), TRY_ONCE)
+
+    # -- reading ----------------------------------------------------------------------------
 
     def _close_reader(self) -> None:
         self._ahead = None
@@ -416,19 +470,36 @@ class ProjectionWorker:
             self._reader.shutdown(wait=True, cancel_futures=True)
             self._reader = None
 
-    def _pause(self, conn: psycopg.Connection[Any], stop: threading.Event, seconds: float) -> bool:
-        """Wait ``seconds`` (a retry's backoff), renewing a standalone worker's lease;
-        return True when asked to stop meanwhile."""
-        end = time.monotonic() + seconds
-        while (left := end - time.monotonic()) > 0:
-            if stop.wait(min(left, self.leases.ttl_s / 3)):
-                return True
-            if self.renews_itself:
-                self._renew_if_due(conn)
-        return stop.is_set()
+    def _read(self, after: Position) -> _Read:
+        scan = self.recorder.scan(after, self.options.batch_size, self.topics, self.partition)
+        contains = self.partition.contains
+        return _Read(scan, [self._decode(n) for n in scan.notifications if contains(n)])
+
+    def _take(self, ahead: tuple[Position, Future[_Read]] | None) -> _Read:
+        """The batch read ahead if it starts where this follower is now, else a fresh read.
+
+        A follower stopped or failing mid-batch is behind where the read-ahead started;
+        that read is dropped (its error too: it is read again from the right place).
+        """
+        if ahead is not None:
+            after, future = ahead
+            if after == self.position:
+                return future.result()  # its error is this read's error
+            if not future.cancel():
+                try:
+                    future.result()
+                except Exception as e:  # read again below, from the right place
+                    logger.debug("%s %s: stale read-ahead failed: %s", self.kind, self.label, e)
+        return self._read(self.position)
+
+    def _decode(self, n: LoggedNotification) -> _Item:
+        try:
+            return _Item(n, self.applier.decode(n), None)
+        except EventDecodingError as e:
+            return _Item(n, None, e)
 
     def _position_moved(self, conn: psycopg.Connection[Any]) -> bool:
-        """Adopt the recorded position if an operator moved it (``reactions replay``)."""
+        """Adopt the recorded position if an operator moved it (``eventkit reset``)."""
         recorded = self.tracking.position(conn, self.name, self.partition.index)
         if recorded == self.position:
             return False
@@ -443,62 +514,17 @@ class ProjectionWorker:
         self.position = recorded
         return True
 
-    def _read(self, after: Position) -> _Read:
-        scan = self.recorder.scan(after, self.batch_size, self.topics, self.partition)
-        contains = self.partition.contains
-        return _Read(scan, [self._decode(n) for n in scan.notifications if contains(n)])
-
-    def _take(self, ahead: tuple[Position, Future[_Read]] | None) -> _Read:
-        """The batch read ahead if it starts where this worker is now, else a fresh read.
-
-        A worker stopped or failing mid-batch is behind where the read-ahead started; that
-        read is dropped (its error too: it is read again from the right place).
-        """
-        if ahead is not None:
-            after, future = ahead
-            if after == self.position:
-                return future.result()  # its error is this read's error
-            if not future.cancel():
-                try:
-                    future.result()
-                except Exception as e:  # read again below, from the right place
-                    logger.debug("%s %s: stale read-ahead failed: %s", self.kind, self.label, e)
-        return self._read(self.position)
-
-    def _idle(self, conn: psycopg.Connection[Any], stop: threading.Event, interval: float) -> None:
-        """Wait ``interval``, or less when a notification hint says the log has grown.
-
-        The hint only shortens the wait: a lost notification, or a pooler that drops
-        LISTEN, costs at most one poll interval.
-        """
-        if self.notify_channel is None:
-            stop.wait(interval)
-            metrics.WAKEUPS.labels(self.kind, self.name, "poll").inc()
-            return
-        cause = "poll"
-        for _ in conn.notifies(timeout=interval, stop_after=1):
-            cause = "notification"
-        metrics.WAKEUPS.labels(self.kind, self.name, cause).inc()
-
-    # -- one batch ----------------------------------------------------------------------------
+    # -- one batch --------------------------------------------------------------------------
 
     def _process(
-        self,
-        conn: psycopg.Connection[Any],
-        batch: list[LoggedNotification],
-        scanned_to: Position,
-        stop: threading.Event,
-    ) -> None:
-        """Apply a batch, committing as much as possible per transaction."""
-        self._process_items(conn, [self._decode(n) for n in batch], scanned_to, stop)
-
-    def _process_items(
         self,
         conn: psycopg.Connection[Any],
         items: list[_Item],
         scanned_to: Position,
         stop: threading.Event,
+        retry: RetryPolicy,
     ) -> None:
+        """Apply a batch, committing as much as possible per transaction."""
         start, end = 0, len(items)
         while start < len(items) or self.position < scanned_to:
             # The whole rest of the batch moves the position to the end of what was scanned
@@ -510,7 +536,7 @@ class ProjectionWorker:
                 if failure.index > start:
                     end = failure.index  # commit what came before the failing event first
                     continue
-                if not self._retry_or_park(conn, items[start], failure, stop):
+                if not self._retry_or_park(conn, items[start], failure, stop, retry):
                     return  # stopping: the failing event is tried again on the next start
                 start, end = start + 1, len(items)
             else:
@@ -548,9 +574,9 @@ class ProjectionWorker:
     ) -> None:
         applied = parked = 0
         with conn.transaction():
-            # Read the parked streams unless this worker knows there are none: letters are
-            # opened only by the lease holder (this worker), so that stays true until it
-            # parks one itself or takes the lease again.
+            # Read the parked streams unless this follower knows there are none: letters
+            # are opened only by the lease holder (this follower), so that stays true until
+            # it parks one itself or takes the lease again.
             parked_streams = (
                 self.dead_letters.parked_streams(conn, self.name)
                 if items and not self._none_parked
@@ -573,7 +599,7 @@ class ProjectionWorker:
                     if context is None:
                         context = Context(
                             conn,
-                            self.tables,
+                            self.applier.tables,
                             n,
                             deferred=deferred,
                             statements=self._statements,
@@ -595,42 +621,17 @@ class ProjectionWorker:
             self._advance(conn, to)
         self.position = max(self.position, to)
         if items:
-            self._none_parked = not self.sequenced or (not parked_streams and self._own_letters)
-            self._measure(items)
-        if self.on_batch is not None and items:
-            self.on_batch(
-                BatchReport(self.name, applied, parked, to, [i.notification for i in items])
+            self._none_parked = not self.applier.sequenced or (
+                not parked_streams and self._own_letters
             )
-
-    def _measure(self, items: Sequence[_Item]) -> None:
-        """Count a committed batch; observe commit-to-processed latency of at most 100 of
-        its events, evenly spread (observing every event of a catch-up batch of thousands
-        would cost more than the batch's own bookkeeping)."""
-        self._m_batches.inc()
-        self._m_batch_events.observe(len(items))
-        per_type: dict[str, int] = {}
-        for item in items:
-            topic = item.notification.topic
-            per_type[topic] = per_type.get(topic, 0) + 1
-        for topic, count in per_type.items():
-            child = self._m_processed.get(topic)
-            if child is None:
-                child = self._m_processed[topic] = metrics.EVENTS_PROCESSED.labels(
-                    self.kind, self.name, str(self.partition.index), topic
-                )
-            child.inc(count)
-        if self.observe_latency:
-            now = time.time()
-            for item in items[:: max(1, len(items) // 100)]:
-                self._m_latency.observe(now - item.notification.recorded_at.timestamp())
+            self._measure(items)
+        on_batch = self.options.on_batch
+        if on_batch is not None and items:
+            on_batch(BatchReport(self.name, applied, parked, to, [i.notification for i in items]))
 
     def _apply(self, item: _Item, context: Context, index: int) -> None:
-        event = item.event
-        handler = self._handlers.get(type(event))
-        if handler is None:
-            handler = self._handlers[type(event)] = type(self.projection).handler(type(event))
         try:
-            handler(self.projection, event, context)
+            self.applier.apply(item.event, context)
         except psycopg.OperationalError:
             raise  # the connection, not the handler: reconnect and try the batch again
         except Exception as e:
@@ -651,13 +652,97 @@ class ProjectionWorker:
         if self.lease is not None:
             self.leases.fence(conn, self.lease, self.partition.count)
 
-    def _decode(self, n: LoggedNotification) -> _Item:
-        if not self.decode:
-            return _Item(n, n, None)
-        try:
-            return _Item(n, self.mapper.to_domain_event(n), None)
-        except EventDecodingError as e:
-            return _Item(n, None, e)
+    def _measure(self, items: Sequence[_Item]) -> None:
+        """Count a committed batch; observe commit-to-processed latency of at most 100 of
+        its events, evenly spread (observing every event of a catch-up batch of thousands
+        would cost more than the batch's own bookkeeping)."""
+        self._m_batches.inc()
+        self._m_batch_events.observe(len(items))
+        per_type: dict[str, int] = {}
+        for item in items:
+            topic = item.notification.topic
+            per_type[topic] = per_type.get(topic, 0) + 1
+        for topic, count in per_type.items():
+            child = self._m_processed.get(topic)
+            if child is None:
+                child = self._m_processed[topic] = metrics.EVENTS_PROCESSED.labels(
+                    self.kind, self.name, str(self.partition.index), topic
+                )
+            child.inc(count)
+        if self.applier.observes_latency:
+            now = time.time()
+            for item in items[:: max(1, len(items) // 100)]:
+                self._m_latency.observe(now - item.notification.recorded_at.timestamp())
+
+    # -- failures and dead letters ------------------------------------------------------------
+
+    def _retry_or_park(
+        self,
+        conn: psycopg.Connection[Any],
+        item: _Item,
+        failure: _HandlerFailure,
+        stop: threading.Event,
+        retry: RetryPolicy,
+    ) -> bool:
+        """Retry one failing event alone with backoff; park it after the last attempt.
+
+        Returns False when asked to stop before the event was applied or parked.
+        """
+        n = item.notification
+        attempt = 1
+        self._set_state(
+            conn, "failing", f"retrying stream {n.originator_id} v{n.originator_version}"
+        )
+        while attempt < retry.max_attempts:
+            metrics.ERRORS.labels(self.kind, self.name, type(failure.error).__name__).inc()
+            metrics.RETRIES.labels(self.kind, self.name).inc()
+            logger.warning(
+                "%s %s: handler failed on stream %s version %s (notification %s, "
+                "attempt %d of %d): %s: %s",
+                self.kind,
+                self.name,
+                n.originator_id,
+                n.originator_version,
+                n.id,
+                attempt,
+                retry.max_attempts,
+                type(failure.error).__name__,
+                failure.error,
+                extra=self._fields(n),
+            )
+            if self._pause(conn, stop, retry.delay(attempt)):
+                return False
+            attempt += 1
+            try:
+                self._commit(conn, [item], 0, n.position)
+                self._set_state(conn, self.options.state)
+                return True
+            except _HandlerFailure as again:
+                failure = again
+        with conn.transaction():
+            self._park(
+                conn,
+                n,
+                reason="failed",
+                attempts=attempt,
+                error=failure.error,
+                tb=failure.traceback,
+            )
+            self._advance(conn, n.position)
+        self.position = max(self.position, n.position)
+        self._set_state(conn, self.options.state)
+        return True
+
+    def _pause(self, conn: psycopg.Connection[Any], stop: threading.Event, seconds: float) -> bool:
+        """Wait ``seconds`` (a retry's backoff), renewing a standalone follower's lease;
+        return True when asked to stop meanwhile."""
+        end = time.monotonic() + seconds
+        while (left := end - time.monotonic()) > 0:
+            if stop.wait(min(left, self.leases.ttl_s / 3)):
+                return True
+            if self._standalone:
+                self._renew_if_due(conn)
+        return stop.is_set()
 
     def _park(
         self,
@@ -669,7 +754,7 @@ class ProjectionWorker:
         error: BaseException,
         tb: str | None = None,
     ) -> None:
-        self._none_parked = not self.sequenced
+        self._none_parked = not self.applier.sequenced
         metrics.DEAD_LETTERS_PARKED.labels(self.kind, self.name, reason).inc()
         dead_letter_id = self.dead_letters.park(
             conn,
@@ -696,85 +781,32 @@ class ProjectionWorker:
             extra=self._fields(n),
         )
 
-    def _fields(self, n: LoggedNotification) -> dict[str, object]:
-        """Structured log fields for an event (``--log-format json``)."""
-        return {
+    def _fields(self, n: LoggedNotification | None = None) -> dict[str, object]:
+        """Structured log fields (``--log-format json``): the consumer, and the event."""
+        fields: dict[str, object] = {
             "consumer": self.name,
             "kind": self.kind,
             "partition": self.partition.index,
-            "position": str(n.position),
-            "stream": str(n.originator_id),
-            "version": n.originator_version,
         }
-
-    def _retry_or_park(
-        self,
-        conn: psycopg.Connection[Any],
-        item: _Item,
-        failure: _HandlerFailure,
-        stop: threading.Event,
-    ) -> bool:
-        """Retry one failing event alone with backoff; park it after the last attempt.
-
-        Returns False when asked to stop before the event was applied or parked.
-        """
-        n = item.notification
-        attempt = 1
-        self._set_state(
-            conn, "failing", f"retrying stream {n.originator_id} v{n.originator_version}"
-        )
-        while attempt < self.retry.max_attempts:
-            metrics.ERRORS.labels(self.kind, self.name, type(failure.error).__name__).inc()
-            metrics.RETRIES.labels(self.kind, self.name).inc()
-            logger.warning(
-                "%s %s: handler failed on stream %s version %s (notification %s, "
-                "attempt %d of %d): %s: %s",
-                self.kind,
-                self.name,
-                n.originator_id,
-                n.originator_version,
-                n.id,
-                attempt,
-                self.retry.max_attempts,
-                type(failure.error).__name__,
-                failure.error,
-                extra=self._fields(n),
+        if n is None:
+            fields["position"] = str(self.position)
+        else:
+            fields.update(
+                position=str(n.position), stream=str(n.originator_id), version=n.originator_version
             )
-            if self._pause(conn, stop, self.retry.delay(attempt)):
-                return False
-            attempt += 1
-            try:
-                self._commit(conn, [item], 0, n.position)
-                self._set_state(conn, self.state)
-                return True
-            except _HandlerFailure as again:
-                failure = again
-        with conn.transaction():
-            self._park(
-                conn,
-                n,
-                reason="failed",
-                attempts=attempt,
-                error=failure.error,
-                tb=failure.traceback,
-            )
-            self._advance(conn, n.position)
-        self.position = max(self.position, n.position)
-        self._set_state(conn, self.state)
-        return True
+        return fields
 
-    # -- dead letters an operator asked to retry -----------------------------------------------
-
-    def _process_retries(self, conn: psycopg.Connection[Any]) -> None:
+    def process_retries(self, conn: psycopg.Connection[Any]) -> None:
+        """Reprocess, in order, the streams of dead letters an operator asked to retry
+        (``eventkit dlq retry``) and release them, or park them again with the new error."""
         requested = self.dead_letters.retry_requested(conn, self.name, self.partition)
         if not self.partition.whole and callable(self.partition.key) and requested:
             # A key function: keep the letters of this partition's events.
             notifications = self.recorder.notifications([d.notification_id for d in requested])
             mine = {n.id for n in notifications if self.partition.contains(n)}
             requested = [d for d in requested if d.notification_id in mine]
-        for stream, letters_iter in groupby(requested, key=lambda d: d.originator_id):
-            letters = list(letters_iter)
-            self._retry_stream(conn, stream, letters)
+        for stream, letters in groupby(requested, key=lambda d: d.originator_id):
+            self._retry_stream(conn, stream, list(letters))
 
     def _retry_stream(
         self, conn: psycopg.Connection[Any], stream: UUID, letters: list[DeadLetter]
@@ -791,7 +823,7 @@ class ProjectionWorker:
                     if context is None:
                         context = Context(
                             conn,
-                            self.tables,
+                            self.applier.tables,
                             item.notification,
                             statements=self._statements,
                             lease=self.lease,
@@ -831,18 +863,20 @@ class ProjectionWorker:
             stream,
         )
 
-    # -- status ------------------------------------------------------------------------------
+    # -- state --------------------------------------------------------------------------------
 
     def _set_state(
         self, conn: psycopg.Connection[Any], state: str, detail: str | None = None
     ) -> None:
+        """Record what this partition's follower is doing (``eventkit status``); also its
+        heartbeat there."""
         self._heartbeat_at = time.monotonic()
         conn.execute(
-            f'INSERT INTO "{self.schema}".consumer_workers '
+            f'INSERT INTO "{self.options.schema}".consumer_workers '
             "(consumer, partition, state, worker_id, heartbeat_at, detail) "
             "VALUES (%s, %s, %s, %s, clock_timestamp(), %s) "
             "ON CONFLICT (consumer, partition) DO UPDATE SET "
             "state = excluded.state, worker_id = excluded.worker_id, "
             "heartbeat_at = excluded.heartbeat_at, detail = excluded.detail",
-            (self.name, self.partition.index, state, self.worker_id, detail),
+            (self.name, self.partition.index, state, self.options.worker_id, detail),
         )
