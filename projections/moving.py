@@ -162,9 +162,9 @@ def execute(
                 if r.owner is not None and r.expires_in_s > 0
             ]
             if held:
+                owners = ", ".join(sorted({r.owner or "" for r in held}))
                 raise MoveError(
-                    f"projection {consumer.name!r} is being worked on by "
-                    f"{', '.join(sorted({r.owner or '' for r in held}))} (partitions "
+                    f"projection {consumer.name!r} is being worked on by {owners} (partitions "
                     f"{', '.join(str(r.partition) for r in held)}); stop its workers first, "
                     "or rebuild it beside the live view (eventkit rebuild)"
                 )

@@ -146,33 +146,6 @@ def rebuild(
     )
 
 
-def reset(conn: psycopg.Connection[object], schema: str, projection: type[Projection]) -> None:
-    """Drop the view and forget its position and dead letters: the next worker replays."""
-    with conn.transaction():
-        leases = Leases(schema)
-        leases.lock(conn, projection.name)
-        held = [
-            r
-            for r in leases.rows(conn, [projection.name])
-            if r.owner is not None and r.expires_in_s > 0
-        ]
-        if held:
-            raise RebuildError(
-                f"projection {projection.name!r} is being worked on by "
-                f"{', '.join(sorted({r.owner or '' for r in held}))} (partitions "
-                f"{', '.join(str(r.partition) for r in held)}); stop its workers first"
-            )
-        leases.revoke(conn, projection.name)
-        drop_tables(conn, schema, projection)
-        Tracking(schema).forget(conn, projection.name)
-        conn.execute(
-            sql.SQL("DELETE FROM {} WHERE consumer = %s").format(
-                sql.Identifier(schema, "dead_letters")
-            ),
-            (projection.name,),
-        )
-
-
 def _run_until_caught_up(follower: Follower, stop: threading.Event) -> None:
     inner = threading.Event()
 
