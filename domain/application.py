@@ -29,6 +29,7 @@ from eventsourcing.persistence import EventStore, IntegrityError, Recording
 from eventsourcing.utils import EnvType
 
 from eventkit.domain.model import Aggregate
+from eventkit.domain.snapshots import Snapshot, SnapshotStore
 
 logger = logging.getLogger(__name__)
 
@@ -88,9 +89,19 @@ class Application(eventsourcing.application.Application[UUID]):
     #: How many aggregates the cache keeps, least recently used dropped first.
     cache_maxsize: ClassVar[int] = 10_000
 
+    #: Aggregates without a ``Snapshot`` class of their own are snapshotted with eventkit's
+    #: (pydantic-validated, named by the aggregate's declared type name).
+    snapshot_class = Snapshot
+
     def __init__(self, env: EnvType | None = None) -> None:
         super().__init__(env)
-        self._cache = AggregateCache(self.events, self.cache_maxsize)
+        snapshots = self.snapshots if isinstance(self.snapshots, SnapshotStore) else None
+        self._cache = AggregateCache(self.events, self.cache_maxsize, snapshots)
+
+    def construct_snapshot_store(self) -> EventStore[UUID]:
+        """eventsourcing's snapshot store, leaving out snapshots taken at another
+        ``class_version`` of their aggregate (:class:`SnapshotStore`)."""
+        return SnapshotStore(self.mapper, self.factory.aggregate_recorder(purpose="snapshots"))
 
     def run(
         self, decide: Callable[[], _Aggregates], command: object = None
@@ -128,7 +139,7 @@ class Application(eventsourcing.application.Application[UUID]):
         if kind in self.cached_kinds:
             aggregate = self._cache.get(aggregate_id)
         else:
-            aggregate = _project(None, self.events.get(aggregate_id))
+            aggregate = self._cache.load(aggregate_id)
         return aggregate if isinstance(aggregate, kind) else None
 
 
@@ -144,8 +155,11 @@ class AggregateCache:
     so it is not used here.
     """
 
-    def __init__(self, events: EventStore[UUID], maxsize: int) -> None:
+    def __init__(
+        self, events: EventStore[UUID], maxsize: int, snapshots: SnapshotStore | None = None
+    ) -> None:
         self._events = events
+        self._snapshots = snapshots
         self._maxsize = maxsize
         self._lock = threading.Lock()
         self._entries: OrderedDict[UUID, _CacheEntry] = OrderedDict()
@@ -161,14 +175,22 @@ class AggregateCache:
             else:
                 self._entries.move_to_end(aggregate_id)
         with entry.lock:
-            cached = entry.aggregate
-            gt = None if cached is None else cached.version
             try:
-                entry.aggregate = _project(cached, self._events.get(aggregate_id, gt=gt))
+                entry.aggregate = self.load(aggregate_id, entry.aggregate)
             except BaseException:
                 entry.aggregate = None  # perhaps half brought up to date: start again
                 raise
             return copy.deepcopy(entry.aggregate)
+
+    def load(self, aggregate_id: UUID, cached: Aggregate | None = None) -> Aggregate | None:
+        """``cached`` (None: the latest current snapshot, if any) brought up to date from
+        the events recorded after its version; not kept in the cache."""
+        if cached is None and self._snapshots is not None:
+            snapshot = self._snapshots.latest(aggregate_id)
+            if snapshot is not None:
+                cached = snapshot.mutate(None)
+        gt = None if cached is None else cached.version
+        return _project(cached, self._events.get(aggregate_id, gt=gt))
 
 
 @dataclass

@@ -34,6 +34,7 @@ from eventkit.infrastructure.errors import ConfigurationError
 from eventkit.infrastructure.migrations import migrate
 from eventkit.infrastructure.recorder import PostgresEventRecorder
 from eventkit.infrastructure.settings import Settings
+from eventkit.infrastructure.snapshots import PostgresSnapshotRecorder
 from eventkit.infrastructure.transcoding import PydanticJSONTranscoder, PydanticMapper
 
 _lock = threading.Lock()
@@ -122,10 +123,12 @@ class Factory(InfrastructureFactory[TrackingRecorder]):
         return super().mapper(transcoder=transcoder, mapper_class=mapper_class)
 
     def aggregate_recorder(self, purpose: str = "events") -> AggregateRecorder:
+        if purpose == "snapshots":
+            return PostgresSnapshotRecorder(self.pool, self.settings.schema)
         if purpose != "events":
             raise ConfigurationError(
-                f"eventkit records no {purpose!r} yet (snapshotting is not supported); "
-                "unset IS_SNAPSHOTTING_ENABLED"
+                f"eventkit records events and snapshots, not {purpose!r} (the purpose an "
+                "eventsourcing application asked its factory for)"
             )
         return self.application_recorder()
 

@@ -307,20 +307,9 @@ class PostgresEventRecorder(ApplicationRecorder):
         limit: int | None = None,
     ) -> list[StoredEvent]:
         """Return the events of one stream, by version."""
-        statement = self._select_events
-        params: list[Any] = [originator_id]
-        if gt is not None:
-            statement += sql.SQL(" AND originator_version > %s")
-            params.append(gt)
-        if lte is not None:
-            statement += sql.SQL(" AND originator_version <= %s")
-            params.append(lte)
-        statement += sql.SQL(
-            " ORDER BY originator_version DESC" if desc else " ORDER BY originator_version"
+        statement, params = stream_query(
+            self._select_events, originator_id, gt=gt, lte=lte, desc=desc, limit=limit
         )
-        if limit is not None:
-            statement += sql.SQL(" LIMIT %s")
-            params.append(limit)
 
         def select() -> list[StoredEvent]:
             with self.pool.connection() as conn, conn.cursor(binary=True) as cur:
@@ -639,6 +628,34 @@ class PostgresEventRecorder(ApplicationRecorder):
         first_tx = self._retry(start, what=f"finding where notification {gt} is in the log")
         after = Position(first_tx - 1, _MAX_NOTIFICATION_ID)
         return PollingSubscription(self, after=after, topics=topics, above_id=gt)
+
+
+def stream_query(
+    select: sql.Composed,
+    originator_id: UUID | str,
+    *,
+    gt: int | None,
+    lte: int | None,
+    desc: bool,
+    limit: int | None,
+) -> tuple[sql.Composed, list[Any]]:
+    """``select`` (rows of one stream, ``WHERE originator_id = %s``) narrowed by version and
+    ordered by it, with its parameters: eventsourcing's ``select_events`` arguments."""
+    statement = select
+    params: list[Any] = [originator_id]
+    if gt is not None:
+        statement += sql.SQL(" AND originator_version > %s")
+        params.append(gt)
+    if lte is not None:
+        statement += sql.SQL(" AND originator_version <= %s")
+        params.append(lte)
+    statement += sql.SQL(
+        " ORDER BY originator_version DESC" if desc else " ORDER BY originator_version"
+    )
+    if limit is not None:
+        statement += sql.SQL(" LIMIT %s")
+        params.append(limit)
+    return statement, params
 
 
 def _row(event: StoredEvent) -> tuple[UUID, int, str, bytes]:

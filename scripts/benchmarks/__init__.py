@@ -8,6 +8,8 @@ the rows to a JSON file (``--json FILE``) for the docs.
 * ``catchup``: a projection processing an existing log from zero (:mod:`.catchup`).
 * ``live``: projection latency under writers at a fixed offered rate (:mod:`.live`).
 * ``reactions``: reactions/s and latency, PostgreSQL broker and RabbitMQ (:mod:`.reactions`).
+* ``snapshots``: loading an aggregate of 10,000 events with and without snapshots
+  (:mod:`.snapshots`).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from eventkit.benchmarks import append, catchup, live, payload, reactions, scale
+from eventkit.benchmarks import append, catchup, live, payload, reactions, scale, snapshots
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     live.register(suites)
     reactions.register(suites)
     scale.register(suites)
+    snapshots.register(suites)
     return parser
 
 
