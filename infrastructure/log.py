@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from eventsourcing.persistence import Notification
 
@@ -76,10 +77,14 @@ def describe_start(start: StartFrom) -> str:
 
 @dataclass(frozen=True)
 class LoggedNotification(Notification):
-    """A notification with where and when it was recorded."""
+    """A notification with where and when it was recorded, and its metadata (None where
+    the event was appended without: see :mod:`eventkit.domain.metadata`)."""
 
     transaction_id: int
     recorded_at: datetime
+    correlation_id: str | None = None
+    causation_id: str | None = None
+    headers: Mapping[str, Any] | None = field(default=None, hash=False)
 
     @property
     def position(self) -> Position:

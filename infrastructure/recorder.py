@@ -24,11 +24,19 @@ from uuid import UUID
 
 import psycopg
 import psycopg_pool
+import pydantic_core
 from eventsourcing.persistence import ApplicationRecorder, Notification, StoredEvent
 from psycopg import sql
+from psycopg.types.json import Jsonb
 
+from eventkit.domain.metadata import Metadata, current_metadata
 from eventkit.infrastructure import metrics
-from eventkit.infrastructure.appending import COLUMNS, AppendStatements
+from eventkit.infrastructure.appending import (
+    COLUMNS,
+    METADATA_COLUMNS,
+    AppendOptions,
+    AppendStatements,
+)
 from eventkit.infrastructure.database import TRANSIENT_ERRORS, retry_transient
 from eventkit.infrastructure.errors import (
     AppendOutcomeUnknownError,
@@ -54,7 +62,7 @@ _DUPLICATE_KEY = re.compile(r"=\(([^,]+), (\d+)\) already exists")
 
 _NOTIFICATION_COLUMNS = (
     "originator_id, originator_version, topic, state, notification_id, "
-    "transaction_id::text::bigint, recorded_at"
+    "transaction_id::text::bigint, recorded_at, correlation_id, causation_id, headers"
 )
 # Rows whose writing transaction id is below the snapshot's xmin belong to transactions
 # that had ended when the snapshot was taken: they are committed (and visible) or rolled
@@ -93,6 +101,10 @@ class PostgresEventRecorder(ApplicationRecorder):
         self._copy = sql.SQL("COPY {} (notification_id, {}) FROM STDIN (FORMAT BINARY)").format(
             table, sql.SQL(COLUMNS)
         )
+        self._copy_metadata = sql.SQL(
+            "COPY {} (notification_id, {}, {}) FROM STDIN (FORMAT BINARY)"
+        ).format(table, sql.SQL(COLUMNS), sql.SQL(METADATA_COLUMNS))
+        self._keys = sql.Identifier(schema, "idempotency_keys")
         self._select_events = sql.SQL(
             "SELECT originator_id, originator_version, topic, state FROM {} "
             "WHERE originator_id = %s"
@@ -129,17 +141,22 @@ class PostgresEventRecorder(ApplicationRecorder):
         if not stored_events:
             return []
         started = time.perf_counter()
-        ids = self._insert(stored_events)
+        meta = current_metadata()
+        key = kwargs.get("idempotency_key")
+        options = None if meta is None and key is None else _options(meta, key)
+        ids = self._insert(stored_events, options)
         metrics.APPEND_LATENCY.observe(time.perf_counter() - started)
         metrics.EVENTS_APPENDED.inc(len(ids))
         return ids
 
-    def _insert(self, stored_events: Sequence[StoredEvent]) -> list[int]:
+    def _insert(
+        self, stored_events: Sequence[StoredEvent], options: AppendOptions | None
+    ) -> list[int]:
         rows = [_row(e) for e in stored_events]
         delay = 0.05
         for attempt in range(1, _APPEND_ATTEMPTS + 1):
             try:
-                return self._append(rows)
+                return self._append(rows, options)
             except psycopg.errors.UniqueViolation as e:
                 metrics.APPEND_CONFLICTS.inc()
                 raise self._conflict(e, rows) from e
@@ -166,42 +183,78 @@ class PostgresEventRecorder(ApplicationRecorder):
                 delay = min(delay * 2, 2.0)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _append(self, rows: list[tuple[UUID, int, str, bytes]]) -> list[int]:
+    def _append(
+        self, rows: list[tuple[UUID, int, str, bytes]], options: AppendOptions | None
+    ) -> list[int]:
         # getconn/putconn rather than pool.connection(): its ``with conn`` adds a commit
         # call (a no-op in autocommit) and a context manager, ~10% of a one-event save's
         # client CPU. The connection is in autocommit; putconn discards a broken one.
         conn = self.pool.getconn()
         try:
             if self.notify_channel is None:
-                return self._write(conn, rows)
+                return self._write(conn, rows, options)
             with conn.transaction():
-                ids = self._write(conn, rows)
+                ids = self._write(conn, rows, options)
                 conn.execute("SELECT pg_notify(%s, '')", (self.notify_channel,))
                 return ids
         finally:
             self.pool.putconn(conn)
 
     def _write(
-        self, conn: psycopg.Connection[Any], rows: list[tuple[UUID, int, str, bytes]]
+        self,
+        conn: psycopg.Connection[Any],
+        rows: list[tuple[UUID, int, str, bytes]],
+        options: AppendOptions | None = None,
     ) -> list[int]:
         # One statement, so in autocommit mode the save is one transaction and one round trip.
         if len(rows) <= COPY_THRESHOLD:
-            ids = self._statements.insert(conn, rows)
-        else:
-            # Allocate the ids first (sequence values are not transactional, so a rolled
-            # back COPY only leaves a gap), then stream the rows in binary COPY.
-            with conn.cursor() as cur:
-                cur.execute(
-                    "SELECT nextval(%s::regclass) FROM generate_series(1, %s)",
-                    (self._sequence, len(rows)),
+            ids = self._statements.insert(conn, rows, options)
+        elif options is not None and options.idempotency_key is not None:
+            with conn.transaction():  # the COPY and its key commit together
+                ids = self._copy_rows(conn, rows, options)
+                conn.execute(
+                    sql.SQL(
+                        "INSERT INTO {} (idempotency_key, notification_ids) VALUES (%s, %s)"
+                    ).format(self._keys),
+                    (options.idempotency_key, sorted(ids)),
                 )
-                ids = [r[0] for r in cur.fetchall()]
-                with cur.copy(self._copy) as copy:
-                    copy.set_types(["int8", "uuid", "int8", "text", "bytea"])
-                    for notification_id, row in zip(ids, rows, strict=True):
-                        copy.write_row((notification_id, *row))
+        else:
+            ids = self._copy_rows(conn, rows, options)
         if len(ids) != len(rows):
             raise PersistenceError(f"appended {len(rows)} events but got {len(ids)} ids back")
+        return ids
+
+    def _copy_rows(
+        self,
+        conn: psycopg.Connection[Any],
+        rows: list[tuple[UUID, int, str, bytes]],
+        options: AppendOptions | None,
+    ) -> list[int]:
+        """Allocate the ids first (sequence values are not transactional, so a rolled back
+        COPY only leaves a gap), then stream the rows in binary COPY."""
+        meta = options is not None and options.has_metadata
+        with conn.cursor() as cur:
+            cur.execute(
+                "SELECT nextval(%s::regclass) FROM generate_series(1, %s)",
+                (self._sequence, len(rows)),
+            )
+            ids: list[int] = [r[0] for r in cur.fetchall()]
+            with cur.copy(self._copy_metadata if meta else self._copy) as copy:
+                types = ["int8", "uuid", "int8", "text", "bytea"]
+                if options is not None and meta:
+                    copy.set_types([*types, "text", "text", "jsonb"])
+                    headers = options.headers
+                    extra: tuple[Any, ...] = (
+                        options.correlation_id,
+                        options.causation_id,
+                        # Already JSON text: wrapped as is (binary COPY adds jsonb's version).
+                        None if headers is None else Jsonb(headers, dumps=_as_is),
+                    )
+                else:
+                    copy.set_types(types)
+                    extra = ()
+                for notification_id, row in zip(ids, rows, strict=True):
+                    copy.write_row((notification_id, *row, *extra))
         return ids
 
     def _conflict(
@@ -385,7 +438,7 @@ class PostgresEventRecorder(ApplicationRecorder):
             if not rows:
                 return Scan([], None, 0)
             matching = [
-                LoggedNotification(r[2], r[3], r[4], r[5], r[1], r[0], r[6])
+                LoggedNotification(r[2], r[3], r[4], r[5], r[1], r[0], r[6], r[7], r[8], r[9])
                 for r in rows
                 if r[2] is not None
             ]
@@ -406,13 +459,23 @@ class PostgresEventRecorder(ApplicationRecorder):
             wanted = sql.SQL("{} AND {}").format(wanted, predicate[0])
         columns = sql.SQL(", ").join(
             sql.SQL("CASE WHEN s.wanted THEN s.{} END").format(sql.Identifier(c))
-            for c in ("originator_id", "originator_version", "topic", "state", "recorded_at")
+            for c in (
+                "originator_id",
+                "originator_version",
+                "topic",
+                "state",
+                "recorded_at",
+                "correlation_id",
+                "causation_id",
+                "headers",
+            )
         )
         return (
             sql.SQL(
                 "SELECT s.transaction_id::text::bigint, s.notification_id, {columns} FROM ("
                 " SELECT e.transaction_id, e.notification_id, e.originator_id,"
-                " e.originator_version, e.topic, e.state, e.recorded_at, {wanted} AS wanted"
+                " e.originator_version, e.topic, e.state, e.recorded_at, e.correlation_id,"
+                " e.causation_id, e.headers, {wanted} AS wanted"
                 " FROM {t} e WHERE (e.transaction_id, e.notification_id) > (%s::text::xid8, %s)"
                 " AND " + _SETTLED + " ORDER BY e.transaction_id, e.notification_id LIMIT %s) s"
                 " ORDER BY s.transaction_id, s.notification_id"
@@ -658,6 +721,27 @@ def stream_query(
     return statement, params
 
 
+def _as_is(text: str) -> str:
+    return text
+
+
+def _options(meta: Metadata | None, key: object) -> AppendOptions:
+    """An append's options from the metadata in force and its idempotency key."""
+    if key is not None and (not isinstance(key, str) or not key):
+        raise PersistenceError(f"an idempotency key must be a non-empty str, got {key!r}")
+    if meta is None:
+        return AppendOptions(idempotency_key=key)
+    headers = None
+    if meta.headers:
+        try:
+            headers = pydantic_core.to_json(dict(meta.headers)).decode()
+        except pydantic_core.PydanticSerializationError as e:
+            raise EventEncodingError(
+                f"the metadata's headers {dict(meta.headers)!r} are not JSON: {e}"
+            ) from e
+    return AppendOptions(meta.correlation_id, meta.causation_id, headers, key)
+
+
 def _row(event: StoredEvent) -> tuple[UUID, int, str, bytes]:
     originator_id = event.originator_id
     if not isinstance(originator_id, UUID):
@@ -678,7 +762,7 @@ def logged_notification(r: tuple[Any, ...]) -> LoggedNotification:
 
 def _logged(r: tuple[Any, ...]) -> LoggedNotification:
     recorded_at: datetime = r[6]
-    return LoggedNotification(r[0], r[1], r[2], r[3], r[4], r[5], recorded_at)
+    return LoggedNotification(r[0], r[1], r[2], r[3], r[4], r[5], recorded_at, r[7], r[8], r[9])
 
 
 def _rolled_back(error: BaseException) -> bool:

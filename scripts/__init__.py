@@ -31,6 +31,10 @@ _EXPORTS: dict[str, str] = {
     "Outcome": "eventkit.domain.application",
     "moved_module": "eventkit.domain.names",
     "TypeNameError": "eventkit.domain.names",
+    "metadata": "eventkit.domain.metadata",
+    "current_metadata": "eventkit.domain.metadata",
+    "Metadata": "eventkit.domain.metadata",
+    "SnapshotError": "eventkit.domain.snapshots",
     # reading the log: projections, reactions, queries
     "App": "eventkit.projections.app",
     "Runtime": "eventkit.projections.app",
@@ -68,6 +72,7 @@ __all__ = [
     "EventDecodingError",
     "EventkitError",
     "Immutable",
+    "Metadata",
     "Outcome",
     "Position",
     "Projection",
@@ -77,15 +82,18 @@ __all__ = [
     "ReadModelTimeoutError",
     "Runtime",
     "Settings",
+    "SnapshotError",
     "Table",
     "TypeNameError",
     "UnhandledEventError",
     "WorkerOptions",
     "Workers",
     "application_env",
+    "current_metadata",
     "event",
     "handles",
     "load_app",
+    "metadata",
     "moved_module",
 ]
 
@@ -93,8 +101,10 @@ if TYPE_CHECKING:
     from eventsourcing.domain import event
 
     from eventkit.domain.application import Application, Outcome
+    from eventkit.domain.metadata import Metadata, current_metadata, metadata
     from eventkit.domain.model import Aggregate, DomainEvent, Immutable
     from eventkit.domain.names import TypeNameError, moved_module
+    from eventkit.domain.snapshots import SnapshotError
     from eventkit.infrastructure.errors import (
         ConcurrencyError,
         ConfigurationError,
