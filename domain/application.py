@@ -17,15 +17,15 @@ import random
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Generic, TypeVar, cast
+from typing import Any, ClassVar, Generic, Protocol, TypeVar, cast
 from uuid import UUID
 
 import eventsourcing.application
 from eventsourcing.application import ProcessingEvent
 from eventsourcing.domain import DomainEventProtocol
-from eventsourcing.persistence import EventStore, IntegrityError, Recording
+from eventsourcing.persistence import EventStore, IntegrityError, Notification, Recording
 from eventsourcing.utils import EnvType
 
 from eventkit.domain.model import Aggregate
@@ -37,14 +37,50 @@ _Aggregates = TypeVar("_Aggregates", bound=tuple[Aggregate, ...])
 _Aggregate = TypeVar("_Aggregate", bound=Aggregate)
 
 
+class AlreadyRecordedError(Exception):
+    """A save's idempotency key was recorded by an earlier save: nothing was appended now,
+    and ``notification_ids`` are the ids of the events the earlier save appended.
+
+    eventkit's :meth:`Application.save` answers with the earlier save's recordings instead
+    of raising it; a recorder raises it to the application.
+    """
+
+    def __init__(self, idempotency_key: str, notification_ids: Sequence[int]) -> None:
+        super().__init__(
+            f"idempotency key {idempotency_key!r} was recorded already, with the events of "
+            f"notification ids {list(notification_ids)}: nothing was appended again"
+        )
+        self.idempotency_key = idempotency_key
+        self.notification_ids = list(notification_ids)
+
+
+class _IdempotentRecorder(Protocol):
+    """What an application needs of a recorder that records idempotency keys (eventkit's)."""
+
+    def appended_with(self, idempotency_key: str) -> list[int] | None: ...
+
+    def notifications(self, notification_ids: Sequence[int]) -> Sequence[Notification]: ...
+
+
 @dataclass(frozen=True)
 class Outcome(Generic[_Aggregates]):
     """What :meth:`Application.run` saved: the aggregates, their recordings, and how many
-    times the command ran again after a concurrency conflict."""
+    times the command ran again after a concurrency conflict.
+
+    ``repeated``: the command's idempotency key was recorded already (it ran before, and
+    this is a retry); nothing was saved now, ``recordings`` are those of the first run
+    (decoded from the log) and ``aggregates`` is empty.
+    """
 
     aggregates: _Aggregates
     recordings: list[Recording[UUID]]
     retries: int
+    repeated: bool = False
+
+    @property
+    def notification_ids(self) -> list[int]:
+        """The notification ids of the events saved, in order."""
+        return [r.notification.id for r in self.recordings]
 
     @property
     def notification_id(self) -> int:
@@ -65,6 +101,16 @@ class Application(eventsourcing.application.Application[UUID]):
     """
 
     def save(self, *objs: Any, **kwargs: Any) -> list[Recording[UUID]]:
+        """eventsourcing's ``save()``. With ``idempotency_key=KEY`` (eventkit's recorder
+        only), the key is recorded with the events in the append's transaction; a save
+        with a key recorded already appends nothing and returns the recordings of the save
+        that recorded it (the events as the log holds them)."""
+        try:
+            return self._save(*objs, **kwargs)
+        except AlreadyRecordedError as e:
+            return self._recordings_of(e.notification_ids)
+
+    def _save(self, *objs: Any, **kwargs: Any) -> list[Recording[UUID]]:
         if not all(obj is None or isinstance(obj, Aggregate) for obj in objs):
             return super().save(*objs, **kwargs)
         processing_event: ProcessingEvent[UUID] = ProcessingEvent()
@@ -104,7 +150,11 @@ class Application(eventsourcing.application.Application[UUID]):
         return SnapshotStore(self.mapper, self.factory.aggregate_recorder(purpose="snapshots"))
 
     def run(
-        self, decide: Callable[[], _Aggregates], command: object = None
+        self,
+        decide: Callable[[], _Aggregates],
+        command: object = None,
+        *,
+        idempotency_key: str | None = None,
     ) -> Outcome[_Aggregates]:
         """Run ``decide`` (which loads aggregates, calls their command methods and returns
         the aggregates to save) and save what it returns, in one transaction; when another
@@ -113,11 +163,28 @@ class Application(eventsourcing.application.Application[UUID]):
 
         ``decide`` must load what it changes itself, so that each run starts from the
         store; ``command`` names the command in logs and :meth:`after_conflict`.
+
+        ``idempotency_key``: the command's own key (a request id, a reaction's
+        ``context.idempotency_key``), recorded with its events. A command run again with a
+        key recorded already (a client retrying after a timeout or a lost connection) does
+        not run ``decide`` and saves nothing: its :class:`Outcome` is ``repeated``, with the
+        first run's recordings. A different command (another key, or none) on the same
+        version still conflicts.
         """
+        if idempotency_key is not None:
+            recorded = self._recorded_with(idempotency_key)
+            if recorded is not None:
+                return Outcome(cast(_Aggregates, ()), recorded, 0, repeated=True)
         for attempt in range(1, self.max_attempts + 1):
             aggregates = decide()
             try:
-                recordings = self.save(*aggregates)
+                if idempotency_key is None:
+                    recordings = self.save(*aggregates)
+                else:
+                    recordings = self._save(*aggregates, idempotency_key=idempotency_key)
+            except AlreadyRecordedError as e:  # the same command, saved meanwhile
+                recordings = self._recordings_of(e.notification_ids)
+                return Outcome(cast(_Aggregates, ()), recordings, attempt - 1, repeated=True)
             except IntegrityError as e:
                 self.after_conflict(command, attempt, e)
                 if attempt == self.max_attempts:
@@ -128,6 +195,30 @@ class Application(eventsourcing.application.Application[UUID]):
                 continue
             return Outcome(aggregates, recordings, attempt - 1)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _recorded_with(self, idempotency_key: str) -> list[Recording[UUID]] | None:
+        """The recordings of the save that recorded ``idempotency_key``, if one did."""
+        ids = self._idempotent_recorder().appended_with(idempotency_key)
+        return None if ids is None else self._recordings_of(ids)
+
+    def _recordings_of(self, notification_ids: Sequence[int]) -> list[Recording[UUID]]:
+        """Recordings of events already in the log, decoded from it, in the ids' order."""
+        found = {n.id: n for n in self._idempotent_recorder().notifications(notification_ids)}
+        return [
+            Recording(self.mapper.to_domain_event(found[i]), found[i])
+            for i in notification_ids
+            if i in found
+        ]
+
+    def _idempotent_recorder(self) -> _IdempotentRecorder:
+        recorder = self.recorder
+        if not (hasattr(recorder, "appended_with") and hasattr(recorder, "notifications")):
+            raise TypeError(
+                f"{type(self).__name__} records with {type(recorder).__name__}, which records "
+                "no idempotency keys; eventkit's recorder does (PERSISTENCE_MODULE="
+                "eventkit.infrastructure.factory)"
+            )
+        return cast(_IdempotentRecorder, recorder)
 
     def after_conflict(self, command: object, attempt: int, error: IntegrityError) -> None:
         """Called after each save in :meth:`run` that conflicted, before the retry or the

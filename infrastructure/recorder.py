@@ -29,6 +29,7 @@ from eventsourcing.persistence import ApplicationRecorder, Notification, StoredE
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
+from eventkit.domain.application import AlreadyRecordedError
 from eventkit.domain.metadata import Metadata, current_metadata
 from eventkit.infrastructure import metrics
 from eventkit.infrastructure.appending import (
@@ -153,15 +154,27 @@ class PostgresEventRecorder(ApplicationRecorder):
         self, stored_events: Sequence[StoredEvent], options: AppendOptions | None
     ) -> list[int]:
         rows = [_row(e) for e in stored_events]
+        key = None if options is None else options.idempotency_key
         delay = 0.05
         for attempt in range(1, _APPEND_ATTEMPTS + 1):
             try:
                 return self._append(rows, options)
             except psycopg.errors.UniqueViolation as e:
+                recorded = None if key is None else self.appended_with(key)
+                if key is not None and recorded is not None:
+                    raise AlreadyRecordedError(key, recorded) from e
                 metrics.APPEND_CONFLICTS.inc()
                 raise self._conflict(e, rows) from e
             except TRANSIENT_ERRORS as e:
-                if not _rolled_back(e):
+                if key is not None and not _rolled_back(e):
+                    # The key commits with the events: recorded means this append, or an
+                    # earlier one with the same key, committed; absent means none did.
+                    recorded = self.appended_with(key)
+                    if recorded is not None:
+                        if self._is_appended(rows, recorded):
+                            return recorded
+                        raise AlreadyRecordedError(key, recorded) from e
+                elif not _rolled_back(e):
                     # The connection may have dropped after the commit was sent: look
                     # before writing again, or a retry would report a false conflict.
                     found = self._find_appended(rows)
@@ -223,6 +236,27 @@ class PostgresEventRecorder(ApplicationRecorder):
         if len(ids) != len(rows):
             raise PersistenceError(f"appended {len(rows)} events but got {len(ids)} ids back")
         return ids
+
+    def _is_appended(self, rows: list[tuple[UUID, int, str, bytes]], ids: list[int]) -> bool:
+        """Whether ``rows`` are in the log, as they are, under ``ids``."""
+        try:
+            return self._find_appended(rows) == ids
+        except AppendOutcomeUnknownError:  # other content at those versions: not ours
+            return False
+
+    def appended_with(self, idempotency_key: str) -> list[int] | None:
+        """The notification ids of the append that recorded ``idempotency_key``, or None
+        when no append recorded it."""
+        statement = sql.SQL("SELECT notification_ids FROM {} WHERE idempotency_key = %s").format(
+            self._keys
+        )
+
+        def read() -> list[int] | None:
+            with self.pool.connection() as conn:
+                row = conn.execute(statement, (idempotency_key,)).fetchone()
+            return None if row is None else list(row[0])
+
+        return self._retry(read, what=f"looking up idempotency key {idempotency_key!r}")
 
     def _copy_rows(
         self,

@@ -80,5 +80,6 @@ def open_plain_account(batch: int) -> PlainAccount:
 OPENERS: dict[str, Callable[[int], Any]] = {
     "eventkit": open_account,
     "eventkit+notify": open_account,
+    "eventkit+key": open_account,
     "eventsourcing": open_plain_account,
 }

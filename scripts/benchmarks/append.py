@@ -38,6 +38,7 @@ from eventkit.benchmarks.report import (
 from eventkit.benchmarks.server_cpu import ServerCpu
 from eventkit.benchmarks.systems import (
     EVENTKIT,
+    EVENTKIT_KEY,
     EVENTKIT_NOTIFY,
     EVENTSOURCING,
     create_schemas,
@@ -72,6 +73,8 @@ MODE_NOTES = {
 ROWS = ((1, 1), (4, 1), (16, 1), (1, 100), (4, 100), (1, 1000), (4, 1000))
 #: Rows measured for ``eventkit+notify`` too.
 NOTIFY_ROWS = ((16, 1),)
+#: Rows measured for ``eventkit+key`` too (every save with an idempotency key).
+KEY_ROWS = ((1, 1), (16, 1), (1, 100))
 
 
 @dataclass(frozen=True)
@@ -126,6 +129,8 @@ def plan() -> list[Case]:
         cases.append(Case(EVENTSOURCING, writers, batch))
         if (writers, batch) in NOTIFY_ROWS:
             cases.append(Case(EVENTKIT_NOTIFY, writers, batch))
+        if (writers, batch) in KEY_ROWS:
+            cases.append(Case(EVENTKIT_KEY, writers, batch))
     return cases
 
 

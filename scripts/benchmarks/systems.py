@@ -3,6 +3,8 @@
 * ``eventkit``: an eventsourcing ``Application`` with ``PERSISTENCE_MODULE=infrastructure.factory``.
 * ``eventkit+notify``: the same, but its recorder sends ``pg_notify`` in every write
   transaction, to show what ``NOTIFY`` costs.
+* ``eventkit+key``: the same, every save with an idempotency key of its own, to show what
+  recording the key costs.
 * ``eventsourcing``: an ``Application`` with eventsourcing's own PostgreSQL recorder
   (``PERSISTENCE_MODULE=eventsourcing.postgres``) and its default mapper.
 """
@@ -10,9 +12,10 @@
 from __future__ import annotations
 
 import getpass
+import itertools
 from collections.abc import Mapping
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import psycopg
 from eventsourcing.application import Application
@@ -28,8 +31,9 @@ from eventkit.infrastructure.recorder import PostgresEventRecorder
 
 EVENTKIT = "eventkit"
 EVENTKIT_NOTIFY = "eventkit+notify"
+EVENTKIT_KEY = "eventkit+key"
 EVENTSOURCING = "eventsourcing"
-SYSTEMS = (EVENTKIT, EVENTKIT_NOTIFY, EVENTSOURCING)
+SYSTEMS = (EVENTKIT, EVENTKIT_NOTIFY, EVENTKIT_KEY, EVENTSOURCING)
 
 NOTIFY_CHANNEL = "eventkit"
 #: Connections one process may open per system: enough for 16 writer threads.
@@ -54,6 +58,18 @@ class NotifyingEventkitBench(EventkitApplication):
         )
 
 
+class KeyedEventkitBench(EventkitApplication):
+    """An application that records with eventkit, every save under an idempotency key."""
+
+    def __init__(self, env: Any = None) -> None:
+        super().__init__(env)
+        self._keys = itertools.count()
+        self._prefix = uuid4().hex
+
+    def save(self, *objs: Any, **kwargs: Any) -> Any:
+        return super().save(*objs, idempotency_key=f"{self._prefix}-{next(self._keys)}", **kwargs)
+
+
 class PlainBench(Application[UUID]):
     """An application that records with eventsourcing's PostgreSQL recorder."""
 
@@ -61,6 +77,7 @@ class PlainBench(Application[UUID]):
 _APPS: dict[str, type[Application[UUID]]] = {
     EVENTKIT: EventkitBench,
     EVENTKIT_NOTIFY: NotifyingEventkitBench,
+    EVENTKIT_KEY: KeyedEventkitBench,
     EVENTSOURCING: PlainBench,
 }
 
@@ -115,11 +132,13 @@ def create_schemas(url: str, schemas: Mapping[str, str]) -> dict[str, dict[str, 
     envs = {
         EVENTKIT: eventkit_env(url, schemas[EVENTKIT]),
         EVENTKIT_NOTIFY: eventkit_env(url, schemas[EVENTKIT_NOTIFY]),
+        EVENTKIT_KEY: eventkit_env(url, schemas[EVENTKIT_KEY]),
         EVENTSOURCING: eventsourcing_env(url, schemas[EVENTSOURCING]),
     }
     with psycopg.connect(url, autocommit=True) as conn:
         migrate(conn, schemas[EVENTKIT])
         migrate(conn, schemas[EVENTKIT_NOTIFY])
+        migrate(conn, schemas[EVENTKIT_KEY])
         conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schemas[EVENTSOURCING])))
     build_app(EVENTSOURCING, envs[EVENTSOURCING]).close()
     # Workers must not race to create the same tables and types.
@@ -135,4 +154,6 @@ def drop_schemas(url: str, schemas: list[str]) -> None:
 
 
 def _short(system: str) -> str:
-    return {EVENTKIT: "ek", EVENTKIT_NOTIFY: "ekn", EVENTSOURCING: "es"}[system]
+    return {EVENTKIT: "ek", EVENTKIT_NOTIFY: "ekn", EVENTKIT_KEY: "ekk", EVENTSOURCING: "es"}[
+        system
+    ]
