@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime
-from typing import Any
+from typing import Any, ClassVar
 from uuid import UUID, uuid4
 
 from eventsourcing.domain import BaseAggregate, CanInitAggregate, CanMutateAggregate
 from pydantic import BaseModel, ConfigDict
 
 from eventkit.domain.names import AGGREGATE_TYPES, EVENT_TYPES, TypeNames
+from eventkit.domain.personal import PersonalData, placeholders
 
 
 def _declare(
@@ -53,11 +54,20 @@ class DomainEvent(Immutable):
     originator_version: int
     timestamp: datetime
 
+    #: The fields that hold a person's data, encrypted with a key of that person's own
+    #: (:mod:`eventkit.domain.personal`); None when the event holds none.
+    personal_data: ClassVar[PersonalData | None] = None
+
     def __init_subclass__(
         cls, *, type_name: str | None = None, aliases: Iterable[str] = (), **kwargs: Any
     ) -> None:
         super().__init_subclass__(**kwargs)
         _declare(EVENT_TYPES, cls, type_name, aliases)
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        placeholders(cls)  # a wrong personal_data fails here, where the class is defined
 
 
 class Aggregate(BaseAggregate[UUID]):
@@ -83,6 +93,11 @@ class Aggregate(BaseAggregate[UUID]):
                 and attribute.__qualname__ == f"{cls.__qualname__}.{attribute.__name__}"
             ):
                 EVENT_TYPES.declare_default(attribute, f"{prefix}.{attribute.__name__}")
+
+    #: The attributes that hold a person's data, for the aggregate's snapshots
+    #: (:mod:`eventkit.domain.personal`); an aggregate whose events hold personal data
+    #: must declare it to be snapshotted.
+    personal_data: ClassVar[PersonalData | None] = None
 
     @staticmethod
     def create_id(*_: Any, **__: Any) -> UUID:

@@ -36,7 +36,8 @@ from pydantic import ConfigDict, TypeAdapter
 from typing_extensions import TypedDict  # pydantic needs it on Python < 3.12
 
 from eventkit.domain.model import Aggregate, DomainEvent
-from eventkit.domain.names import AGGREGATE_TYPES
+from eventkit.domain.names import AGGREGATE_TYPES, EVENT_TYPES
+from eventkit.domain.personal import ERASED
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +74,7 @@ class Snapshot(DomainEvent, type_name="eventkit.Snapshot"):
                 "snapshots aggregates of eventkit.domain.model.Aggregate"
             )
         adapter = state_adapter(cast(type[Aggregate], aggregate_class))
+        _check_personal(cast(type[Aggregate], aggregate_class))
         state = {k: v for k, v in vars(aggregate).items() if k not in _NOT_STATE}
         where = f"{AGGREGATE_TYPES.declared_name(aggregate_class)} {aggregate.id} version "
         where += str(aggregate.version)
@@ -180,6 +182,43 @@ def state_adapter(cls: type[Aggregate]) -> TypeAdapter[dict[str, Any]]:
     state.__pydantic_config__ = ConfigDict(extra="forbid")
     adapter: TypeAdapter[dict[str, Any]] = TypeAdapter(state)
     return adapter
+
+
+@functools.cache
+def _check_personal(cls: type[Aggregate]) -> None:
+    """Refuse to snapshot an aggregate that would store personal data in clear: its events
+    hold some (``personal_data``) and it declares none of its own, or a personal attribute
+    could not read as ``ERASED`` once its subject is forgotten."""
+    personal = cls.personal_data
+    if personal is None:
+        events = [
+            e.__qualname__
+            for e in EVENT_TYPES.subclasses(cls.Event)
+            if getattr(e, "personal_data", None) is not None
+        ]
+        if events:
+            raise SnapshotError(
+                f"cannot snapshot {cls.__qualname__}: its events {', '.join(events)} hold "
+                "personal data, so its state may too; declare which attributes on the "
+                "aggregate (personal_data = PersonalData(subject=..., fields=(...)))"
+            )
+        return
+    hints = typing.get_type_hints(cls)
+    for name in (personal.subject, *personal.fields):
+        if name not in hints:
+            raise SnapshotError(
+                f"cannot snapshot {cls.__qualname__}: personal_data names {name!r}, which "
+                "its class body does not annotate"
+            )
+    for name in personal.fields:
+        try:
+            TypeAdapter(hints[name]).validate_python(ERASED)
+        except pydantic.ValidationError:
+            raise SnapshotError(
+                f"cannot snapshot {cls.__qualname__}: personal attribute {name!r} "
+                f"({hints[name]}) cannot hold {ERASED!r}, what it reads as once its subject "
+                "is forgotten; type it str (or str | None)"
+            ) from None
 
 
 def _explain(error: pydantic.ValidationError) -> str:

@@ -35,6 +35,7 @@ from eventkit.infrastructure.migrations import migrate
 from eventkit.infrastructure.recorder import PostgresEventRecorder
 from eventkit.infrastructure.settings import Settings
 from eventkit.infrastructure.snapshots import PostgresSnapshotRecorder
+from eventkit.infrastructure.subjects import shared_subject_keys
 from eventkit.infrastructure.transcoding import PydanticJSONTranscoder, PydanticMapper
 
 _lock = threading.Lock()
@@ -120,7 +121,12 @@ class Factory(InfrastructureFactory[TrackingRecorder]):
     ) -> Mapper[Any]:
         if mapper_class is None and not self.env.get(self.MAPPER_TOPIC):
             mapper_class = PydanticMapper
-        return super().mapper(transcoder=transcoder, mapper_class=mapper_class)
+        mapper = super().mapper(transcoder=transcoder, mapper_class=mapper_class)
+        if isinstance(mapper, PydanticMapper) and mapper.subject_keys is None:
+            mapper.subject_keys = shared_subject_keys(
+                self.pool, self.settings.schema, self.settings.subject_key_ttl_s
+            )
+        return mapper
 
     def aggregate_recorder(self, purpose: str = "events") -> AggregateRecorder:
         if purpose == "snapshots":
@@ -152,6 +158,14 @@ class Factory(InfrastructureFactory[TrackingRecorder]):
         )
 
 
+def mapper_for(
+    pool: psycopg_pool.ConnectionPool, schema: str, settings: Settings | None = None
+) -> PydanticMapper:
+    """eventkit's mapper for the events of ``schema``, with its data subjects' keys."""
+    ttl_s = (settings or Settings.from_env()).subject_key_ttl_s
+    return PydanticMapper(subject_keys=shared_subject_keys(pool, schema, ttl_s))
+
+
 def event_recorder(app: Any) -> PostgresEventRecorder:
     """The eventkit recorder of an eventsourcing ``Application`` built with this factory."""
     recorder = app.recorder
@@ -163,4 +177,11 @@ def event_recorder(app: Any) -> PostgresEventRecorder:
     return recorder
 
 
-__all__ = ["Factory", "application_env", "close_pools", "event_recorder", "shared_pool"]
+__all__ = [
+    "Factory",
+    "application_env",
+    "close_pools",
+    "event_recorder",
+    "mapper_for",
+    "shared_pool",
+]

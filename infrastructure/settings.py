@@ -54,6 +54,14 @@ class Settings:
     #: statement it has run 5 times. Turn them off for writers that reach PostgreSQL through
     #: PgBouncer older than 1.21 in transaction mode (see docs/scaling.md).
     prepared_statements: bool = True
+    #: Seconds a process keeps a data subject's key cached (``EVENTKIT_SUBJECT_KEY_TTL``):
+    #: how long after ``eventkit forget`` another process may still decrypt the subject's
+    #: personal fields (see eventkit.infrastructure.subjects).
+    subject_key_ttl_s: float = 5.0
+    #: Trace appends, projection batches and reactions with OpenTelemetry
+    #: (``EVENTKIT_TRACING=on``, with ``eventkit[otel]`` installed). Off, nothing of
+    #: OpenTelemetry is imported.
+    tracing: bool = False
 
     def __post_init__(self) -> None:
         if not _SCHEMA_NAME.match(self.schema):
@@ -77,6 +85,8 @@ class Settings:
         "EVENTKIT_NOTIFY",
         "BROKER_URL",
         "EVENTKIT_PREPARED_STATEMENTS",
+        "EVENTKIT_SUBJECT_KEY_TTL",
+        "EVENTKIT_TRACING",
     )
 
     @classmethod
@@ -92,6 +102,8 @@ class Settings:
             notify=env.get("EVENTKIT_NOTIFY", "").lower() in _ON,
             broker_url=env.get("BROKER_URL") or None,
             prepared_statements=_flag(env, "EVENTKIT_PREPARED_STATEMENTS", True),
+            subject_key_ttl_s=_float(env, "EVENTKIT_SUBJECT_KEY_TTL", 5.0),
+            tracing=_flag(env, "EVENTKIT_TRACING", False),
         )
 
     @property
@@ -108,6 +120,19 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
         return int(raw)
     except ValueError:
         raise ConfigurationError(f"{name}={raw!r} is not a whole number") from None
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigurationError(f"{name}={raw!r} is not a number of seconds") from None
+    if value < 0:
+        raise ConfigurationError(f"{name}={raw!r} is negative")
+    return value
 
 
 def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:

@@ -30,10 +30,21 @@ from eventkit.domain.names import (
     TypeNameError,
     UnknownTypeNameError,
 )
+from eventkit.domain.personal import ERASED, PersonalData, placeholders
+from eventkit.domain.snapshots import Snapshot
 from eventkit.infrastructure.errors import (
     ConfigurationError,
     EventDecodingError,
     EventEncodingError,
+)
+from eventkit.infrastructure.subjects import (
+    MARKER,
+    SUBJECT,
+    MemorySubjectKeys,
+    SubjectKeys,
+    is_sealed,
+    seal,
+    unseal,
 )
 
 _ORIGINATOR_FIELDS: set[str] = {"originator_id", "originator_version"}
@@ -59,13 +70,19 @@ class PydanticMapper(Mapper[UUID]):
         transcoder: Transcoder | None = None,
         compressor: Compressor | None = None,
         cipher: Cipher | None = None,
+        *,
+        subject_keys: SubjectKeys | None = None,
     ) -> None:
+        """``subject_keys``: where data subjects' keys are kept, for events with personal
+        data (:mod:`eventkit.domain.personal`); without it such events are refused."""
         if compressor is not None or cipher is not None:
             raise ConfigurationError(
-                "eventkit stores payloads as JSON that operators can read in SQL; unset "
+                "eventkit stores payloads as JSON that operators can read in SQL, with "
+                "personal fields encrypted per data subject (eventkit.domain.personal); unset "
                 "COMPRESSOR_TOPIC, CIPHER_TOPIC and CIPHER_KEY"
             )
         super().__init__(transcoder or PydanticJSONTranscoder())
+        self.subject_keys = subject_keys
 
     def to_stored_event(self, domain_event: DomainEventProtocol[UUID]) -> StoredEvent:
         cls = type(domain_event)
@@ -104,6 +121,11 @@ class PydanticMapper(Mapper[UUID]):
         class_version = _class_version(cls)
         if class_version > 1:
             state[_CLASS_VERSION] = class_version
+        personal = placeholders(cast(type[BaseModel], cls))
+        if personal:
+            self._seal(state, cls, personal, domain_event)
+        elif isinstance(domain_event, Snapshot):
+            self._seal_snapshot(state, domain_event)
         return StoredEvent(
             originator_id=domain_event.originator_id,
             originator_version=domain_event.originator_version,
@@ -125,6 +147,11 @@ class PydanticMapper(Mapper[UUID]):
             raise EventDecodingError(
                 f"cannot decode {where}: payload is {type(state).__name__}, not a JSON object"
             )
+        if MARKER in stored_event.state:
+            self._unseal(state, placeholders(cls), where)
+            inner = state.get("state")
+            if issubclass(cls, Snapshot) and isinstance(inner, dict):
+                self._unseal(inner, _snapshot_placeholders(state.get("topic")), where)
         _upcast(cls, state, where)
         aggregate_topic = state.get(_ORIGINATOR_TOPIC)
         if isinstance(aggregate_topic, str):
@@ -142,6 +169,94 @@ class PydanticMapper(Mapper[UUID]):
         except ValidationError as e:
             raise EventDecodingError(f"cannot decode {where}: {e}") from e
         return cast("DomainEventProtocol[UUID]", event)
+
+    def _keys(self, what: str) -> SubjectKeys:
+        if self.subject_keys is None:
+            raise ConfigurationError(
+                f"{what} holds personal data, encrypted per data subject, and this mapper has "
+                "no subject keys: construct it with subject_keys= (eventkit's factory, "
+                "runner and commands do)"
+            )
+        return self.subject_keys
+
+    def _seal(
+        self,
+        state: dict[str, Any],
+        cls: type[Any],
+        personal: dict[str, Any],
+        domain_event: DomainEventProtocol[UUID],
+    ) -> None:
+        """Encrypt the personal fields of ``state`` (an event's, or a snapshot's aggregate
+        state) under their subject's key, in place."""
+        declared: PersonalData = cls.personal_data
+        what = (
+            f"{cls.__qualname__} of stream {domain_event.originator_id} version "
+            f"{domain_event.originator_version}"
+        )
+        subject = state.get(declared.subject)
+        if subject is None:
+            if all(state.get(f) is None for f in personal):
+                return
+            raise EventEncodingError(
+                f"cannot encode {what}: its subject field {declared.subject!r} is None but "
+                "personal fields have values; whose data are they?"
+            )
+        subject = str(subject)
+        key = self._keys(what).key(subject, create=True)
+        if key is None:  # pragma: no cover - create=True always makes one
+            raise EventEncodingError(f"cannot encode {what}: no key for subject {subject!r}")
+        for name in personal:
+            if name in state:
+                state[name] = seal(key, subject, pydantic_core.to_json(state[name]))
+
+    def _seal_snapshot(self, state: dict[str, Any], snapshot: Snapshot) -> None:
+        aggregate = snapshot.aggregate_class
+        personal = _snapshot_placeholders(snapshot.topic)
+        inner = state.get("state")
+        if personal and isinstance(inner, dict):
+            self._seal(inner, aggregate, personal, snapshot)
+
+    def _unseal(self, state: dict[str, Any], personal: dict[str, Any], where: _Where) -> None:
+        """Decrypt the sealed values of ``state`` in place; a value whose subject has been
+        forgotten reads as its field's placeholder."""
+        for name, value in state.items():
+            if not is_sealed(value):
+                continue
+            key = self._keys(f"stored {where}").key(value[SUBJECT], create=False)
+            if key is None:
+                state[name] = personal.get(name, ERASED)
+                continue
+            plaintext = unseal(key, value, f"field {name!r} of {where}")
+            state[name] = self.transcoder.decode(plaintext)
+
+
+@functools.cache
+def _snapshot_placeholders(aggregate_topic: object) -> dict[str, Any]:
+    """The personal attributes of the aggregate a snapshot names, with their placeholders
+    (read from the annotated state; ``ERASED`` when one is not annotated)."""
+    if not isinstance(aggregate_topic, str):
+        return {}
+    try:
+        aggregate = AGGREGATE_TYPES.resolve(aggregate_topic)
+    except LookupError:
+        return {}
+    declared: PersonalData | None = getattr(aggregate, "personal_data", None)
+    if declared is None:
+        return {}
+    return dict.fromkeys(declared.fields, ERASED)
+
+
+class MemoryKeysPydanticMapper(PydanticMapper):
+    """:class:`PydanticMapper` with data subjects' keys in its own memory, for in-memory
+    applications (``MAPPER_TOPIC`` with eventsourcing's POPO recorder) and tests."""
+
+    def __init__(
+        self,
+        transcoder: Transcoder | None = None,
+        compressor: Compressor | None = None,
+        cipher: Cipher | None = None,
+    ) -> None:
+        super().__init__(transcoder, compressor, cipher, subject_keys=MemorySubjectKeys())
 
 
 class _Where:

@@ -51,12 +51,11 @@ from eventkit.infrastructure.broker import (
 )
 from eventkit.infrastructure.deadletters import DeadLetter, DeadLetters, Selector
 from eventkit.infrastructure.errors import EventDecodingError, EventkitError
-from eventkit.infrastructure.factory import shared_pool
+from eventkit.infrastructure.factory import mapper_for, shared_pool
 from eventkit.infrastructure.log import LoggedNotification
 from eventkit.infrastructure.partitions import Partition
 from eventkit.infrastructure.recorder import PostgresEventRecorder, logged_notification
 from eventkit.infrastructure.settings import Settings
-from eventkit.infrastructure.transcoding import PydanticMapper
 from eventkit.projections.follower import Follower, FollowerOptions, PollPolicy
 from eventkit.projections.group import Runnable
 from eventkit.projections.projection import Consumer, Context, create_tables, table_identifiers
@@ -720,7 +719,7 @@ def reaction_runtime(
         schema=settings.schema,
         pool=pool,
         recorder=PostgresEventRecorder(pool, settings.schema),
-        mapper=PydanticMapper(),
+        mapper=mapper_for(pool, settings.schema, settings),
         worker_id=worker_id,
         worker_threads=worker_threads,
         batch_size=batch_size,

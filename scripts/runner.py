@@ -27,11 +27,10 @@ from typing import Any
 
 from eventkit.infrastructure.broker import BrokerKind, BrokerOptions, broker_kind
 from eventkit.infrastructure.errors import ConfigurationError
-from eventkit.infrastructure.factory import shared_pool
+from eventkit.infrastructure.factory import mapper_for, shared_pool
 from eventkit.infrastructure.partitions import Partition
 from eventkit.infrastructure.recorder import PostgresEventRecorder
 from eventkit.infrastructure.settings import Settings
-from eventkit.infrastructure.transcoding import PydanticMapper
 from eventkit.projections.app import App, Runtime
 from eventkit.projections.applier import ProjectionApplier
 from eventkit.projections.follower import (
@@ -92,7 +91,7 @@ def follower_factory(
     """Makes the follower of partition ``k`` of ``P`` of a projection: ``make(cls, k, P)``,
     following as ``options`` say; projections are made by ``construct`` (default: the
     class called with no arguments)."""
-    mapper = PydanticMapper()
+    mapper = mapper_for(options.recorder.pool, options.schema)
 
     def make(projection: type[Projection], partition: int, partitions: int) -> Follower:
         applier = ProjectionApplier(

@@ -10,10 +10,9 @@ from typing import Any
 from eventkit.bootstrap import tune_gc
 from eventkit.cli.common import app_of, describe_app, settings_of
 from eventkit.infrastructure.errors import ConfigurationError
-from eventkit.infrastructure.factory import shared_pool
+from eventkit.infrastructure.factory import mapper_for, shared_pool
 from eventkit.infrastructure.recorder import PostgresEventRecorder
 from eventkit.infrastructure.settings import Settings
-from eventkit.infrastructure.transcoding import PydanticMapper
 from eventkit.projections.follower import BatchReport
 from eventkit.projections.projection import Projection
 from eventkit.projections.rebuild import rebuild
@@ -108,7 +107,7 @@ def run_rebuild(
         url=url,
         schema=settings.schema,
         recorder=recorder,
-        mapper=PydanticMapper(),
+        mapper=mapper_for(pool, settings.schema, settings),
         worker_id=f"rebuild:{default_worker_id()}",
         batch_size=batch_size,
         on_batch=progress,

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 #: mapper: every event still goes through eventkit's encoding and decoding.
 IN_MEMORY_ENV: dict[str, str] = {
     "PERSISTENCE_MODULE": "eventsourcing.popo",
-    "MAPPER_TOPIC": "eventkit.infrastructure.transcoding:PydanticMapper",
+    "MAPPER_TOPIC": "eventkit.infrastructure.transcoding:MemoryKeysPydanticMapper",
     "TRANSCODER_TOPIC": "eventkit.infrastructure.transcoding:PydanticJSONTranscoder",
 }
 

@@ -28,7 +28,7 @@ from typing import Any, Generic, Self, TypeVar
 from uuid import UUID, uuid4
 
 from eventkit.domain.model import Aggregate, DomainEvent
-from eventkit.infrastructure.transcoding import PydanticMapper
+from eventkit.infrastructure.transcoding import MemoryKeysPydanticMapper
 from eventkit.testing.events import (
     Expected,
     Given,
@@ -53,7 +53,7 @@ class AggregateScenario(Generic[A]):
         to (a fresh id by default)."""
         self.kind = kind
         self._streams = Streams(originator_id or uuid4())
-        self._mapper = PydanticMapper()
+        self._mapper = MemoryKeysPydanticMapper()
         self._history: list[DomainEvent] = []
         self._ran = False
         #: The aggregate after the command (None when the command created none).

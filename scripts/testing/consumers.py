@@ -12,7 +12,7 @@ import psycopg_pool
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from eventkit.infrastructure.transcoding import PydanticMapper
+from eventkit.infrastructure.transcoding import MemoryKeysPydanticMapper
 from eventkit.projections.projection import Consumer, create_tables, table_identifiers
 from eventkit.projections.queries import Queries
 from eventkit.testing.database import Transaction
@@ -36,7 +36,7 @@ class ConsumerScenario:
         self.tables = table_identifiers(self.schema, cls)
         self._topics = set(cls.topics())
         self._streams = Streams()
-        self._mapper = PydanticMapper()
+        self._mapper = MemoryKeysPydanticMapper()
         with self.conn.transaction():
             create_tables(self.conn, self.schema, cls)
         #: Events given that the consumer has no handler for: its follower never reads them.

@@ -20,6 +20,8 @@ NOT_DEFAULT = {
     "EVENTKIT_NOTIFY": "1",
     "BROKER_URL": "amqp://guest:guest@mq:5672/",
     "EVENTKIT_PREPARED_STATEMENTS": "off",
+    "EVENTKIT_SUBJECT_KEY_TTL": "0.5",
+    "EVENTKIT_TRACING": "on",
 }
 
 
