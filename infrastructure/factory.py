@@ -140,7 +140,10 @@ class Factory(InfrastructureFactory[TrackingRecorder]):
 
     def application_recorder(self) -> ApplicationRecorder:
         return PostgresEventRecorder(
-            self.pool, self.settings.schema, notify_channel=self.settings.notify_channel
+            self.pool,
+            self.settings.schema,
+            notify_channel=self.settings.notify_channel,
+            tracing=self.settings.tracing,
         )
 
     def tracking_recorder(

@@ -16,10 +16,10 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from uuid import UUID
 
 import psycopg
@@ -49,6 +49,9 @@ from eventkit.infrastructure.errors import (
 from eventkit.infrastructure.log import LoggedNotification, OpenTransaction, Position, StartFrom
 from eventkit.infrastructure.partitions import Partition
 from eventkit.infrastructure.subscription import PollingSubscription
+
+if TYPE_CHECKING:  # imported at run time only with tracing on: it imports OpenTelemetry
+    from eventkit.infrastructure.tracing import Tracing
 
 logger = logging.getLogger(__name__)
 
@@ -92,10 +95,18 @@ class PostgresEventRecorder(ApplicationRecorder):
         schema: str,
         *,
         notify_channel: str | None = None,
+        tracing: bool = False,
     ) -> None:
+        """``tracing``: a span per append, its context stored with the events
+        (:mod:`eventkit.infrastructure.tracing`, imported only then)."""
         self.pool = pool
         self.schema = schema
         self.notify_channel = notify_channel
+        self._tracing: Tracing | None = None
+        if tracing:
+            from eventkit.infrastructure.tracing import tracing as process_tracing
+
+            self._tracing = process_tracing()
         table = sql.Identifier(schema, "stored_events")
         self._table = table
         self._sequence = f"{schema}.stored_events_notification_id_seq"
@@ -144,8 +155,14 @@ class PostgresEventRecorder(ApplicationRecorder):
         started = time.perf_counter()
         meta = current_metadata()
         key = kwargs.get("idempotency_key")
-        options = None if meta is None and key is None else _options(meta, key)
-        ids = self._insert(stored_events, options)
+        if self._tracing is None:
+            options = None if meta is None and key is None else _options(meta, key)
+            ids = self._insert(stored_events, options)
+        else:
+            streams = list(dict.fromkeys(str(e.originator_id) for e in stored_events))
+            correlation_id = None if meta is None else meta.correlation_id
+            with self._tracing.append(len(stored_events), streams, correlation_id) as carrier:
+                ids = self._insert(stored_events, _options(meta, key, carrier))
         metrics.APPEND_LATENCY.observe(time.perf_counter() - started)
         metrics.EVENTS_APPENDED.inc(len(ids))
         return ids
@@ -759,20 +776,24 @@ def _as_is(text: str) -> str:
     return text
 
 
-def _options(meta: Metadata | None, key: object) -> AppendOptions:
-    """An append's options from the metadata in force and its idempotency key."""
+def _options(
+    meta: Metadata | None, key: object, trace_headers: Mapping[str, str] | None = None
+) -> AppendOptions:
+    """An append's options from the metadata in force, its idempotency key and the trace
+    context to store with its events."""
     if key is not None and (not isinstance(key, str) or not key):
         raise PersistenceError(f"an idempotency key must be a non-empty str, got {key!r}")
-    if meta is None:
-        return AppendOptions(idempotency_key=key)
+    all_headers = {**(meta.headers if meta is not None else {}), **(trace_headers or {})}
     headers = None
-    if meta.headers:
+    if all_headers:
         try:
-            headers = pydantic_core.to_json(dict(meta.headers)).decode()
+            headers = pydantic_core.to_json(all_headers).decode()
         except pydantic_core.PydanticSerializationError as e:
             raise EventEncodingError(
-                f"the metadata's headers {dict(meta.headers)!r} are not JSON: {e}"
+                f"the metadata's headers {all_headers!r} are not JSON: {e}"
             ) from e
+    if meta is None:
+        return AppendOptions(headers=headers, idempotency_key=key)
     return AppendOptions(meta.correlation_id, meta.causation_id, headers, key)
 
 
