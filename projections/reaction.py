@@ -29,13 +29,17 @@ retries. Replays of projections never touch reactions.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 from abc import ABC
+from collections.abc import Callable
 from typing import Any, ClassVar
 from uuid import UUID
 
 import psycopg
 from psycopg import sql
 
+from eventkit.domain.metadata import Metadata, metadata
 from eventkit.infrastructure.log import LoggedNotification, StartFrom
 from eventkit.projections.projection import Consumer, Context, UnhandledEventError
 
@@ -86,5 +90,41 @@ class Reaction(Consumer, ABC):
     #: A try that runs longer than this is interrupted and counts as failed.
     time_limit_ms: ClassVar[int] = 60_000
 
+    @classmethod
+    def handler(cls, event_type: type[Any]) -> Callable[[Any, Any, Any], None]:
+        """The handler of ``event_type``, run inside the metadata of what it reacts to
+        (:func:`caused_by`): the events its commands append carry the event's correlation
+        id, its id as their causation id, and its headers."""
+        handler = super().handler(event_type)
 
-__all__ = ["Reaction", "ReactionContext", "UnhandledEventError"]
+        @functools.wraps(handler)
+        def react(reaction: Any, event: Any, context: Any) -> None:
+            notification = getattr(context, "notification", None)
+            if notification is None:  # called outside a runtime, with no event's metadata
+                handler(reaction, event, context)
+                return
+            with caused_by(notification):
+                handler(reaction, event, context)
+
+        return react
+
+
+#: Headers an event's consequences do not inherit: a trace context names the span that
+#: appended the event; the consequences' own appends store theirs.
+_NOT_CARRIED = frozenset({"traceparent", "tracestate"})
+
+
+def caused_by(notification: LoggedNotification) -> contextlib.AbstractContextManager[Metadata]:
+    """The metadata context of what ``notification``'s event causes: its correlation id
+    (its notification id, as text, when it has none: it starts the chain), its notification
+    id as the causation id, and its headers less any trace context."""
+    cause = str(notification.id)
+    headers = notification.headers or {}
+    return metadata(
+        correlation_id=notification.correlation_id or cause,
+        causation_id=cause,
+        headers={k: v for k, v in headers.items() if k not in _NOT_CARRIED},
+    )
+
+
+__all__ = ["Reaction", "ReactionContext", "UnhandledEventError", "caused_by"]

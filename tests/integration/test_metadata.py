@@ -4,7 +4,7 @@ own, shown by stored_events_json and carried by every reader's notifications."""
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, ClassVar
 from uuid import UUID, uuid4
 
 import psycopg_pool
@@ -14,9 +14,16 @@ from psycopg import sql
 
 import eventkit
 from eventkit.domain.metadata import Metadata, current_metadata
+from eventkit.domain.shop.application import Shop
+from eventkit.domain.shop.commands import ReceiveStock, RegisterStockItem
+from eventkit.domain.shop.stock import StockItem
 from eventkit.infrastructure.errors import EventEncodingError
 from eventkit.infrastructure.log import Position
 from eventkit.infrastructure.recorder import COPY_THRESHOLD, PostgresEventRecorder
+from eventkit.projections.projection import handles
+from eventkit.projections.reaction import Reaction, ReactionContext
+from tests.integration.projection_support import settings_for
+from tests.integration.reaction_support import make_runtime, running_reactions, wait_for
 
 
 def events(stream: UUID, first: int, count: int) -> list[StoredEvent]:
@@ -101,10 +108,6 @@ def test_bad_metadata_is_refused_by_name(recorder: PostgresEventRecorder) -> Non
 def test_applications_append_with_the_metadata_in_force(
     app_env: dict[str, str], pool: psycopg_pool.ConnectionPool, schema: str
 ) -> None:
-    from eventkit.domain.shop.application import Shop
-    from eventkit.domain.shop.commands import RegisterStockItem
-    from eventkit.domain.shop.stock import StockItem
-
     shop = Shop(env=app_env)
     with eventkit.metadata(correlation_id="order-flow-1", headers={"user": "ada"}):
         shop.register_stock_item(RegisterStockItem(sku="TEA", name="Tea", unit_price="3.20"))
@@ -121,3 +124,54 @@ def test_appends_without_prepared_statements_carry_metadata_too(
     with eventkit.metadata(correlation_id="c", causation_id="d", headers={"k": "v"}):
         recorder.insert_events(events(stream, 1, 3))
     assert metadata_in_sql(pool, schema, stream) == [(v, "c", "d", {"k": "v"}) for v in (1, 2, 3)]
+
+
+class Restock(Reaction):
+    """Receives 5 units of every sku registered: a command caused by an event."""
+
+    name = "restock"
+    start_from = "origin"
+    shop: ClassVar[Shop | None] = None
+
+    @handles
+    def registered(self, event: StockItem.Registered, context: ReactionContext) -> None:
+        assert self.shop is not None
+        self.shop.receive_stock(ReceiveStock(sku=event.sku, quantity=5))
+
+
+def test_a_reactions_commands_carry_the_metadata_of_the_event_they_react_to(
+    app_env: dict[str, str],
+    database_url: str,
+    pool: psycopg_pool.ConnectionPool,
+    schema: str,
+) -> None:
+    shop = Shop(env=app_env)
+    Restock.shop = shop
+    first, second = StockItem.id_for("TEA"), StockItem.id_for("COFFEE")
+    with eventkit.metadata(correlation_id="req-9", headers={"user": "ada", "traceparent": "x"}):
+        shop.register_stock_item(RegisterStockItem(sku="TEA", name="Tea", unit_price="3.20"))
+    shop.register_stock_item(RegisterStockItem(sku="COFFEE", name="Coffee", unit_price="4"))
+    runtime = make_runtime([Restock()], settings_for(database_url, schema))
+    try:
+        with running_reactions(runtime):
+            wait_for(
+                lambda: (
+                    len(metadata_in_sql(pool, schema, first)) == 2
+                    and len(metadata_in_sql(pool, schema, second)) == 2
+                ),
+                "the reaction to receive stock for both skus",
+            )
+    finally:
+        Restock.shop = None
+    recorder = PostgresEventRecorder(pool, schema)
+    registered = {
+        n.originator_id: n
+        for n in recorder.read_notifications(Position.ORIGIN, 100)
+        if n.originator_version == 1
+    }
+    caused = metadata_in_sql(pool, schema, first)[1]
+    assert caused == (2, "req-9", str(registered[first].id), {"user": "ada"})
+    # An event without a correlation id starts a chain: its own id correlates it.
+    started = metadata_in_sql(pool, schema, second)[1]
+    cause = str(registered[second].id)
+    assert started == (2, cause, cause, None)
