@@ -573,6 +573,7 @@ class Follower:
         deferred: bool = False,
     ) -> None:
         applied = parked = 0
+        applied_ids: list[int] = []
         with conn.transaction():
             # Read the parked streams unless this follower knows there are none: letters
             # are opened only by the lease holder (this follower), so that stays true until
@@ -608,6 +609,7 @@ class Follower:
                     else:
                         context.notification = n
                     self._apply(item, context, offset + i)
+                    applied_ids.append(n.id)
                     applied += 1
             if context is not None:
                 try:
@@ -618,7 +620,7 @@ class Follower:
                     # A statement or a row-count check of the queued batch failed: the
                     # rerun, statement by statement, names the failing event.
                     raise _HandlerFailure(offset + len(items) - 1, e) from e
-            self._advance(conn, to)
+            self._advance(conn, to, applied_ids)
         self.position = max(self.position, to)
         if items:
             self._none_parked = not self.applier.sequenced or (
@@ -637,13 +639,18 @@ class Follower:
         except Exception as e:
             raise _HandlerFailure(index, e) from e
 
-    def _advance(self, conn: psycopg.Connection[Any], to: Position) -> None:
-        """Record ``to`` in the caller's transaction; the caller sets ``self.position``
-        once that transaction has committed. The lease's fence is sent first and read
-        after the position's update: in a pipelined batch both share one round trip."""
+    def _advance(
+        self, conn: psycopg.Connection[Any], to: Position, applied: Sequence[int] = ()
+    ) -> None:
+        """Record ``to``, and fold the ids of the events ``applied`` for the completeness
+        audit, in the caller's transaction; the caller sets ``self.position`` once that
+        transaction has committed. The lease's fence is sent first and read after the
+        position's update: in a pipelined batch both share one round trip."""
         fence = None if self.lease is None else self.leases.send_fence(conn, self.lease)
         if to > self.position:
-            self.tracking.advance(conn, self.name, self.position, to, self.partition.index)
+            self.tracking.advance(
+                conn, self.name, self.position, to, self.partition.index, applied=applied
+            )
         if fence is not None and self.lease is not None:
             self.leases.check_fence(fence, self.lease, self.partition.count)
 
@@ -831,6 +838,9 @@ class Follower:
                     context.notification = item.notification
                     self._apply(item, context, index)
                 self.dead_letters.mark(conn, [d.dead_letter_id for d in letters], "retried")
+                self.tracking.fold(
+                    conn, self.name, self.partition.index, [d.notification_id for d in letters]
+                )
                 self._fence(conn)
         except _HandlerFailure as failure:
             head = letters[failure.index]

@@ -66,6 +66,10 @@ def split(
         for k in range(before, partitions):
             if positions[k] != Position.ORIGIN:
                 tracking.set(conn, name, positions[k], k)
+        # Each old partition's fold covers events now in several partitions: the audit
+        # starts again from the split.
+        for k in range(before):
+            tracking.restart_audit(conn, name, k)
         set_partitions(conn, schema, name, partitions)
         leases.revoke(conn, name)
     return Split(name, before, partitions, positions)

@@ -217,6 +217,8 @@ def _swap(
             count = partitions
         for k in range(count):
             tracking.set(conn, projection.name, position, k)
+        if count == 1:  # the rebuild's one fold covers the live view's one partition
+            tracking.take_fold(conn, projection.name, follower.name)
         tracking.forget(conn, projection.name, from_partition=count)
         tracking.forget(conn, follower.name)
         DeadLetters(schema).rename_consumer(conn, follower.name, projection.name)

@@ -8,6 +8,8 @@ the rows to a JSON file (``--json FILE``) for the docs.
 * ``catchup``: a projection processing an existing log from zero (:mod:`.catchup`).
 * ``live``: projection latency under writers at a fixed offered rate (:mod:`.live`).
 * ``reactions``: reactions/s and latency, PostgreSQL broker and RabbitMQ (:mod:`.reactions`).
+* ``audit``: the completeness audit on 1,000,000 events, and the fold's cost per batch
+  (:mod:`.audit`).
 * ``snapshots``: loading an aggregate of 10,000 events with and without snapshots
   (:mod:`.snapshots`).
 """
@@ -19,7 +21,16 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from eventkit.benchmarks import append, catchup, live, payload, reactions, scale, snapshots
+from eventkit.benchmarks import (
+    append,
+    audit,
+    catchup,
+    live,
+    payload,
+    reactions,
+    scale,
+    snapshots,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     reactions.register(suites)
     scale.register(suites)
     snapshots.register(suites)
+    audit.register(suites)
     return parser
 
 

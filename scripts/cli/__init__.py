@@ -34,6 +34,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "reactions": ("eventkit.cli.reactions", "reactions: send messages again from a position"),
     "partitions": ("eventkit.cli.partitions", "a projection's or reaction's partitions"),
+    "audit": (
+        "eventkit.cli.audit",
+        "prove a projection or reaction applied every event exactly once, or name those it did not",
+    ),
     "forget": (
         "eventkit.cli.forget",
         "crypto-shred data subjects: their personal data can never be read again",
