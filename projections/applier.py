@@ -13,7 +13,7 @@ position; in each batch's transaction it hands every event to its applier. There
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from uuid import UUID
 
 import psycopg
@@ -29,6 +29,9 @@ from eventkit.projections.projection import (
     create_tables,
     table_identifiers,
 )
+
+if TYPE_CHECKING:  # imported at run time only with tracing on: it imports OpenTelemetry
+    from eventkit.infrastructure.tracing import Tracing
 
 
 class Applier(Protocol):
@@ -85,8 +88,11 @@ class ProjectionApplier:
         *,
         mapper: Mapper[UUID] | None = None,
         table_suffix: str = "",
+        tracing: bool = False,
     ) -> None:
-        """``table_suffix`` names a copy of the view's tables (a rebuild's)."""
+        """``table_suffix`` names a copy of the view's tables (a rebuild's); ``tracing``:
+        a span per event applied, child of the trace context stored with the event
+        (:mod:`eventkit.infrastructure.tracing`, imported only then)."""
         self.projection = projection
         self.consumer: type[Consumer] = type(projection)
         self.schema = schema
@@ -94,6 +100,11 @@ class ProjectionApplier:
         self.table_suffix = table_suffix
         self.tables = table_identifiers(schema, type(projection), table_suffix)
         self._handlers: dict[type[Any], Callable[[Any, Any, Context], None]] = {}
+        self._tracing: Tracing | None = None
+        if tracing:
+            from eventkit.infrastructure.tracing import tracing as process_tracing
+
+            self._tracing = process_tracing()
 
     def prepare(self, conn: psycopg.Connection[Any]) -> None:
         create_tables(conn, self.schema, self.consumer, self.table_suffix)
@@ -105,4 +116,14 @@ class ProjectionApplier:
         handler = self._handlers.get(type(event))
         if handler is None:
             handler = self._handlers[type(event)] = self.consumer.handler(type(event))
-        handler(self.projection, event, context)
+        if self._tracing is None:
+            handler(self.projection, event, context)
+            return
+        name = self.consumer.name
+        with self._tracing.consume(
+            f"eventkit.projection {name}",
+            kind="projection",
+            consumer=name,
+            notification=context.notification,
+        ):
+            handler(self.projection, event, context)

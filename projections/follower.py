@@ -125,6 +125,8 @@ class FollowerOptions:
     state: str = "running"
     #: Called after each committed batch (in the follower's thread).
     on_batch: Callable[[BatchReport], None] | None = None
+    #: OpenTelemetry spans for the events applied (``EVENTKIT_TRACING``).
+    tracing: bool = False
 
     @property
     def schema(self) -> str:

@@ -32,7 +32,7 @@ from __future__ import annotations
 import contextlib
 import functools
 from abc import ABC
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 from uuid import UUID
 
@@ -103,10 +103,43 @@ class Reaction(Consumer, ABC):
             if notification is None:  # called outside a runtime, with no event's metadata
                 handler(reaction, event, context)
                 return
-            with caused_by(notification):
+            tracing = getattr(reaction, _TRACING, None)
+            if tracing is None:
+                with caused_by(notification):
+                    handler(reaction, event, context)
+                return
+            name = type(reaction).name
+            attributes = {
+                "eventkit.message_id": str(getattr(context, "message_id", "")),
+                "eventkit.attempt": getattr(context, "attempt", 0),
+            }
+            with (
+                tracing.consume(
+                    f"eventkit.reaction {name}",
+                    kind="reaction",
+                    consumer=name,
+                    notification=notification,
+                    attributes=attributes,
+                ),
+                caused_by(notification),
+            ):
                 handler(reaction, event, context)
 
         return react
+
+
+#: The attribute of a reaction instance holding its Tracing, when its runtime traces.
+_TRACING = "_eventkit_tracing"
+
+
+def trace_reactions(reactions: Sequence[Reaction]) -> None:
+    """Run these reactions' handlers in OpenTelemetry spans (``EVENTKIT_TRACING=on``): a
+    span per execution, child of the trace context stored with the event, inside which the
+    handler's commands append (:mod:`eventkit.infrastructure.tracing`, imported here)."""
+    from eventkit.infrastructure.tracing import tracing
+
+    for reaction in reactions:
+        setattr(reaction, _TRACING, tracing())
 
 
 #: Headers an event's consequences do not inherit: a trace context names the span that
@@ -127,4 +160,4 @@ def caused_by(notification: LoggedNotification) -> contextlib.AbstractContextMan
     )
 
 
-__all__ = ["Reaction", "ReactionContext", "UnhandledEventError", "caused_by"]
+__all__ = ["Reaction", "ReactionContext", "UnhandledEventError", "caused_by", "trace_reactions"]

@@ -59,7 +59,7 @@ from eventkit.infrastructure.settings import Settings
 from eventkit.projections.follower import Follower, FollowerOptions, PollPolicy
 from eventkit.projections.group import Runnable
 from eventkit.projections.projection import Consumer, Context, create_tables, table_identifiers
-from eventkit.projections.reaction import Reaction, ReactionContext
+from eventkit.projections.reaction import Reaction, ReactionContext, trace_reactions
 
 logger = logging.getLogger(__name__)
 
@@ -703,6 +703,8 @@ def reaction_runtime(
     """A runtime for ``reactions`` on the settings' database and schema, with the broker
     ``BROKER_URL`` names (the PostgreSQL broker when unset)."""
     pool, url = shared_pool(settings)
+    if settings.tracing:
+        trace_reactions(reactions)
     kind = broker_kind(settings.broker_url)
     broker = create_broker(
         kind,

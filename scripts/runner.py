@@ -80,6 +80,7 @@ def follower_options(
         durable_commits=durable_commits,
         notify_channel=settings.notify_channel,
         on_batch=on_batch,
+        tracing=settings.tracing,
     )
 
 
@@ -98,6 +99,7 @@ def follower_factory(
             construct(projection) if construct is not None else projection(),
             options.schema,
             mapper=mapper,
+            tracing=options.tracing,
         )
         key = Partition(projection.partition_key, partitions, partition)
         return Follower(projection.name, applier, key, options)

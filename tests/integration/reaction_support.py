@@ -15,8 +15,9 @@ import psycopg_pool
 from psycopg import sql
 
 from eventkit.domain.shop.application import Shop
-from eventkit.domain.shop.commands import OrderLineRequest, PlaceOrder
+from eventkit.domain.shop.commands import OrderLineRequest, PlaceOrder, ReceiveStock
 from eventkit.domain.shop.orders import Order
+from eventkit.domain.shop.stock import StockItem
 from eventkit.infrastructure.broker import BrokerOptions
 from eventkit.infrastructure.settings import Settings
 from eventkit.projections.follower import PollPolicy
@@ -75,6 +76,20 @@ class Audit(Reaction):
             "INSERT INTO {audit} (message_id, order_id) VALUES (%s, %s)",
             (context.message_id, event.originator_id),
         )
+
+
+class Restock(Reaction):
+    """Receives 5 units of every sku registered: a command caused by an event (set
+    ``shop`` first)."""
+
+    name = "restock"
+    start_from = "origin"
+    shop: ClassVar[Shop | None] = None
+
+    @handles
+    def registered(self, event: StockItem.Registered, context: ReactionContext) -> None:
+        assert self.shop is not None
+        self.shop.receive_stock(ReceiveStock(sku=event.sku, quantity=5))
 
 
 def make_runtime(

@@ -4,7 +4,7 @@ own, shown by stored_events_json and carried by every reader's notifications."""
 from __future__ import annotations
 
 import json
-from typing import Any, ClassVar
+from typing import Any
 from uuid import UUID, uuid4
 
 import psycopg_pool
@@ -15,15 +15,13 @@ from psycopg import sql
 import eventkit
 from eventkit.domain.metadata import Metadata, current_metadata
 from eventkit.domain.shop.application import Shop
-from eventkit.domain.shop.commands import ReceiveStock, RegisterStockItem
+from eventkit.domain.shop.commands import RegisterStockItem
 from eventkit.domain.shop.stock import StockItem
 from eventkit.infrastructure.errors import EventEncodingError
 from eventkit.infrastructure.log import Position
 from eventkit.infrastructure.recorder import COPY_THRESHOLD, PostgresEventRecorder
-from eventkit.projections.projection import handles
-from eventkit.projections.reaction import Reaction, ReactionContext
 from tests.integration.projection_support import settings_for
-from tests.integration.reaction_support import make_runtime, running_reactions, wait_for
+from tests.integration.reaction_support import Restock, make_runtime, running_reactions, wait_for
 
 
 def events(stream: UUID, first: int, count: int) -> list[StoredEvent]:
@@ -124,19 +122,6 @@ def test_appends_without_prepared_statements_carry_metadata_too(
     with eventkit.metadata(correlation_id="c", causation_id="d", headers={"k": "v"}):
         recorder.insert_events(events(stream, 1, 3))
     assert metadata_in_sql(pool, schema, stream) == [(v, "c", "d", {"k": "v"}) for v in (1, 2, 3)]
-
-
-class Restock(Reaction):
-    """Receives 5 units of every sku registered: a command caused by an event."""
-
-    name = "restock"
-    start_from = "origin"
-    shop: ClassVar[Shop | None] = None
-
-    @handles
-    def registered(self, event: StockItem.Registered, context: ReactionContext) -> None:
-        assert self.shop is not None
-        self.shop.receive_stock(ReceiveStock(sku=event.sku, quantity=5))
 
 
 def test_a_reactions_commands_carry_the_metadata_of_the_event_they_react_to(

@@ -3,6 +3,7 @@ exporter; and, with tracing off, nothing of OpenTelemetry imported."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -22,7 +23,20 @@ import eventkit
 from eventkit.domain.shop.application import Shop
 from eventkit.domain.shop.commands import RegisterStockItem
 from eventkit.domain.shop.stock import StockItem
+from eventkit.infrastructure.factory import mapper_for
+from eventkit.infrastructure.partitions import Partition
+from eventkit.infrastructure.recorder import PostgresEventRecorder
 from eventkit.infrastructure.tracing import use_tracer_provider
+from eventkit.projections.applier import ProjectionApplier
+from eventkit.projections.follower import Follower, FollowerOptions
+from eventkit.projections.shop.stock_levels import StockLevels
+from tests.integration.projection_support import (
+    FAST_POLL,
+    running,
+    settings_for,
+    wait_until_caught_up,
+)
+from tests.integration.reaction_support import Restock, make_runtime, running_reactions, wait_for
 
 
 @pytest.fixture
@@ -98,7 +112,7 @@ def test_with_tracing_off_no_opentelemetry_module_is_imported(
         """
         import sys
         from eventkit.domain.shop.application import Shop
-        from eventkit.domain.shop.commands import RegisterStockItem
+        from eventkit.domain.shop.commands import ReceiveStock, RegisterStockItem
         from eventkit.infrastructure.factory import application_env
         shop = Shop(env=application_env())
         shop.register_stock_item(RegisterStockItem(sku="OFF", name="Off", unit_price="1"))
@@ -148,3 +162,76 @@ def test_tracing_on_without_opentelemetry_says_what_to_install(
     )
     assert done.returncode == 0, done.stderr
     assert "pip install 'eventkit[otel]'" in done.stdout
+
+
+def test_a_projection_applies_an_event_in_a_child_of_its_append(
+    app_env: dict[str, str],
+    database_url: str,
+    pool: psycopg_pool.ConnectionPool,
+    schema: str,
+    exporter: InMemorySpanExporter,
+) -> None:
+    shop = Shop(env=traced_env(app_env))
+    with eventkit.metadata(correlation_id="req-2"):
+        shop.register_stock_item(RegisterStockItem(sku="TEA", name="Tea", unit_price="3.20"))
+    options = FollowerOptions(
+        url=database_url,
+        recorder=PostgresEventRecorder(pool, schema),
+        worker_id="test",
+        poll=FAST_POLL,
+        tracing=True,
+    )
+    applier = ProjectionApplier(
+        StockLevels(), schema, mapper=mapper_for(pool, schema), tracing=options.tracing
+    )
+    with running(Follower(StockLevels.name, applier, Partition(), options)):
+        wait_until_caught_up(pool, schema, StockLevels.name)
+    spans = exporter.get_finished_spans()
+    (append,) = by_name(spans, "eventkit.append")
+    (applied,) = by_name(spans, f"eventkit.projection {StockLevels.name}")
+    assert applied.kind is trace.SpanKind.CONSUMER
+    assert applied.context is not None
+    assert append.context is not None
+    assert applied.context.trace_id == append.context.trace_id
+    assert applied.parent is not None
+    assert applied.parent.span_id == append.context.span_id
+    assert applied.attributes is not None
+    assert applied.attributes["eventkit.correlation_id"] == "req-2"
+    assert applied.attributes["eventkit.topic"] == "StockItem.Registered"
+
+
+def test_one_trace_follows_a_command_through_its_reaction_and_the_command_it_runs(
+    app_env: dict[str, str],
+    database_url: str,
+    pool: psycopg_pool.ConnectionPool,
+    schema: str,
+    provider: TracerProvider,
+    exporter: InMemorySpanExporter,
+) -> None:
+    shop = Shop(env=traced_env(app_env))
+    Restock.shop = shop
+    with provider.get_tracer("tests").start_as_current_span("POST /stock") as request:
+        shop.register_stock_item(RegisterStockItem(sku="TEA", name="Tea", unit_price="3.20"))
+    settings = dataclasses.replace(settings_for(database_url, schema), tracing=True)
+    runtime = make_runtime([Restock()], settings)
+    try:
+        with running_reactions(runtime):
+            wait_for(
+                lambda: len(by_name(exporter.get_finished_spans(), "eventkit.append")) == 2,
+                "the reaction's command to append",
+            )
+    finally:
+        Restock.shop = None
+    spans = exporter.get_finished_spans()
+    first, second = sorted(by_name(spans, "eventkit.append"), key=lambda s: s.start_time or 0)
+    (reacted,) = by_name(spans, "eventkit.reaction restock")
+    trace_id = request.get_span_context().trace_id
+    assert {s.context.trace_id for s in (first, reacted, second) if s.context} == {trace_id}
+    assert reacted.parent is not None
+    assert first.context is not None
+    assert reacted.parent.span_id == first.context.span_id
+    assert second.parent is not None
+    assert reacted.context is not None
+    assert second.parent.span_id == reacted.context.span_id
+    assert reacted.attributes is not None
+    assert reacted.attributes["eventkit.attempt"] == 1
