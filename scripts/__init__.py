@@ -35,6 +35,9 @@ _EXPORTS: dict[str, str] = {
     "current_metadata": "eventkit.domain.metadata",
     "Metadata": "eventkit.domain.metadata",
     "SnapshotError": "eventkit.domain.snapshots",
+    "AlreadyRecordedError": "eventkit.domain.application",
+    "PersonalData": "eventkit.domain.personal",
+    "ERASED": "eventkit.domain.personal",
     # reading the log: projections, reactions, queries
     "App": "eventkit.projections.app",
     "Runtime": "eventkit.projections.app",
@@ -62,7 +65,9 @@ _EXPORTS: dict[str, str] = {
 }
 
 __all__ = [
+    "ERASED",
     "Aggregate",
+    "AlreadyRecordedError",
     "App",
     "Application",
     "ConcurrencyError",
@@ -74,6 +79,7 @@ __all__ = [
     "Immutable",
     "Metadata",
     "Outcome",
+    "PersonalData",
     "Position",
     "Projection",
     "Queries",
@@ -100,10 +106,11 @@ __all__ = [
 if TYPE_CHECKING:
     from eventsourcing.domain import event
 
-    from eventkit.domain.application import Application, Outcome
+    from eventkit.domain.application import AlreadyRecordedError, Application, Outcome
     from eventkit.domain.metadata import Metadata, current_metadata, metadata
     from eventkit.domain.model import Aggregate, DomainEvent, Immutable
     from eventkit.domain.names import TypeNameError, moved_module
+    from eventkit.domain.personal import ERASED, PersonalData
     from eventkit.domain.snapshots import SnapshotError
     from eventkit.infrastructure.errors import (
         ConcurrencyError,
