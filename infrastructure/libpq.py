@@ -88,16 +88,21 @@ class PreparedStatement:
             raise error(conn, result, "executing a prepared statement")
         return result
 
-    def begin_and_run(self, conn: psycopg.Connection[Any], arguments: str) -> pq.abc.PGresult:
-        """``BEGIN`` and this statement, in one round trip; the transaction stays open.
+    def begin_and_run(
+        self, conn: psycopg.Connection[Any], arguments: str, *, commit: bool = False
+    ) -> pq.abc.PGresult:
+        """``BEGIN`` and this statement, in one round trip; the transaction stays open,
+        or with ``commit`` is committed in the same round trip.
 
         ``arguments`` are the statement's parameters as SQL literals (quote text with
-        :func:`literal`): the two commands go as one simple query, ``BEGIN; EXECUTE
-        name(arguments)``, which runs the prepared statement by name. Its result comes
-        back in text format. On an error the transaction is left aborted, for the caller
-        to roll back.
+        :func:`literal`): the commands go as one simple query, ``BEGIN; EXECUTE
+        name(arguments)`` (``; COMMIT``), which runs the prepared statement by name. The
+        statement's result (``COMMIT``'s with ``commit``) comes back in text format. On an
+        error the transaction is left aborted, for the caller to roll back.
         """
         query = b"BEGIN; EXECUTE " + self.name + b"(" + arguments.encode() + b")"
+        if commit:
+            query += b"; COMMIT"
         with conn.lock:
             for attempt in (1, 2):
                 if self.name not in _statements_of(conn):
@@ -109,7 +114,7 @@ class PreparedStatement:
                     _forget(conn)
                     continue
                 break
-        if result.status != TUPLES_OK:
+        if result.status not in (TUPLES_OK, COMMAND_OK):
             raise error(conn, result, "executing a prepared statement")
         return result
 

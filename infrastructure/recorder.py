@@ -549,12 +549,12 @@ class PostgresEventRecorder(ApplicationRecorder):
 
         return self._retry(read, what="reading notifications by id")
 
-    def notification_query(self) -> sql.Composed:
-        """``SELECT`` of one notification by id (``%s``), for callers that read it on a
-        connection of theirs (a reaction's ledger transaction); read it with a binary
-        cursor and turn the row into a notification with :func:`logged_notification`."""
-        return sql.SQL("SELECT {} FROM {} WHERE notification_id = %s").format(
-            sql.SQL(_NOTIFICATION_COLUMNS), self._table
+    def notification_query(self, parameter: sql.Composable | None = None) -> sql.Composed:
+        """``SELECT`` of one notification by id (``parameter``, ``%s`` by default), for
+        callers that read it in a statement of theirs (a reaction's look); turn the row
+        into a notification with :func:`logged_notification`."""
+        return sql.SQL("SELECT {} FROM {} WHERE notification_id = {}").format(
+            sql.SQL(_NOTIFICATION_COLUMNS), self._table, parameter or sql.Placeholder()
         )
 
     def head(self) -> Position | None:

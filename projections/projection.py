@@ -195,10 +195,21 @@ class Context:
         With ``results=False`` (the worker, once every handler of the batch has returned)
         only checked statements' results are fetched: nothing else can read them any more.
         """
-        pending, self._pending = self._pending, []
-        if not pending:
+        if not self._pending:
             return
         with self._conn.pipeline():
+            self.send_queued(results=results)
+
+    def has_queued(self) -> bool:
+        """Whether statements are queued, not sent yet."""
+        return bool(self._pending)
+
+    def send_queued(self, *, results: bool = True) -> None:
+        """Send the queued statements on the connection's pipeline, which the caller has
+        open (a reaction sends them with its ledger record and ``COMMIT`` in one round
+        trip); otherwise as :meth:`flush`."""
+        pending, self._pending = self._pending, []
+        if pending:
             for statement, group in groupby(pending, key=itemgetter(0)):
                 entries = list(group)
                 fetch = results or any(e[3] is not None for e in entries)

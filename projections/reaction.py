@@ -11,12 +11,14 @@ class ChargePayments(Reaction):
 ```
 
 A reaction's follower records one message per (event, reaction), in the transaction that
-records its position; dramatiq actors execute the messages. A message may be delivered
-more than once (a worker killed after the side effect, before the acknowledgement), so:
+records its position; dramatiq actors execute the messages. The handler runs outside any
+database transaction (a slow call to another service holds nothing that the log's
+followers wait for). A message may be delivered more than once (a worker killed after the
+side effect, before the acknowledgement), so:
 
-- writes to eventkit's database go through :meth:`ReactionContext.execute`: they commit in
-  the transaction that records the message in the idempotency ledger, so they happen
-  exactly once;
+- writes to eventkit's database go through :meth:`ReactionContext.execute`: they are queued
+  while the handler runs and sent, once it has returned, in the transaction that records
+  the message in the idempotency ledger, so they happen exactly once;
 - calls to other services pass :attr:`ReactionContext.idempotency_key` on: every delivery
   of one message carries the same key;
 - commands on aggregates check the aggregate's state first (a payment already captured is
@@ -46,9 +48,16 @@ from eventkit.projections.projection import Consumer, Context, UnhandledEventErr
 
 class ReactionContext(Context):
     """What a reaction's handler gets besides the event: :meth:`execute` (as in a
-    projection), the message's id and idempotency key, and which try this is."""
+    projection), the message's id and idempotency key, and which try this is.
 
-    __slots__ = ("attempt", "message_id", "reaction")
+    Statements given to :meth:`execute` are queued and sent after the handler returns, in
+    the transaction that records the message in the ledger. Reading a statement's result
+    in the handler, or using :attr:`conn`, begins that transaction at once (it needs the
+    statements run): the rest of the handler then runs inside it, so make calls to other
+    services before that, or keep to writes whose results the handler does not read.
+    """
+
+    __slots__ = ("_begin", "attempt", "message_id", "reaction")
 
     def __init__(
         self,
@@ -59,14 +68,25 @@ class ReactionContext(Context):
         reaction: str,
         message_id: UUID,
         attempt: int,
+        begin: Callable[[], None] | None = None,
     ) -> None:
-        super().__init__(conn, tables, notification)
+        """``begin`` begins the message's transaction (the executor's); without it the
+        statements run at once on ``conn``, in whatever transaction it has open."""
+        super().__init__(conn, tables, notification, deferred=begin is not None)
+        self._begin = begin
         #: The reaction's name.
         self.reaction = reaction
         #: The message's id: the same on every delivery of the message.
         self.message_id = message_id
         #: Which try this is (1 for the first).
         self.attempt = attempt
+
+    def flush(self, *, results: bool = True) -> None:
+        """Begin the message's transaction (once), then send the queued statements."""
+        if self._begin is not None:
+            begin, self._begin = self._begin, None
+            begin()
+        super().flush(results=results)
 
     @property
     def idempotency_key(self) -> str:

@@ -9,13 +9,14 @@ def test_a_shipped_order_gets_one_mail(eventkit_transaction):
     assert len(mails.rows("order_mails")) == 1
 ```
 
-Each given event the reaction handles is one message, run as the reaction's actor runs it:
-in a transaction of its own (a savepoint of the test's) whose first statement records the
-message id in the ledger; the handler gets a real
-:class:`~eventkit.projections.reaction.ReactionContext` (``message_id``,
-``idempotency_key``, ``attempt``) and writes through ``context.execute``. A message the
-ledger holds already is skipped; a handler that raises rolls its message back (ledger row
-and writes), and the failure is recorded, not raised: a redelivery is the next try.
+Each given event the reaction handles is one message, run as the reaction's actor runs it
+(:mod:`eventkit.projections.executor`): a message the ledger holds already is skipped;
+otherwise the handler gets a real :class:`~eventkit.projections.reaction.ReactionContext`
+(``message_id``, ``idempotency_key``, ``attempt``), its ``context.execute`` statements are
+queued and sent after it returns (a result read sends them at once), with the ledger
+record, in a transaction of the message's own (here a savepoint of the test's). A handler
+that raises rolls its message back (ledger row and writes), and the failure is recorded,
+not raised: a redelivery is the next try.
 External services are observed through fakes passed to the reaction's constructor.
 """
 
@@ -30,8 +31,8 @@ import psycopg
 from psycopg import pq, sql
 
 from eventkit.infrastructure.broker import message_id
+from eventkit.projections.executor import HandlerSwallowedError
 from eventkit.projections.reaction import Reaction, ReactionContext
-from eventkit.projections.reactor import HandlerSwallowedError
 from eventkit.testing.consumers import ConsumerScenario
 from eventkit.testing.database import Transaction
 from eventkit.testing.events import Given, Logged, describe
@@ -144,6 +145,7 @@ class ReactionScenario(ConsumerScenario):
             reaction=self.name,
             message_id=mid,
             attempt=attempt,
+            begin=_begun,
         )
         handler = self._handlers.get(type(item.event))
         if handler is None:
@@ -157,6 +159,11 @@ class ReactionScenario(ConsumerScenario):
                 f"{describe(item.event)} and the handler returned normally; nothing of the "
                 "message was committed"
             )
+        context.flush(results=False)
+
+
+def _begun() -> None:
+    """The message's transaction is begun already: the savepoint that holds its claim."""
 
 
 def _uuid(value: Any) -> UUID:

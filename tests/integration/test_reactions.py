@@ -6,6 +6,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Iterator
+from typing import ClassVar
 from uuid import UUID
 
 import psycopg
@@ -42,7 +43,13 @@ from eventkit.projections.shop.reactions import (
 )
 from eventkit.projections.status import reaction_status
 from eventkit.shop.gateway import FakeGateway
-from tests.integration.projection_support import FAST_POLL, settings_for, stock_up
+from tests.integration.projection_support import (
+    FAST_POLL,
+    make_follower,
+    running,
+    settings_for,
+    stock_up,
+)
 from tests.integration.reaction_support import (
     Audit,
     Effects,
@@ -460,7 +467,10 @@ def test_executions_commit_without_waiting_for_the_disk_unless_durable(
 
 
 class Swallower(Reaction):
-    """Catches the error of a failing statement and returns as if all went well."""
+    """Catches the error of a failing statement and returns as if all went well.
+
+    It reads the statement's result, which runs the statement at once (otherwise it would
+    be queued until the handler returns, where no handler code can catch its error)."""
 
     name = "swallower"
     start_from = "origin"  # events are written before the runtime starts
@@ -471,7 +481,7 @@ class Swallower(Reaction):
     @handles
     def placed(self, event: Order.Placed, context: ReactionContext) -> None:
         with contextlib.suppress(psycopg.errors.DivisionByZero):
-            context.execute("SELECT 1 / 0")
+            context.execute("SELECT 1 / 0").fetchone()
 
 
 def test_a_handler_that_swallows_a_database_error_commits_nothing_and_is_parked(
@@ -486,3 +496,137 @@ def test_a_handler_that_swallows_a_database_error_commits_nothing_and_is_parked(
     assert letter.attempts == Swallower.max_attempts
     assert letter.error_class == "HandlerSwallowedError"
     assert count(pool, schema, "reaction_ledger") == 0
+
+
+class Blocks(Reaction):
+    """Writes a row, then blocks until released: a handler stuck in a call to a service."""
+
+    name = "blocks"
+    start_from = "origin"  # events are written before the runtime starts
+    max_attempts = 1
+    entered: ClassVar[threading.Event] = threading.Event()
+    release: ClassVar[threading.Event] = threading.Event()
+    tables = (Table("blocked", "CREATE TABLE {table} (message_id uuid PRIMARY KEY)"),)
+
+    @handles
+    def placed(self, event: Order.Placed, context: ReactionContext) -> None:
+        context.execute("INSERT INTO {blocked} (message_id) VALUES (%s)", (context.message_id,))
+        type(self).entered.set()
+        assert type(self).release.wait(120), "never released"
+
+
+def test_a_blocked_handler_holds_no_transaction_and_delays_no_follower(
+    shop: Shop, pool: psycopg_pool.ConnectionPool, schema: str, react_settings: Settings
+) -> None:
+    """While a reaction's handler hangs (after a write through its context), an unrelated
+    projection still shows the orders placed meanwhile, and no session of the server has
+    had a transaction open since before the handler began."""
+    Blocks.entered.clear()
+    Blocks.release.clear()
+    place(shop, 1)
+    runtime = make_runtime([Blocks()], react_settings)
+    summaries = make_follower(OrderSummaries(), react_settings)
+    with running_reactions(runtime):
+        try:
+            wait_for(Blocks.entered.is_set, "the handler to block")
+            with pool.connection() as conn:
+                row = conn.execute("SELECT clock_timestamp()").fetchone()
+            assert row is not None
+            blocked_since = row[0]
+            with running(summaries):
+                later = place(shop, 3)
+                wait_for(
+                    lambda: (
+                        count(pool, schema, "order_summaries", f"WHERE order_id IN {_ids(later)}")
+                        == 3
+                    ),
+                    "order_summaries to show the orders placed while the handler blocks",
+                )
+            with pool.connection() as conn:
+                open_since_then = conn.execute(
+                    "SELECT pid, application_name, state, backend_xid::text, left(query, 120)"
+                    " FROM pg_stat_activity WHERE datname = current_database()"
+                    " AND backend_type = 'client backend' AND pid <> pg_backend_pid()"
+                    " AND xact_start <= %s",
+                    (blocked_since,),
+                ).fetchall()
+            assert open_since_then == []
+        finally:
+            Blocks.release.set()
+        wait_for(lambda: count(pool, schema, "blocked") == 4, "the released handlers")
+    assert count(pool, schema, "reaction_ledger") == 4
+
+
+def _ids(orders: list[UUID]) -> str:
+    return "(" + ", ".join(f"'{o}'" for o in orders) + ")"
+
+
+class Twice(Reaction):
+    """Both deliveries of one message wait for each other inside the handler, then write
+    (reading the statement's result, which begins the record's transaction, when
+    ``reads``)."""
+
+    name = "twice"
+    start_from = "origin"
+    reads: ClassVar[bool] = False
+    barrier: ClassVar[threading.Barrier] = threading.Barrier(2, timeout=30)
+    tables = (Table("twice", "CREATE TABLE {table} (message_id uuid, attempt integer)"),)
+
+    @handles
+    def placed(self, event: Order.Placed, context: ReactionContext) -> None:
+        type(self).barrier.wait()
+        result = context.execute(
+            "INSERT INTO {twice} (message_id, attempt) VALUES (%s, %s) RETURNING attempt",
+            (context.message_id, context.attempt),
+        )
+        if self.reads:
+            assert result.fetchone() == (context.attempt,)
+
+
+@pytest.mark.parametrize("reads", [False, True])
+def test_two_deliveries_at_once_run_the_handler_twice_and_write_once(
+    shop: Shop,
+    pool: psycopg_pool.ConnectionPool,
+    schema: str,
+    react_settings: Settings,
+    reads: bool,
+) -> None:
+    """A message redelivered while its first delivery still runs (a worker presumed dead):
+    both handlers run, since neither holds a transaction while it does, and the ledger
+    lets only one delivery's statements commit; the other is acknowledged as a duplicate."""
+    Twice.reads = reads
+    Twice.barrier = threading.Barrier(2, timeout=30)
+    (order,) = place(shop, 1)
+    runtime = make_runtime([Twice()], react_settings)
+    executor = runtime.executors["twice"]
+    with pool.connection() as conn:
+        executor.create_tables(conn)
+    [n] = [
+        n
+        for n in PostgresEventRecorder(pool, schema).read_notifications(Position.ORIGIN, 1000)
+        if n.originator_id == order
+    ]
+    errors: list[BaseException] = []
+
+    def deliver(attempt: int) -> None:
+        try:
+            executor.execute(
+                message_id("twice", order, 1),
+                attempt,
+                stream=order,
+                version=1,
+                notification_id=n.id,
+                transaction_id=n.transaction_id,
+            )
+        except BaseException as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=deliver, args=(attempt,)) for attempt in (1, 2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    assert (executor.counts.executed, executor.counts.duplicates) == (1, 1)
+    assert count(pool, schema, "twice") == 1
+    assert ledger_count(pool, schema, "twice") == 1
