@@ -54,6 +54,7 @@ from eventkit.infrastructure.log import LoggedNotification
 from eventkit.infrastructure.recorder import PostgresEventRecorder, logged_notification
 from eventkit.projections.projection import create_tables, table_identifiers
 from eventkit.projections.reaction import Reaction, ReactionContext
+from eventkit.projections.timelimits import HANDLER_TIME_LIMITS
 
 logger = logging.getLogger(__name__)
 
@@ -389,7 +390,12 @@ class ReactionExecutor:
                 begin=recording.begin,
             )
             try:
-                handler(self.reaction, event, context)
+                HANDLER_TIME_LIMITS.run(
+                    type(self.reaction).time_limit_ms / 1000,
+                    lambda: handler(self.reaction, event, context),
+                    what=f"reaction {self.name!r} on stream {m.stream} version {m.version} "
+                    f"(message {m.message_id}, attempt {m.attempt})",
+                )
                 recording.commit(context)
             except _RecordedElsewhere:
                 self._end(conn)
@@ -571,6 +577,9 @@ def declare_actor(broker: dramatiq.Broker, schema: str, executor: ReactionExecut
     dramatiq's own retry limit is off (``max_retries=None``): the executor counts tries and
     parks the message after the reaction's last one, so a message is never dropped by the
     broker. Backoff (exponential, with jitter) is dramatiq's, with the reaction's bounds.
+    dramatiq's time limit is off as well (an infinite one): the executor limits the
+    handler alone to the reaction's ``time_limit_ms`` (:mod:`projections.timelimits`),
+    where dramatiq's, were its timer started, could interrupt the record's ``COMMIT``.
     """
     r = type(executor.reaction)
     return dramatiq.actor(
@@ -580,5 +589,5 @@ def declare_actor(broker: dramatiq.Broker, schema: str, executor: ReactionExecut
         max_retries=None,
         min_backoff=r.min_backoff_ms,
         max_backoff=r.max_backoff_ms,
-        time_limit=r.time_limit_ms,
+        time_limit=float("inf"),
     )(executor)

@@ -107,7 +107,9 @@ class Reaction(Consumer, ABC):
     #: jitter, never more than ``max_backoff_ms``.
     min_backoff_ms: ClassVar[int] = 200
     max_backoff_ms: ClassVar[int] = 60_000
-    #: A try that runs longer than this is interrupted and counts as failed.
+    #: A handler that runs longer than this is interrupted (at its next Python
+    #: instruction: a call blocked in C, such as a socket read, when it returns) and the
+    #: try counts as failed.
     time_limit_ms: ClassVar[int] = 60_000
 
     @classmethod

@@ -630,3 +630,52 @@ def test_two_deliveries_at_once_run_the_handler_twice_and_write_once(
     assert (executor.counts.executed, executor.counts.duplicates) == (1, 1)
     assert count(pool, schema, "twice") == 1
     assert ledger_count(pool, schema, "twice") == 1
+
+
+class Overruns(Reaction):
+    """Waits 30 s for a service that never answers (Python code: interruptible), with a
+    1 s limit per try."""
+
+    name = "overruns"
+    start_from = "origin"
+    max_attempts = 2
+    min_backoff_ms = 10
+    max_backoff_ms = 50
+    time_limit_ms = 1000
+    tries: ClassVar[list[float]] = []
+    tables = (Table("overran", "CREATE TABLE {table} (message_id uuid)"),)
+
+    @handles
+    def placed(self, event: Order.Placed, context: ReactionContext) -> None:
+        type(self).tries.append(time.monotonic())
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            time.sleep(0.05)
+        context.execute("INSERT INTO {overran} (message_id) VALUES (%s)", (context.message_id,))
+
+
+def test_a_handler_past_its_time_limit_is_stopped_retried_and_parked(
+    shop: Shop, pool: psycopg_pool.ConnectionPool, schema: str, react_settings: Settings
+) -> None:
+    Overruns.tries = []
+    place(shop, 1)
+    runtime = make_runtime([Overruns()], react_settings)
+    started = time.monotonic()
+    with running_reactions(runtime):
+        wait_for(
+            lambda: count(pool, schema, "dead_letters") == 1,
+            "the message to be parked after two tries of about a second each",
+            timeout=25,
+        )
+    elapsed = time.monotonic() - started
+    with pool.connection() as conn:
+        [letter] = DeadLetters(schema).select(conn)
+    assert letter.attempts == Overruns.max_attempts == len(Overruns.tries) == 2
+    assert letter.error_class == "TimeLimitExceededError"
+    assert letter.error is not None
+    assert "ran past its time limit of 1 s" in letter.error
+    # Each try ran for its second and was stopped: far from the handler's 30 s.
+    assert Overruns.tries[1] - Overruns.tries[0] >= 1.0
+    assert elapsed < 25
+    assert count(pool, schema, "overran") == 0
+    assert count(pool, schema, "reaction_ledger") == 0
