@@ -89,7 +89,7 @@ class EmbeddedPostgres:
             stale.unlink(missing_ok=True)
         options = (
             f"-h '' -k {socket_dir} -c max_connections=300 -c shared_buffers=256MB "
-            "-c fsync=on -c synchronous_commit=on"
+            "-c fsync=on -c synchronous_commit=on -c max_prepared_transactions=20"
         )
         args = [
             str(bin_dir / "pg_ctl"),

@@ -93,21 +93,48 @@ class LoggedNotification(Notification):
 
 @dataclass(frozen=True)
 class OpenTransaction:
-    """A transaction that holds an xid and so holds back every reader of the log."""
+    """A transaction that can still append to the log and so holds its followers back: a
+    backend's, or a prepared (two-phase) one (``gid``), which no backend holds."""
 
     pid: int | None
     transaction_id: int
+    #: When the backend's transaction began, or when the prepared one was prepared.
     started_at: datetime | None
     state: str | None
     application_name: str | None
     query: str | None
-    #: Seconds since the transaction began, by the server's clock.
+    #: Seconds since ``started_at``, by the server's clock.
     open_for_s: float | None = None
+    database: str | None = None
+    #: The global id of a prepared transaction (None for a backend's).
+    gid: str | None = None
+    #: The role that prepared it.
+    owner: str | None = None
 
     def describe(self) -> str:
+        """Which transaction it is: its id, who holds it, since when."""
         age = "" if self.open_for_s is None else f", for {self.open_for_s:.0f} s"
+        if self.gid is not None:
+            return (
+                f"prepared transaction {self.transaction_id} (gid {self.gid!r}, database "
+                f"{self.database}, owner {self.owner}, prepared at {self.started_at}{age})"
+            )
         return (
-            f"transaction {self.transaction_id} (backend pid {self.pid}, "
-            f"application {self.application_name!r}, state {self.state}, "
+            f"transaction {self.transaction_id} (backend pid {self.pid}, database "
+            f"{self.database}, application {self.application_name!r}, state {self.state}, "
             f"open since {self.started_at}{age}): {self.query!r}"
         )
+
+    def remedy(self) -> str:
+        """How to end it."""
+        if self.gid is not None:
+            return (
+                "no session holds a prepared transaction, so pg_terminate_backend cannot end "
+                f"it: ROLLBACK PREPARED '{_quoted(self.gid)}' (or COMMIT PREPARED) does"
+            )
+        return f"commit or roll it back, or end it with SELECT pg_terminate_backend({self.pid})"
+
+
+def _quoted(text: str) -> str:
+    """``text`` inside an SQL string literal."""
+    return text.replace("'", "''")

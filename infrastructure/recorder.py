@@ -26,7 +26,7 @@ import psycopg
 import psycopg_pool
 import pydantic_core
 from eventsourcing.persistence import ApplicationRecorder, Notification, StoredEvent
-from psycopg import sql
+from psycopg import pq, sql
 from psycopg.types.json import Jsonb
 
 from eventkit.domain.application import AlreadyRecordedError
@@ -68,11 +68,18 @@ _NOTIFICATION_COLUMNS = (
     "originator_id, originator_version, topic, state, notification_id, "
     "transaction_id::text::bigint, recorded_at, correlation_id, causation_id, headers"
 )
-# Rows whose writing transaction id is below the snapshot's xmin belong to transactions
-# that had ended when the snapshot was taken: they are committed (and visible) or rolled
-# back, and no transaction still running or yet to start can write below xmin.
+# Rows whose writing transaction id is below the log's horizon are final: committed (and
+# visible) or rolled back, and no transaction still running or yet to start can append
+# below it. The horizon is the snapshot's xmin, or, once that holds a committed row back,
+# the oldest transaction that can still write to the log (infrastructure/sql/
+# 0009_log_writers.sql; the argument is in docs/architecture.md). A scalar subquery, so
+# it is computed once per statement, with the statement's snapshot.
 # https://www.postgresql.org/docs/current/functions-info.html#FUNCTIONS-PG-SNAPSHOT-PARTS
-_SETTLED = "transaction_id < pg_snapshot_xmin(pg_current_snapshot())"
+_SETTLED = "transaction_id < (SELECT {log_horizon}())"
+#: The database function that computes the horizon: ``log_horizon`` (the snapshot's xmin,
+#: or ``log_writer_horizon`` once that holds a committed row back for 10 ms). Tests read
+#: through ``log_writer_horizon`` alone as well, to work that path hard.
+HORIZON_FUNCTION = "log_horizon"
 
 
 @dataclass(frozen=True)
@@ -109,6 +116,7 @@ class PostgresEventRecorder(ApplicationRecorder):
             self._tracing = process_tracing()
         table = sql.Identifier(schema, "stored_events")
         self._table = table
+        self._horizon = sql.Identifier(schema, HORIZON_FUNCTION)
         self._sequence = f"{schema}.stored_events_notification_id_seq"
         self._copy = sql.SQL("COPY {} (notification_id, {}) FROM STDIN (FORMAT BINARY)").format(
             table, sql.SQL(COLUMNS)
@@ -116,6 +124,16 @@ class PostgresEventRecorder(ApplicationRecorder):
         self._copy_metadata = sql.SQL(
             "COPY {} (notification_id, {}, {}) FROM STDIN (FORMAT BINARY)"
         ).format(table, sql.SQL(COLUMNS), sql.SQL(METADATA_COLUMNS))
+        self._copy_identity = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
+            table, sql.SQL(COLUMNS)
+        )
+        self._copy_identity_metadata = sql.SQL(
+            "COPY {} ({}, {}) FROM STDIN (FORMAT BINARY)"
+        ).format(table, sql.SQL(COLUMNS), sql.SQL(METADATA_COLUMNS))
+        self._copied = sql.SQL(
+            "SELECT notification_id FROM {} WHERE transaction_id = pg_current_xact_id()"
+            " ORDER BY notification_id DESC LIMIT %s"
+        ).format(table)
         self._keys = sql.Identifier(schema, "idempotency_keys")
         self._select_events = sql.SQL(
             "SELECT originator_id, originator_version, topic, state FROM {} "
@@ -124,7 +142,7 @@ class PostgresEventRecorder(ApplicationRecorder):
         self._read_after = sql.SQL(
             "SELECT {} FROM {} e WHERE (transaction_id, notification_id) > (%s::text::xid8, %s) "
             "AND " + _SETTLED
-        ).format(sql.SQL(_NOTIFICATION_COLUMNS), table)
+        ).format(sql.SQL(_NOTIFICATION_COLUMNS), table, log_horizon=self._horizon)
         # A pool whose connections must not hold prepared statements (see
         # Settings.prepared_statements) appends through psycopg's cursor instead.
         kwargs = pool.kwargs if isinstance(pool.kwargs, dict) else {}
@@ -281,29 +299,46 @@ class PostgresEventRecorder(ApplicationRecorder):
         rows: list[tuple[UUID, int, str, bytes]],
         options: AppendOptions | None,
     ) -> list[int]:
-        """Allocate the ids first (sequence values are not transactional, so a rolled back
-        COPY only leaves a gap), then stream the rows in binary COPY."""
+        """Stream the rows in binary COPY; return their ids.
+
+        On a connection with no transaction open, the ids are drawn first (sequence values
+        are not transactional, so a rolled back COPY only leaves a gap), in a statement
+        and transaction of their own, and the COPY is its own transaction, a log append
+        from its start. In a transaction, drawing them first would give the transaction
+        its id before its first append (``nextval`` takes one each time it logs the
+        sequence), and the log refuses such an append (infrastructure/sql/
+        0009_log_writers.sql): the rows take their ids from the column's identity, in
+        order, and are read back (the transaction's last ids are this COPY's).
+        """
         meta = options is not None and options.has_metadata
+        types = ["uuid", "int8", "text", "bytea"]
+        extra: tuple[Any, ...] = ()
+        if options is not None and meta:
+            types += ["text", "text", "jsonb"]
+            headers = options.headers
+            extra = (
+                options.correlation_id,
+                options.causation_id,
+                # Already JSON text: wrapped as is (binary COPY adds jsonb's version).
+                None if headers is None else Jsonb(headers, dumps=_as_is),
+            )
+        on_its_own = conn.autocommit and conn.pgconn.transaction_status == pq.TransactionStatus.IDLE
         with conn.cursor() as cur:
+            if not on_its_own:
+                identity = self._copy_identity_metadata if meta else self._copy_identity
+                with cur.copy(identity) as copy:
+                    copy.set_types(types)
+                    for row in rows:
+                        copy.write_row((*row, *extra))
+                cur.execute(self._copied, (len(rows),))
+                return sorted(r[0] for r in cur.fetchall())
             cur.execute(
                 "SELECT nextval(%s::regclass) FROM generate_series(1, %s)",
                 (self._sequence, len(rows)),
             )
             ids: list[int] = [r[0] for r in cur.fetchall()]
             with cur.copy(self._copy_metadata if meta else self._copy) as copy:
-                types = ["int8", "uuid", "int8", "text", "bytea"]
-                if options is not None and meta:
-                    copy.set_types([*types, "text", "text", "jsonb"])
-                    headers = options.headers
-                    extra: tuple[Any, ...] = (
-                        options.correlation_id,
-                        options.causation_id,
-                        # Already JSON text: wrapped as is (binary COPY adds jsonb's version).
-                        None if headers is None else Jsonb(headers, dumps=_as_is),
-                    )
-                else:
-                    copy.set_types(types)
-                    extra = ()
+                copy.set_types(["int8", *types])
                 for notification_id, row in zip(ids, rows, strict=True):
                     copy.write_row((notification_id, *row, *extra))
         return ids
@@ -531,7 +566,7 @@ class PostgresEventRecorder(ApplicationRecorder):
                 " AND " + _SETTLED + " ORDER BY e.transaction_id, e.notification_id LIMIT %s) s"
                 " ORDER BY s.transaction_id, s.notification_id"
             )
-            .format(columns=columns, wanted=wanted, t=self._table)
+            .format(columns=columns, wanted=wanted, t=self._table, log_horizon=self._horizon)
             .as_bytes(None)
         )
 
@@ -579,7 +614,7 @@ class PostgresEventRecorder(ApplicationRecorder):
             # orders (a scan of the whole log, measured 35 ms on 200,000 events against
             # 0.26 ms)
             + " ORDER BY e.transaction_id DESC, e.notification_id DESC LIMIT 1"
-        ).format(self._table)
+        ).format(self._table, log_horizon=self._horizon)
 
         def read() -> Position | None:
             with self.pool.connection() as conn:
@@ -609,7 +644,7 @@ class PostgresEventRecorder(ApplicationRecorder):
                         " WHERE recorded_at >= %s AND "
                         + _SETTLED
                         + " ORDER BY e.transaction_id, e.notification_id LIMIT 1"
-                    ).format(self._table),
+                    ).format(self._table, log_horizon=self._horizon),
                     (moment,),
                 ).fetchone()
                 if first is None:
@@ -643,22 +678,38 @@ class PostgresEventRecorder(ApplicationRecorder):
         return self._retry(read, what=f"looking up notification {notification_id}")
 
     def oldest_open_transaction(self) -> OpenTransaction | None:
-        """The transaction that holds readers back now, if one does.
+        """The transaction that holds the log's followers back now, if one does.
 
-        Readers see only events of transactions older than the oldest one still open in
-        the whole cluster; a long open transaction anywhere delays every follower.
+        Followers never read past the oldest transaction that can still append to the
+        log (one that holds the log's write lock): events committed after it began wait
+        for it to end. That is a backend's transaction, or a prepared (two-phase) one,
+        which no backend holds any more and only ``COMMIT PREPARED`` or ``ROLLBACK
+        PREPARED`` ends. (On a hot standby followers wait for every transaction of the
+        primary; this looks at the server it runs on.)
         """
-        with self.pool.connection() as conn:
-            row = conn.execute(
-                "SELECT a.pid, pg_snapshot_xmin(pg_current_snapshot())::text::bigint, "
-                "a.xact_start, a.state, a.application_name, left(a.query, 200), "
-                "extract(epoch FROM clock_timestamp() - a.xact_start)::float8 "
-                "FROM (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin) s "
-                "LEFT JOIN pg_stat_activity a ON a.backend_xid = xid(s.xmin)"
-            ).fetchone()
-        if row is None or row[0] is None:
-            return None
-        return OpenTransaction(*row)
+        # The oldest running transaction that holds the log's write lock (its 32-bit id
+        # widened to the log's 64-bit one below the next id to be assigned).
+        statement = sql.SQL(
+            "WITH n AS (SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS next),"
+            " h AS (SELECT transaction_id AS x FROM {}() WHERE appends"
+            " ORDER BY age(transaction_id) DESC LIMIT 1)"
+            " SELECT a.pid,"
+            " n.next - ((n.next - h.x::text::bigint) % 4294967296 + 4294967296) % 4294967296,"
+            " coalesce(a.xact_start, p.prepared), a.state, a.application_name,"
+            " left(a.query, 200),"
+            " extract(epoch FROM clock_timestamp() - coalesce(a.xact_start, p.prepared))::float8,"
+            " coalesce(a.datname, p.database), p.gid, p.owner"
+            " FROM h CROSS JOIN n LEFT JOIN pg_stat_activity a ON a.backend_xid = h.x"
+            " LEFT JOIN pg_prepared_xacts p ON p.transaction = h.x"
+            " WHERE a.pid IS NOT NULL OR p.gid IS NOT NULL"
+        ).format(sql.Identifier(self.schema, "log_transactions"))
+
+        def read() -> OpenTransaction | None:
+            with self.pool.connection() as conn:
+                row = conn.execute(statement).fetchone()
+            return None if row is None else OpenTransaction(*row)
+
+        return self._retry(read, what="looking up what holds the log's followers back")
 
     # -- eventsourcing's notification API ---------------------------------------------------
 
@@ -680,7 +731,7 @@ class PostgresEventRecorder(ApplicationRecorder):
         statement = sql.SQL(
             "SELECT originator_id, originator_version, topic, state, notification_id FROM {} "
             "WHERE " + _SETTLED
-        ).format(self._table)
+        ).format(self._table, log_horizon=self._horizon)
         params: list[Any] = []
         if start is not None:
             statement += sql.SQL(

@@ -386,16 +386,16 @@ def server_warnings(
     pool: psycopg_pool.ConnectionPool, schema: str, *, hold_s: float | None = None
 ) -> list[str]:
     """What on the server slows every worker down, said so that an operator can act on it:
-    a transaction open for ``hold_s`` (default :data:`HOLD_WARNING_S`) or longer that
-    keeps followers from reading past it, and autovacuum turned off."""
+    a transaction that can still append to the log, open for ``hold_s`` (default
+    :data:`HOLD_WARNING_S`) or longer, which followers cannot read past (a backend's, or
+    a prepared one), and autovacuum turned off."""
     hold_s = HOLD_WARNING_S if hold_s is None else hold_s
     warnings = []
     holder = PostgresEventRecorder(pool, schema).oldest_open_transaction()
     if holder is not None and holder.open_for_s is not None and holder.open_for_s >= hold_s:
         warnings.append(
             f"followers cannot read past {holder.describe()}; events committed since it "
-            "began reach no projection or reaction until it ends (commit or roll it back, "
-            "or end it with pg_terminate_backend)"
+            f"began reach no projection or reaction until it ends: {holder.remedy()}"
         )
     with pool.connection() as conn:
         warning = autovacuum_warning(conn)

@@ -8,6 +8,7 @@ the rows to a JSON file (``--json FILE``) for the docs.
 * ``catchup``: a projection processing an existing log from zero (:mod:`.catchup`).
 * ``live``: projection latency under writers at a fixed offered rate (:mod:`.live`).
 * ``reactions``: reactions/s and latency, PostgreSQL broker and RabbitMQ (:mod:`.reactions`).
+* ``horizon``: how long a transaction outside the log delays a follower (:mod:`.horizon`).
 * ``audit``: the completeness audit on 1,000,000 events, and the fold's cost per batch
   (:mod:`.audit`).
 * ``snapshots``: loading an aggregate of 10,000 events with and without snapshots
@@ -25,6 +26,7 @@ from eventkit.benchmarks import (
     append,
     audit,
     catchup,
+    horizon,
     live,
     payload,
     reactions,
@@ -43,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     catchup.register(suites)
     live.register(suites)
     reactions.register(suites)
+    horizon.register(suites)
     scale.register(suites)
     snapshots.register(suites)
     audit.register(suites)
