@@ -32,6 +32,23 @@ class ConfigurationError(EventkitError):
     """A setting is missing or has a value eventkit cannot use."""
 
 
+class UnsupportedFollowerError(ConfigurationError):
+    """An eventsourcing follower that tracks notification ids was asked for: refused,
+    since ids are not commit order and it would skip events that commit late."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(
+            f"{what}: eventkit does not run eventsourcing's followers (ProjectionRunner, "
+            "subscribe(gt=ID), ProcessApplication), which resume from the last notification "
+            "id they saw. eventkit's writers take no table lock, so notification ids are "
+            "not commit order: a save that drew ids 1..40 can commit after one that drew "
+            "41..80, and such a follower would skip it. Follow the log with an "
+            "eventkit.Projection (or eventkit.Reaction) run by `eventkit workers` (or "
+            "eventkit.Workers in your own process): it tracks (transaction id, notification "
+            "id) positions and sees every event once (docs/architecture.md)"
+        )
+
+
 class PersistenceError(EventkitError, EventsourcingPersistenceError):
     """Reading or writing the event store failed."""
 

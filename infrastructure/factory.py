@@ -30,7 +30,7 @@ from eventsourcing.persistence import (
 from eventsourcing.utils import Environment, EnvType, resolve_topic
 
 from eventkit.infrastructure.database import create_pool, resolve_database_url
-from eventkit.infrastructure.errors import ConfigurationError
+from eventkit.infrastructure.errors import ConfigurationError, UnsupportedFollowerError
 from eventkit.infrastructure.migrations import migrate
 from eventkit.infrastructure.recorder import PostgresEventRecorder
 from eventkit.infrastructure.settings import Settings
@@ -149,16 +149,10 @@ class Factory(InfrastructureFactory[TrackingRecorder]):
     def tracking_recorder(
         self, tracking_recorder_class: type[TrackingRecorder] | None = None
     ) -> TrackingRecorder:
-        raise ConfigurationError(
-            "eventkit records tracking in its projection runtime, not through eventsourcing's "
-            "TrackingRecorder"
-        )
+        raise UnsupportedFollowerError("eventsourcing's TrackingRecorder on eventkit")
 
     def process_recorder(self) -> ProcessRecorder:
-        raise ConfigurationError(
-            "eventkit does not provide eventsourcing's ProcessRecorder; use eventkit's "
-            "projections and reactions"
-        )
+        raise UnsupportedFollowerError("eventsourcing's ProcessRecorder on eventkit")
 
 
 def mapper_for(

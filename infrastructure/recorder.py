@@ -25,7 +25,7 @@ from uuid import UUID
 import psycopg
 import psycopg_pool
 import pydantic_core
-from eventsourcing.persistence import ApplicationRecorder, Notification, StoredEvent
+from eventsourcing.persistence import ApplicationRecorder, Notification, StoredEvent, Subscription
 from psycopg import pq, sql
 from psycopg.types.json import Jsonb
 
@@ -45,10 +45,10 @@ from eventkit.infrastructure.errors import (
     DatabaseUnavailableError,
     EventEncodingError,
     PersistenceError,
+    UnsupportedFollowerError,
 )
 from eventkit.infrastructure.log import LoggedNotification, OpenTransaction, Position, StartFrom
 from eventkit.infrastructure.partitions import Partition
-from eventkit.infrastructure.subscription import PollingSubscription
 
 if TYPE_CHECKING:  # imported at run time only with tracing on: it imports OpenTelemetry
     from eventkit.infrastructure.tracing import Tracing
@@ -61,7 +61,6 @@ T = TypeVar("T")
 #: several times faster per row but needs the notification ids allocated first.
 COPY_THRESHOLD = 32
 _APPEND_ATTEMPTS = 5
-_MAX_NOTIFICATION_ID = 2**63 - 1
 _DUPLICATE_KEY = re.compile(r"=\(([^,]+), (\d+)\) already exists")
 
 _NOTIFICATION_COLUMNS = (
@@ -766,33 +765,12 @@ class PostgresEventRecorder(ApplicationRecorder):
 
         return self._retry(select, what="reading the largest notification id")
 
-    def subscribe(self, gt: int | None = None, topics: Sequence[str] = ()) -> PollingSubscription:
-        """Iterate over notifications with ids above ``gt``, in log order, waiting for new ones.
-
-        Ids are not commit order, so the subscription starts just before the oldest
-        transaction that holds (or may still commit) an id above ``gt``, and skips ids
-        at or below ``gt``.
-        """
-        if gt is None:
-            return PollingSubscription(self, after=Position.ORIGIN, topics=topics)
-
-        def start() -> int:
-            with self.pool.connection() as conn:
-                row = conn.execute(
-                    sql.SQL(
-                        "SELECT least((SELECT min(transaction_id) FROM {} "
-                        "WHERE notification_id > %s), "
-                        "pg_snapshot_xmin(pg_current_snapshot()))::text::bigint"
-                    ).format(self._table),
-                    (gt,),
-                ).fetchone()
-            assert row is not None
-            value: int = row[0]
-            return value
-
-        first_tx = self._retry(start, what=f"finding where notification {gt} is in the log")
-        after = Position(first_tx - 1, _MAX_NOTIFICATION_ID)
-        return PollingSubscription(self, after=after, topics=topics, above_id=gt)
+    def subscribe(self, gt: int | None = None, topics: Sequence[str] = ()) -> Subscription[Any]:
+        """Refused: a subscription resumes from a notification id, and ids are not commit
+        order here, so it would skip events that commit late (eventsourcing's
+        ``ProjectionRunner`` subscribes so). Raises :class:`UnsupportedFollowerError`,
+        which names eventkit's followers instead."""
+        raise UnsupportedFollowerError(f"subscribe(gt={gt}) on eventkit's recorder")
 
 
 def stream_query(
