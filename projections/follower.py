@@ -33,12 +33,13 @@ never moves its position past an event it has neither applied nor parked.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import threading
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import groupby
@@ -201,6 +202,18 @@ class _HandlerFailure(Exception):
         self.traceback = "".join(traceback.format_exception(error))
 
 
+@dataclass(frozen=True)
+class _Parked:
+    """A dead letter parked in a transaction not yet committed: logged and counted once
+    it is (a transaction fenced off by a lost lease parks nothing)."""
+
+    dead_letter_id: int
+    notification: LoggedNotification
+    reason: str
+    attempts: int
+    error: BaseException
+
+
 @dataclass
 class _Item:
     notification: LoggedNotification
@@ -251,6 +264,8 @@ class Follower:
         self._heartbeat_at = 0.0
         self._retries_checked_at = 0.0
         self._statements: dict[str, bytes] = {}
+        #: Dead letters parked in the transaction in hand (see _reporting_parks).
+        self._parked: list[_Parked] = []
         part = str(partition.index)
         self._m_batches = metrics.BATCHES.labels(self.kind, name, part)
         self._m_batch_events = metrics.BATCH_EVENTS.labels(self.kind, name)
@@ -556,14 +571,15 @@ class Follower:
         """
         if len(items) > 1:
             try:
-                with conn.pipeline():
+                with self._reporting_parks(), conn.pipeline():
                     self._commit_once(conn, items, offset, to, deferred=True)
                 return
             except (psycopg.OperationalError, TrackingConflictError):
                 raise
             except (_HandlerFailure, psycopg.Error):
                 logger.debug("%s %s: pipelined batch failed; run again", self.kind, self.name)
-        self._commit_once(conn, items, offset, to)
+        with self._reporting_parks():
+            self._commit_once(conn, items, offset, to)
 
     def _commit_once(
         self,
@@ -728,7 +744,7 @@ class Follower:
                 return True
             except _HandlerFailure as again:
                 failure = again
-        with conn.transaction():
+        with self._reporting_parks(), conn.transaction():
             self._park(
                 conn,
                 n,
@@ -763,8 +779,9 @@ class Follower:
         error: BaseException,
         tb: str | None = None,
     ) -> None:
+        """Park ``n`` in the caller's transaction, which runs under
+        :meth:`_reporting_parks`: the letter is logged and counted once that commits."""
         self._none_parked = not self.applier.sequenced
-        metrics.DEAD_LETTERS_PARKED.labels(self.kind, self.name, reason).inc()
         dead_letter_id = self.dead_letters.park(
             conn,
             self.name,
@@ -774,6 +791,40 @@ class Follower:
             error=error,
             traceback=tb or "".join(traceback.format_exception(error)),
         )
+        self._parked.append(_Parked(dead_letter_id, n, reason, attempts, error))
+
+    @contextlib.contextmanager
+    def _reporting_parks(self) -> Iterator[None]:
+        """Log and count the dead letters parked in the block once it has committed (put
+        it outside the block's transaction and pipeline); forget them if it raised: the
+        transaction rolled back, with its letters. A batch fenced off by a lost lease says
+        so, and names no dead letter."""
+        self._parked = []
+        try:
+            yield
+        except BaseException as e:
+            rolled_back, self._parked = self._parked, []
+            if rolled_back and isinstance(e, LeaseLostError):
+                logger.warning(
+                    "%s %s: lost its lease before its transaction committed; nothing of it "
+                    "was written, so the %d dead letter(s) it would have parked (stream %s "
+                    "version %s first) were not parked; the lease's new owner applies or "
+                    "parks those events",
+                    self.kind,
+                    self.label,
+                    len(rolled_back),
+                    rolled_back[0].notification.originator_id,
+                    rolled_back[0].notification.originator_version,
+                    extra=self._fields(rolled_back[0].notification),
+                )
+            raise
+        committed, self._parked = self._parked, []
+        for p in committed:
+            self._report_park(p)
+
+    def _report_park(self, p: _Parked) -> None:
+        n = p.notification
+        metrics.DEAD_LETTERS_PARKED.labels(self.kind, self.name, p.reason).inc()
         logger.error(
             "%s %s parked stream %s version %s (notification %s, %s) as dead letter "
             "#%s after %s attempt(s): %s: %s",
@@ -783,10 +834,10 @@ class Follower:
             n.originator_version,
             n.id,
             n.topic,
-            dead_letter_id,
-            attempts,
-            type(error).__name__,
-            error,
+            p.dead_letter_id,
+            p.attempts,
+            type(p.error).__name__,
+            p.error,
             extra=self._fields(n),
         )
 
@@ -846,7 +897,7 @@ class Follower:
                 self._fence(conn)
         except _HandlerFailure as failure:
             head = letters[failure.index]
-            with conn.transaction():
+            with self._reporting_parks(), conn.transaction():
                 self._park(
                     conn,
                     by_id[head.notification_id],
