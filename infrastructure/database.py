@@ -11,7 +11,11 @@ import psycopg
 import psycopg_pool
 
 from eventkit.infrastructure.embedded import EmbeddedPostgres
-from eventkit.infrastructure.errors import ConfigurationError, DatabaseUnavailableError
+from eventkit.infrastructure.errors import (
+    ConfigurationError,
+    DatabaseUnavailableError,
+    EmbeddedPostgresStoppedError,
+)
 from eventkit.infrastructure.settings import Settings, redact
 
 logger = logging.getLogger(__name__)
@@ -30,11 +34,23 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-def resolve_database_url(settings: Settings) -> str:
-    """Return ``DATABASE_URL``, or start the embedded server and return its URL."""
+def resolve_database_url(settings: Settings, *, start: bool = True) -> str:
+    """Return ``DATABASE_URL``, else the embedded server's URL, starting it when ``start``
+    (the workers, the demo and an application in development). With ``start`` false a
+    stopped embedded server raises :class:`EmbeddedPostgresStoppedError` saying how to
+    start it: read-only and operator commands never start a server."""
     if settings.database_url:
         return settings.database_url
-    return EmbeddedPostgres(settings.home).start()
+    server = EmbeddedPostgres(settings.home)
+    if start:
+        return server.start()
+    url = server.url()
+    if url is None:
+        raise EmbeddedPostgresStoppedError(
+            f"the embedded PostgreSQL server (data in {server.pgdata}) is stopped; start it "
+            "with `eventkit db start`, or set DATABASE_URL"
+        )
+    return url
 
 
 def create_pool(

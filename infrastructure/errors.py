@@ -106,8 +106,17 @@ class MigrationError(EventkitError):
     """The schema could not be created or upgraded."""
 
 
+class SchemaNotReadyError(MigrationError):
+    """The schema does not exist, or lags behind this eventkit's migrations, and this
+    process does not create or upgrade it (a read-only command, or ``EVENTKIT_MIGRATE=off``)."""
+
+
 class EmbeddedPostgresError(EventkitError):
     """The embedded PostgreSQL server could not be started, stopped or found."""
+
+
+class EmbeddedPostgresStoppedError(EmbeddedPostgresError):
+    """The embedded server is stopped and this command does not start it."""
 
 
 class DuplicateWorkerError(EventkitError):

@@ -8,7 +8,10 @@ An ``Application`` constructed with that setting records its events with
 (default ``eventkit``); these and every other eventkit setting (``Settings.ENV_NAMES``,
 docs/operations.md) are read through eventsourcing's ``Environment``, so an application's
 ``env`` and an application-specific ``<APPNAME>_DATABASE_URL`` win. Pools are shared per
-process and URL, and each schema is migrated once per process, on first use.
+process and URL, and each schema is migrated once per process, on first use, unless
+``EVENTKIT_MIGRATE=off``: then it is only checked, and a schema missing or behind is
+refused with the command that fixes it. Operator commands use :func:`existing_pool`, which
+never starts the embedded server nor creates or changes a schema.
 """
 
 from __future__ import annotations
@@ -31,7 +34,8 @@ from eventsourcing.utils import Environment, EnvType, resolve_topic
 
 from eventkit.infrastructure.database import create_pool, resolve_database_url
 from eventkit.infrastructure.errors import ConfigurationError, UnsupportedFollowerError
-from eventkit.infrastructure.migrations import migrate
+from eventkit.infrastructure.migrations import migrate as migrate_schema
+from eventkit.infrastructure.migrations import require_current
 from eventkit.infrastructure.recorder import PostgresEventRecorder
 from eventkit.infrastructure.settings import Settings
 from eventkit.infrastructure.snapshots import PostgresSnapshotRecorder
@@ -40,7 +44,8 @@ from eventkit.infrastructure.transcoding import PydanticJSONTranscoder, Pydantic
 
 _lock = threading.Lock()
 _pools: dict[tuple[str, bool], psycopg_pool.ConnectionPool] = {}
-_migrated: set[tuple[str, str]] = set()
+#: The (url, schema) pairs this process found (or made) up to date.
+_ready: set[tuple[str, str]] = set()
 
 
 def settings_of(env: Environment) -> Settings:
@@ -50,24 +55,40 @@ def settings_of(env: Environment) -> Settings:
     return Settings.from_env({k: v for k, v in values.items() if v is not None})
 
 
-def shared_pool(settings: Settings) -> tuple[psycopg_pool.ConnectionPool, str]:
+def shared_pool(
+    settings: Settings, *, start: bool = True, migrate: bool | None = None
+) -> tuple[psycopg_pool.ConnectionPool, str]:
     """The process's pool for the settings' database (opened on first use), and its URL.
 
-    One pool per URL, and another for the same URL without prepared statements
-    (``EVENTKIT_PREPARED_STATEMENTS=off``): that setting changes what runs on the pool's
-    connections, so a pool made for the other value is never handed out."""
-    url = resolve_database_url(settings)
+    A writer's call (the defaults) starts the embedded server when ``DATABASE_URL`` is unset
+    and migrates the schema as ``EVENTKIT_MIGRATE`` says; ``start=False`` never starts a
+    server and ``migrate=False`` only checks that the schema is up to date
+    (:func:`existing_pool`). One pool per URL, and another for the same URL without
+    prepared statements (``EVENTKIT_PREPARED_STATEMENTS=off``): that setting changes what
+    runs on the pool's connections, so a pool made for the other value is never handed
+    out."""
+    url = resolve_database_url(settings, start=start)
     key = (url, settings.prepared_statements)
     with _lock:
         pool = _pools.get(key)
         if pool is None or pool.closed:
             pool = create_pool(url, settings)
             _pools[key] = pool
-        if (url, settings.schema) not in _migrated:
+        if (url, settings.schema) not in _ready:
             with pool.connection() as conn:
-                migrate(conn, settings.schema)
-            _migrated.add((url, settings.schema))
+                if settings.migrate if migrate is None else migrate:
+                    migrate_schema(conn, settings.schema)
+                else:
+                    require_current(conn, settings.schema)
+            _ready.add((url, settings.schema))
     return pool, url
+
+
+def existing_pool(settings: Settings) -> tuple[psycopg_pool.ConnectionPool, str]:
+    """The process's pool for an operator command: never starts the embedded server, never
+    creates or migrates the schema; a stopped server or a schema missing or behind is an
+    error saying what to run."""
+    return shared_pool(settings, start=False, migrate=False)
 
 
 def application_env(settings: Settings | None = None) -> dict[str, str]:
@@ -93,7 +114,7 @@ def close_pools() -> None:
         for pool in _pools.values():
             pool.close()
         _pools.clear()
-        _migrated.clear()
+        _ready.clear()
 
 
 atexit.register(close_pools)
@@ -179,6 +200,7 @@ __all__ = [
     "application_env",
     "close_pools",
     "event_recorder",
+    "existing_pool",
     "mapper_for",
     "shared_pool",
 ]

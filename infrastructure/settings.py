@@ -62,6 +62,11 @@ class Settings:
     #: (``EVENTKIT_TRACING=on``, with ``eventkit[otel]`` installed). Off, nothing of
     #: OpenTelemetry is imported.
     tracing: bool = False
+    #: Create or upgrade the schema when a writer (an application, the workers, the demo)
+    #: first connects (``EVENTKIT_MIGRATE``, on by default, for development). Off (for
+    #: production), only ``eventkit db migrate`` changes the schema and a process that finds
+    #: it missing or behind refuses to start, saying so. Read-only commands never migrate.
+    migrate: bool = True
 
     def __post_init__(self) -> None:
         if not _SCHEMA_NAME.match(self.schema):
@@ -87,6 +92,7 @@ class Settings:
         "EVENTKIT_PREPARED_STATEMENTS",
         "EVENTKIT_SUBJECT_KEY_TTL",
         "EVENTKIT_TRACING",
+        "EVENTKIT_MIGRATE",
     )
 
     @classmethod
@@ -104,6 +110,7 @@ class Settings:
             prepared_statements=_flag(env, "EVENTKIT_PREPARED_STATEMENTS", True),
             subject_key_ttl_s=_float(env, "EVENTKIT_SUBJECT_KEY_TTL", 5.0),
             tracing=_flag(env, "EVENTKIT_TRACING", False),
+            migrate=_flag(env, "EVENTKIT_MIGRATE", True),
         )
 
     @property

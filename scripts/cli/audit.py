@@ -9,7 +9,7 @@ from typing import Any
 
 from eventkit.cli.common import app_of, describe_app, settings_of
 from eventkit.infrastructure.audit import audit
-from eventkit.infrastructure.factory import shared_pool
+from eventkit.infrastructure.factory import existing_pool
 from eventkit.infrastructure.partitions import recorded_partitions
 
 
@@ -32,7 +32,7 @@ def register(commands: Any, parents: list[argparse.ArgumentParser], app_spec: st
 def _run(args: argparse.Namespace) -> int:
     consumer = app_of(args).consumer(args.name)
     settings = settings_of(args)
-    pool, _ = shared_pool(settings)
+    pool, _ = existing_pool(settings)
     started = time.perf_counter()
     with pool.connection() as conn:
         partitions = recorded_partitions(conn, settings.schema).get(

@@ -1,13 +1,29 @@
-"""``eventkit db``: the embedded PostgreSQL server and the schema."""
+"""``eventkit db``: the embedded PostgreSQL server and the schema.
+
+Only ``db start`` and ``db migrate`` start the embedded server; ``db url``, ``db status``,
+``db current`` and ``db history`` only look (a stopped server is reported, never started).
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import Any
+
+import psycopg
 
 from eventkit.infrastructure.database import create_pool, resolve_database_url
 from eventkit.infrastructure.embedded import EmbeddedPostgres
-from eventkit.infrastructure.migrations import migrate
+from eventkit.infrastructure.migrations import (
+    SchemaState,
+    label,
+    load_migrations,
+    migrate,
+    schema_state,
+)
 from eventkit.infrastructure.settings import Settings, redact
 
 
@@ -20,10 +36,19 @@ def register(commands: Any, parents: list[argparse.ArgumentParser], app_spec: st
         ("start", _start, "start the embedded server (no-op when DATABASE_URL is set)"),
         ("stop", _stop, "stop the embedded server"),
         ("status", _status, "say which server eventkit uses and whether it runs"),
-        ("url", _url, "print the connection URL eventkit uses"),
-        ("migrate", _migrate, "create or upgrade the schema (idempotent)"),
+        ("url", _url, "print the connection URL eventkit uses (never starts a server)"),
+        (
+            "migrate",
+            _migrate,
+            "create or upgrade the schema (idempotent; starts the embedded server if needed)",
+        ),
+        ("current", _current, "the schema's latest applied migration, and any pending"),
+        ("history", _history, "every migration: applied (when) or pending"),
     ]:
-        actions.add_parser(name, parents=parents, help=text).set_defaults(run=run)
+        action = actions.add_parser(name, parents=parents, help=text)
+        action.set_defaults(run=run)
+        if name == "history":
+            action.add_argument("--json", action="store_true", help="print JSON")
 
 
 def _start(args: argparse.Namespace) -> int:
@@ -51,29 +76,110 @@ def _status(args: argparse.Namespace) -> int:
         print(f"using DATABASE_URL: {redact(settings.database_url)}")
         return 0
     status = EmbeddedPostgres(settings.home).status()
-    state = f"running (pid {status.pid}) at {status.url}" if status.is_running else "stopped"
+    state = (
+        f"running (pid {status.pid}) at {status.url}"
+        if status.is_running
+        else "stopped (start it with `eventkit db start`)"
+    )
     print(f"embedded PostgreSQL, data in {status.pgdata}: {state}")
     return 0 if status.is_running else 3
 
 
 def _url(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
-    print(resolve_database_url(settings))
+    print(resolve_database_url(settings, start=False))
     return 0
+
+
+@contextmanager
+def _connection(settings: Settings, *, start: bool) -> Iterator[psycopg.Connection[Any]]:
+    url = resolve_database_url(settings, start=start)
+    pool = create_pool(url, settings, name="eventkit-db")
+    try:
+        with pool.connection() as conn:
+            yield conn
+    finally:
+        pool.close()
 
 
 def _migrate(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
-    url = resolve_database_url(settings)
-    pool = create_pool(url, settings, name="eventkit-migrate")
-    try:
-        with pool.connection() as conn:
-            applied = migrate(conn, settings.schema)
-    finally:
-        pool.close()
+    with _connection(settings, start=True) as conn:
+        applied = migrate(conn, settings.schema)
     if applied:
         for m in applied:
-            print(f"applied {m.version:04d}_{m.name}.sql to schema {settings.schema}")
+            print(f"applied {label(m)}.sql to schema {settings.schema}")
     else:
         print(f"schema {settings.schema} is up to date")
     return 0
+
+
+def _state(settings: Settings) -> SchemaState:
+    with _connection(settings, start=False) as conn:
+        return schema_state(conn, settings.schema)
+
+
+def _current(args: argparse.Namespace) -> int:
+    """Like ``alembic current``: where the schema stands. Exit 0 when it is up to date, 1
+    when it is missing or has migrations pending (a deploy script's check)."""
+    settings = Settings.from_env()
+    state = _state(settings)
+    schema = settings.schema
+    if not state.exists:
+        print(f"schema {schema}: does not exist; create it with `eventkit db migrate`")
+        return 1
+    if state.applied:
+        last = state.applied[-1]
+        head = " (head)" if state.current and not state.unknown else ""
+        print(f"schema {schema}: {last.label}{head}, applied {_when(last.applied_at)}")
+    for m in state.changed:
+        print(f"changed after it was applied: {label(m)}.sql")
+    if state.unknown:
+        names = ", ".join(a.label for a in state.unknown)
+        print(f"applied by a newer eventkit than this one: {names}")
+    if state.pending:
+        names = ", ".join(label(m) for m in state.pending)
+        print(f"{len(state.pending)} pending: {names}; run `eventkit db migrate`")
+    return 0 if state.current else 1
+
+
+def _history(args: argparse.Namespace) -> int:
+    """Like ``alembic history``: every migration, applied (when) or pending."""
+    settings = Settings.from_env()
+    state = _state(settings)
+    applied = {a.version: a for a in state.applied}
+    changed = {m.version for m in state.changed}
+    rows = [
+        (label(m), "changed" if m.version in changed else "applied", applied[m.version].applied_at)
+        if m.version in applied
+        else (label(m), "pending", None)
+        for m in load_migrations()
+    ] + [(a.label, "unknown", a.applied_at) for a in state.unknown]
+    rows.sort()
+    if args.json:
+        document = {
+            "schema": settings.schema,
+            "exists": state.exists,
+            "migrations": [
+                {"migration": name, "state": kind, "applied_at": when and when.isoformat()}
+                for name, kind, when in rows
+            ],
+        }
+        print(json.dumps(document, indent=2))
+        return 0
+    if not state.exists:
+        print(f"schema {settings.schema} does not exist: every migration is pending")
+    width = max(len(name) for name, _, _ in rows)
+    for name, kind, when in rows:
+        text = {
+            "applied": f"applied {_when(when)}",
+            "pending": "pending",
+            "changed": f"applied {_when(when)}, file changed since (refused)",
+            "unknown": f"applied {_when(when)} by a newer eventkit",
+        }[kind]
+        print(f"{name:<{width}}  {text}")
+    return 0
+
+
+def _when(moment: datetime | None) -> str:
+    return "" if moment is None else f"{moment.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC"

@@ -14,7 +14,7 @@ from eventkit.cli.common import app_of, settings_of
 from eventkit.infrastructure.broker import Handover, broker_kind
 from eventkit.infrastructure.deadletters import DeadLetter, DeadLetters, Selector
 from eventkit.infrastructure.errors import ConfigurationError
-from eventkit.infrastructure.factory import shared_pool
+from eventkit.infrastructure.factory import existing_pool
 from eventkit.infrastructure.leases import Leases
 from eventkit.infrastructure.partitions import recorded_partitions
 from eventkit.projections.app import Runtime
@@ -59,7 +59,7 @@ def _selector(args: argparse.Namespace) -> Selector:
 
 def _list(args: argparse.Namespace) -> int:
     settings = settings_of(args)
-    pool, _ = shared_pool(settings)
+    pool, _ = existing_pool(settings)
     statuses = ("parked", "retry_requested", "retried", "discarded") if args.all else None
     with pool.connection() as conn:
         store = DeadLetters(settings.schema)
@@ -77,7 +77,7 @@ def _list(args: argparse.Namespace) -> int:
 
 def _show(args: argparse.Namespace) -> int:
     settings = settings_of(args)
-    pool, _ = shared_pool(settings)
+    pool, _ = existing_pool(settings)
     with pool.connection() as conn:
         letter = DeadLetters(settings.schema).get(conn, args.dead_letter_id)
     if letter is None:
@@ -92,7 +92,7 @@ def _show(args: argparse.Namespace) -> int:
 
 def _retry(args: argparse.Namespace) -> int:
     settings = settings_of(args)
-    pool, url = shared_pool(settings)
+    pool, url = existing_pool(settings)
     selector = _selector(args)
     store = DeadLetters(settings.schema)
     handover = Handover(broker_kind(settings.broker_url), settings.schema)
@@ -191,7 +191,7 @@ def _wait_for_messages(pool: Any, schema: str, letters: list[DeadLetter], timeou
 
 def _discard(args: argparse.Namespace) -> int:
     settings = settings_of(args)
-    pool, _ = shared_pool(settings)
+    pool, _ = existing_pool(settings)
     selector = _selector(args)
     if not args.yes:
         answer = input("discard the selected dead letters for good? [y/N] ")

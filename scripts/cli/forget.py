@@ -16,7 +16,7 @@ from psycopg import sql
 from eventkit.cli.common import app_of, describe_app, settings_of
 from eventkit.domain.names import EVENT_TYPES
 from eventkit.infrastructure.errors import EventkitError
-from eventkit.infrastructure.factory import shared_pool
+from eventkit.infrastructure.factory import existing_pool
 from eventkit.infrastructure.subjects import shared_subject_keys
 
 
@@ -42,7 +42,7 @@ def register(commands: Any, parents: list[argparse.ArgumentParser], app_spec: st
 
 def _run(args: argparse.Namespace) -> int:
     settings = settings_of(args)
-    pool, _ = shared_pool(settings)
+    pool, _ = existing_pool(settings)
     table = sql.Identifier(settings.schema, "subject_keys")
     with pool.connection() as conn:
         rows = conn.execute(

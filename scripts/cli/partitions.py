@@ -7,7 +7,7 @@ from typing import Any
 
 from eventkit.cli.common import app_of, describe_app, settings_of
 from eventkit.cli.rebuild import run_rebuild
-from eventkit.infrastructure.factory import shared_pool
+from eventkit.infrastructure.factory import existing_pool
 from eventkit.projections.partitioning import split
 from eventkit.projections.projection import Projection
 from eventkit.projections.status import partition_status
@@ -36,7 +36,7 @@ def register(commands: Any, parents: list[argparse.ArgumentParser], app_spec: st
 def _run(args: argparse.Namespace) -> int:
     settings = settings_of(args)
     cls = app_of(args).consumer(args.name)
-    pool, _ = shared_pool(settings)
+    pool, _ = existing_pool(settings)
     if args.partitions is not None:
         with pool.connection() as conn:
             current = partition_status(conn, settings.schema, cls).partitions

@@ -10,7 +10,7 @@ from typing import Any
 from eventkit.bootstrap import tune_gc
 from eventkit.cli.common import app_of, describe_app, settings_of
 from eventkit.infrastructure.errors import ConfigurationError
-from eventkit.infrastructure.factory import mapper_for, shared_pool
+from eventkit.infrastructure.factory import existing_pool, mapper_for
 from eventkit.infrastructure.recorder import PostgresEventRecorder
 from eventkit.infrastructure.settings import Settings
 from eventkit.projections.follower import BatchReport
@@ -94,7 +94,7 @@ def run_rebuild(
     partitions: int | None = None,
 ) -> None:
     """Rebuild ``projection`` with a progress bar, and say how it went."""
-    pool, url = shared_pool(settings)
+    pool, url = existing_pool(settings)
     recorder = PostgresEventRecorder(pool, settings.schema)
     with pool.connection() as conn:
         row = conn.execute(

@@ -9,7 +9,7 @@ from typing import Any
 
 from eventkit.cli.common import app_of, describe_app, settings_of
 from eventkit.infrastructure.errors import ConfigurationError
-from eventkit.infrastructure.factory import shared_pool
+from eventkit.infrastructure.factory import existing_pool
 from eventkit.infrastructure.log import Position, StartFrom
 from eventkit.infrastructure.recorder import PostgresEventRecorder
 from eventkit.projections import moving
@@ -73,7 +73,7 @@ def move(args: argparse.Namespace, start: StartFrom, *, execute: bool) -> int:
     """Print the move of ``args.name`` to ``start``, and carry it out when ``execute``."""
     consumer = app_of(args).consumer(args.name)
     settings = settings_of(args)
-    pool, _ = shared_pool(settings)
+    pool, _ = existing_pool(settings)
     recorder = PostgresEventRecorder(pool, settings.schema)
     with pool.connection() as conn:
         plan = moving.plan(conn, settings.schema, recorder, consumer, start)

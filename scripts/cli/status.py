@@ -11,7 +11,7 @@ from typing import Any
 
 from eventkit.cli.common import app_of, describe_app, settings_of
 from eventkit.infrastructure.broker import BrokerKind, broker_kind
-from eventkit.infrastructure.factory import shared_pool
+from eventkit.infrastructure.factory import existing_pool
 from eventkit.projections.status import (
     ConsumerStatus,
     ReactionStatus,
@@ -136,7 +136,7 @@ def _run(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> str:
     settings = settings_of(args)
     projections, reaction_types = app_of(args).select(args.names)
-    pool, _ = shared_pool(settings)
+    pool, _ = existing_pool(settings)
     rows = consumer_status(pool, settings.schema, projections) if projections else []
     reactions = reaction_status(
         pool,
