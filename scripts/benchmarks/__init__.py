@@ -13,6 +13,9 @@ the rows to a JSON file (``--json FILE``) for the docs.
   (:mod:`.audit`).
 * ``snapshots``: loading an aggregate of 10,000 events with and without snapshots
   (:mod:`.snapshots`).
+
+Every suite takes ``--runs N`` (default 3, 1 with ``--quick``) and ends with the median and
+the range of each figure over its runs (:mod:`.spread`).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from eventkit.benchmarks import (
     reactions,
     scale,
     snapshots,
+    spread,
 )
 
 
@@ -49,6 +53,16 @@ def build_parser() -> argparse.ArgumentParser:
     scale.register(suites)
     snapshots.register(suites)
     audit.register(suites)
+    for suite in suites.choices.values():
+        suite.add_argument(
+            "--runs",
+            type=int,
+            metavar="N",
+            help=(
+                "run the suite N times and print each figure's median (min - max); "
+                "default 3, or 1 with --quick; --json keeps every run's rows"
+            ),
+        )
     return parser
 
 
@@ -59,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logs.configure(logging.INFO, "text")
     try:
-        result: int = args.run(args)
+        result: int = spread.run_suite(args, args.run)
     except KeyboardInterrupt:
         return 130
     return result

@@ -8,9 +8,9 @@ window; p50/p99 are of each save's latency (``perf_counter`` around ``save()``).
 the aggregate's events is part of each writer's loop (a user pays for it too) but not of
 the latency.
 
-A full run measures every row in 3 rounds, the rows taking turns, and shows each row's
-round with the median events/s: a burst of other work on a shared machine then spoils one
-round of a row rather than the row.
+Each run measures every row once, the rows taking turns; ``--runs N`` (3 for a full run)
+repeats that N times and ends with each figure's median and range over the runs, so a burst
+of other work on a shared machine spoils one run of a row rather than the row.
 """
 
 from __future__ import annotations
@@ -79,15 +79,14 @@ KEY_ROWS = ((1, 1), (16, 1), (1, 100))
 
 @dataclass(frozen=True)
 class Timing:
-    """How long each row warms up and then measures, and how many rounds a run has."""
+    """How long each row warms up and then measures."""
 
     warmup_s: float
     duration_s: float
-    rounds: int = 1
 
 
-QUICK = Timing(warmup_s=0.5, duration_s=1.5, rounds=1)
-FULL = Timing(warmup_s=1.0, duration_s=3.0, rounds=3)
+QUICK = Timing(warmup_s=0.5, duration_s=1.5)
+FULL = Timing(warmup_s=1.0, duration_s=3.0)
 
 
 @dataclass(frozen=True)
@@ -116,8 +115,6 @@ class AppendResult:
     client_cpu_us_per_event: float | None
     server_cpu_us_per_event: float | None
     ratio_vs_eventsourcing: float | None = None
-    rounds: int = 1
-    round_events_per_s: tuple[float, ...] = ()
     suite: str = "append"
 
 
@@ -156,20 +153,6 @@ def summarise(
         server_cpu_us_per_event=(
             server_cpu_s / events * 1e6 if events and server_cpu_s is not None else None
         ),
-    )
-
-
-def median_round(rounds: list[AppendResult]) -> AppendResult:
-    """The round of one row with the median events/s (the lower middle of an even count).
-
-    Each round of a row is reported whole (its rate and latencies belong together); the
-    others' rates are kept in ``round_events_per_s``.
-    """
-    if not rounds:
-        raise ValueError("no rounds to choose from")
-    chosen = sorted(rounds, key=lambda r: r.events_per_s)[(len(rounds) - 1) // 2]
-    return replace(
-        chosen, rounds=len(rounds), round_events_per_s=tuple(r.events_per_s for r in rounds)
     )
 
 
@@ -228,8 +211,8 @@ def register(benchmarks: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "--quick",
         action="store_true",
         help=(
-            f"one round of {QUICK.duration_s:g} s per row instead of {FULL.rounds} rounds of "
-            f"{FULL.duration_s:g} s (well under a minute in all)"
+            f"{QUICK.duration_s:g} s per row instead of {FULL.duration_s:g} s, and one run "
+            "(well under a minute in all)"
         ),
     )
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write results to FILE")
@@ -250,9 +233,8 @@ def run(args: argparse.Namespace) -> int:
     print(_describe_server(url))
     print(textwrap.fill(f"writers: {mode} - {MODE_NOTES[mode]}", width=100))
     print(
-        f"each row: {timing.warmup_s:g} s warm-up, then {timing.duration_s:g} s measured; "
-        f"{timing.rounds} round(s), rows taking turns; the round with the median events/s "
-        "is shown\n"
+        f"each row: {timing.warmup_s:g} s warm-up, then {timing.duration_s:g} s measured, "
+        "rows taking turns\n"
     )
     sys.stdout.flush()
     schemas = schema_names(uuid4().hex[:8])
@@ -261,13 +243,11 @@ def run(args: argparse.Namespace) -> int:
         envs = create_schemas(url, schemas)
         server_cpu = ServerCpu.find(url)
         most_writers = max(w for w, _ in ROWS)
-        rounds: dict[Case, list[AppendResult]] = {case: [] for case in plan()}
         with WorkerPool(most_writers if mode == "processes" else 1) as pool:
-            for _ in range(timing.rounds):
-                for case, measured in rounds.items():
-                    jobs = _jobs(case, envs[case.system], mode, timing)
-                    measured.append(_measure(pool, case, jobs, server_cpu))
-        results = [median_round(measured) for measured in rounds.values()]
+            results = [
+                _measure(pool, case, _jobs(case, envs[case.system], mode, timing), server_cpu)
+                for case in plan()
+            ]
     finally:
         if server_cpu is not None:
             server_cpu.close()

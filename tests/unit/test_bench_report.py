@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import random
 import statistics
@@ -10,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from eventkit.benchmarks import build_parser
 from eventkit.benchmarks.append import (
     FULL,
     AppendResult,
     Case,
-    median_round,
     plan,
     summarise,
     table,
@@ -22,6 +23,8 @@ from eventkit.benchmarks.append import (
 )
 from eventkit.benchmarks.payload import sample_payload
 from eventkit.benchmarks.report import format_table, percentile, write_json
+from eventkit.benchmarks.spread import default_runs, format_spread, format_value, run_suite
+from eventkit.benchmarks.spread import summarise as summarise_runs
 from eventkit.benchmarks.workers import Sample
 
 
@@ -127,14 +130,78 @@ def test_the_payload_is_about_300_bytes_of_nested_json() -> None:
     assert isinstance(json.loads(payloads[0])["customer"], dict)
 
 
-def test_a_row_shows_its_round_with_the_median_rate_and_keeps_the_others() -> None:
-    rounds = [
-        _result("eventkit", 16, 1, 30_000),
-        _result("eventkit", 16, 1, 10_000),
-        _result("eventkit", 16, 1, 20_000),
+def _run(number: int, rates: list[float]) -> list[dict[str, object]]:
+    return [
+        {**asdict(_result("eventkit", writers, 1, 0)), "events_per_s": rate, "run": number}
+        for writers, rate in zip((1, 16), rates, strict=True)
     ]
-    row = median_round(rounds)
-    assert row.events == 20_000
-    assert row.rounds == 3
-    assert row.round_events_per_s == tuple(r.events_per_s for r in rounds)
-    assert median_round(rounds[:2]).events == 10_000
+
+
+def test_the_spread_gives_each_figure_its_median_min_and_max_over_the_runs() -> None:
+    runs = [_run(1, [900.0, 4_000.0]), _run(2, [1_100.0, 5_000.0]), _run(3, [1_000.0, 3_000.0])]
+    spreads = {(s.row, s.figure): s for s in summarise_runs(runs)}
+    one = spreads[("eventkit writers=1 batch=1 processes", "events_per_s")]
+    assert (one.median, one.low, one.high, one.runs) == (1_000.0, 900.0, 1_100.0, 3)
+    sixteen = spreads[("eventkit writers=16 batch=1 processes", "events_per_s")]
+    assert (sixteen.median, sixteen.low, sixteen.high) == (4_000.0, 3_000.0, 5_000.0)
+    # Figures equal in every run are the row's setup, not measures; bools and text neither.
+    assert not {figure for _, figure in spreads} & {"writers", "batch", "duration_s", "run"}
+    text = format_spread(list(spreads.values()))
+    assert "1,000  900 - 1,100" in text
+    assert "4,000  3,000 - 5,000" in text
+    assert text.splitlines()[0].split() == ["row", "figure", "median", "min", "-", "max", "runs"]
+
+
+def test_the_spread_of_an_even_count_is_the_mean_of_the_middle_two() -> None:
+    [spread] = [
+        s
+        for s in summarise_runs([_run(1, [1.0, 2.0]), _run(2, [3.0, 2.0])])
+        if s.figure == "events_per_s"
+    ]
+    assert (spread.median, spread.low, spread.high) == (2.0, 1.0, 3.0)
+    assert format_value(2.0) == "2.00"
+    assert format_value(12_345.6) == "12,346"
+
+
+def test_runs_whose_rows_do_not_match_are_refused() -> None:
+    with pytest.raises(ValueError, match="different numbers of rows"):
+        summarise_runs([_run(1, [1.0, 2.0]), _run(2, [1.0, 2.0])[:1]])
+    with pytest.raises(ValueError, match="no runs"):
+        summarise_runs([])
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [(["append"], 3), (["append", "--quick"], 1), (["live", "--runs", "5"], 5)],
+)
+def test_a_full_run_repeats_three_times_and_a_quick_one_once(
+    argv: list[str], expected: int
+) -> None:
+    assert default_runs(build_parser().parse_args(argv)) == expected
+
+
+def test_every_suite_takes_runs() -> None:
+    parser = build_parser()
+    suites = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name in suites.choices:
+        assert default_runs(parser.parse_args([name, "--runs", "2"])) == 2, name
+
+
+def test_the_json_keeps_every_run_and_the_table_its_spread(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rates = iter([10.0, 30.0, 20.0])
+
+    def suite(args: argparse.Namespace) -> int:
+        write_json(args.json, [{"suite": "x", "system": "eventkit", "events_per_s": next(rates)}])
+        return 0
+
+    target = tmp_path / "out.json"
+    args = argparse.Namespace(json=target, quick=False, runs=None)
+    assert run_suite(args, suite) == 0
+    rows = json.loads(target.read_text())
+    assert [(r["run"], r["events_per_s"]) for r in rows] == [(1, 10.0), (2, 30.0), (3, 20.0)]
+    assert args.json == target
+    out = capsys.readouterr().out
+    assert "=== run 3 of 3 ===" in out
+    assert "eventkit  events_per_s   20.00  10.00 - 30.00     3" in out
