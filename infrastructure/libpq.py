@@ -135,6 +135,14 @@ class PreparedStatement:
             _prepared.setdefault(conn, set()).add(self.name)
 
 
+def connection_lost(conn: psycopg.Connection[Any]) -> bool:
+    """Whether ``conn`` is gone (closed, or broken by a lost server or network): told by
+    the connection's state, not by an error's class. psycopg classes a statement timeout,
+    a lock timeout or a value too large to index as ``OperationalError`` too, and those
+    leave the connection working: they are the failure of the work that ran them."""
+    return conn.closed or conn.broken
+
+
 class StatementLostError(psycopg.OperationalError):
     """A prepared statement vanished inside a transaction, which is now rolled back."""
 

@@ -134,6 +134,20 @@ class PydanticMapper(Mapper[UUID]):
         )
 
     def to_domain_event(self, stored_event: StoredEvent) -> DomainEventProtocol[UUID]:
+        """The domain event ``stored_event`` holds. Raises :class:`EventDecodingError`
+        naming its stream, version and topic whatever goes wrong (an upcaster's or a
+        validator's own exception too): a stored event that cannot be decoded is that
+        event's failure, never a crash of the reader."""
+        try:
+            return self._to_domain_event(stored_event)
+        except (EventDecodingError, ConfigurationError):
+            raise
+        except Exception as e:
+            raise EventDecodingError(
+                f"cannot decode {_Where(stored_event)}: {type(e).__name__}: {e}"
+            ) from e
+
+    def _to_domain_event(self, stored_event: StoredEvent) -> DomainEventProtocol[UUID]:
         where = _Where(stored_event)  # formatted only when an error names it
         try:
             cls = EVENT_TYPES.resolve(stored_event.topic)
@@ -282,6 +296,11 @@ def _class_version(cls: type[BaseModel]) -> int:
 def _upcast(cls: type[BaseModel], state: dict[str, Any], where: _Where) -> None:
     """Bring a stored payload up to the event class's current ``class_version``, in place."""
     stored_version = state.pop(_CLASS_VERSION, 1)
+    if type(stored_version) is not int or stored_version < 1:
+        raise EventDecodingError(
+            f"cannot decode {where}: class_version is {stored_version!r}, not a whole "
+            "number from 1 up"
+        )
     current_version = _class_version(cls)
     if stored_version > current_version:
         raise EventDecodingError(

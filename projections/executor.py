@@ -85,6 +85,14 @@ class _Unrunnable(Exception):
         self.reason = reason
 
 
+class _ConnectionLost(Exception):
+    """The message's connection was lost while it ran: not a try of the message."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 class _RecordedElsewhere(BaseException):
     """Another delivery of the message recorded it while this one ran its handler.
 
@@ -329,13 +337,14 @@ class ReactionExecutor:
                 error=bad.error,
             )
             return
-        except psycopg.OperationalError as error:
+        except _ConnectionLost as lost:
             # The database connection, not the reaction: not a try. The message is tried
             # again after a backoff, as often as it takes for the database to come back.
+            error = lost.error
             metrics.ERRORS.labels("reaction", self.name, type(error).__name__).inc()
             logger.warning(
-                "reaction %s: database connection lost while running message %s (stream %s "
-                "version %s): %s; trying again (not counted as a try)",
+                "reaction %s: database connection lost (or none to be had) while running "
+                "message %s (stream %s version %s): %s; trying again (not counted as a try)",
                 self.name,
                 message_id,
                 stream,
@@ -358,7 +367,10 @@ class ReactionExecutor:
 
     def _run(self, m: _Message) -> LoggedNotification | None:
         """Look, handle, record: the message's notification, or None for a duplicate."""
-        conn = self.pool.getconn()
+        try:
+            conn = self.pool.getconn()
+        except psycopg_pool.PoolTimeout as e:  # the database is away: not the message's try
+            raise _ConnectionLost(e) from e
         try:
             row = self._look_up(conn, m.message_id, m.notification_id)
             if row[0]:
@@ -378,6 +390,12 @@ class ReactionExecutor:
                 event = self.mapper.to_domain_event(n)
             except EventDecodingError as e:
                 raise _Unrunnable(n, e, "undecodable") from e
+            except Exception as e:  # a mapper of the application's own
+                error = EventDecodingError(
+                    f"cannot decode stream {n.originator_id} version {n.originator_version} "
+                    f"(notification {n.id}, topic {n.topic}): {type(e).__name__}: {e}"
+                )
+                raise _Unrunnable(n, error, "undecodable") from e
             handler = self._handler(type(event))
             recording = _Recording(self, conn, m)
             context = ReactionContext(
@@ -403,6 +421,15 @@ class ReactionExecutor:
                     conn.execute(self.ack, (m.message_id,))
                 return None
             return n
+        except Exception as e:
+            lost = libpq.connection_lost(conn) or isinstance(e, libpq.StatementLostError)
+            self._end(conn)
+            if lost and not isinstance(e, _Unrunnable):
+                # Told by the connection's state: an OperationalError on a working
+                # connection (a statement timeout, a lock timeout, a value too large to
+                # index) is the handler's failure, and counts as a try.
+                raise _ConnectionLost(e) from e
+            raise
         except BaseException:
             self._end(conn)
             raise

@@ -53,6 +53,7 @@ from eventkit.infrastructure import metrics
 from eventkit.infrastructure.deadletters import DeadLetter, DeadLetters
 from eventkit.infrastructure.errors import EventDecodingError, PersistenceError
 from eventkit.infrastructure.leases import Lease, LeaseLostError, Leases
+from eventkit.infrastructure.libpq import connection_lost
 from eventkit.infrastructure.log import LoggedNotification, Position, describe_start
 from eventkit.infrastructure.partitions import Partition, record_partitions
 from eventkit.infrastructure.recorder import PostgresEventRecorder, Scan
@@ -514,6 +515,13 @@ class Follower:
             return _Item(n, self.applier.decode(n), None)
         except EventDecodingError as e:
             return _Item(n, None, e)
+        except Exception as e:  # an applier's own decoding: still this event's failure
+            error = EventDecodingError(
+                f"cannot decode stream {n.originator_id} version {n.originator_version} "
+                f"(notification {n.id}, topic {n.topic}): {type(e).__name__}: {e}"
+            )
+            error.__cause__ = e
+            return _Item(n, None, error)
 
     def _position_moved(self, conn: psycopg.Connection[Any]) -> bool:
         """Adopt the recorded position if an operator moved it (``eventkit reset``)."""
@@ -574,9 +582,11 @@ class Follower:
                 with self._reporting_parks(), conn.pipeline():
                     self._commit_once(conn, items, offset, to, deferred=True)
                 return
-            except (psycopg.OperationalError, TrackingConflictError):
+            except TrackingConflictError:
                 raise
             except (_HandlerFailure, psycopg.Error):
+                if connection_lost(conn):
+                    raise
                 logger.debug("%s %s: pipelined batch failed; run again", self.kind, self.name)
         with self._reporting_parks():
             self._commit_once(conn, items, offset, to)
@@ -626,18 +636,11 @@ class Follower:
                         )
                     else:
                         context.notification = n
-                    self._apply(item, context, offset + i)
+                    self._apply(conn, item, context, offset + i)
                     applied_ids.append(n.id)
                     applied += 1
             if context is not None:
-                try:
-                    context.flush(results=False)
-                except (psycopg.OperationalError, TrackingConflictError):
-                    raise
-                except Exception as e:
-                    # A statement or a row-count check of the queued batch failed: the
-                    # rerun, statement by statement, names the failing event.
-                    raise _HandlerFailure(offset + len(items) - 1, e) from e
+                self._flush(conn, context, offset + len(items) - 1)
             self._advance(conn, to, applied_ids)
         self.position = max(self.position, to)
         if items:
@@ -649,12 +652,28 @@ class Follower:
         if on_batch is not None and items:
             on_batch(BatchReport(self.name, applied, parked, to, [i.notification for i in items]))
 
-    def _apply(self, item: _Item, context: Context, index: int) -> None:
+    def _flush(self, conn: psycopg.Connection[Any], context: Context, last: int) -> None:
+        """Send the statements the batch's handlers queued."""
+        try:
+            context.flush(results=False)
+        except Exception as e:
+            if connection_lost(conn):
+                raise
+            # A statement or a row-count check of the queued batch failed: the rerun,
+            # statement by statement, names the failing event.
+            raise _HandlerFailure(last, e) from e
+
+    def _apply(
+        self, conn: psycopg.Connection[Any], item: _Item, context: Context, index: int
+    ) -> None:
         try:
             self.applier.apply(item.event, context)
-        except psycopg.OperationalError:
-            raise  # the connection, not the handler: reconnect and try the batch again
         except Exception as e:
+            if connection_lost(conn):
+                raise  # the connection, not the handler: reconnect and try the batch again
+            # Any other error is the event's, a database error of the handler's own
+            # statements too (a statement or lock timeout, a value too large to index,
+            # psycopg's OperationalError among them): a try, retried, then parked.
             raise _HandlerFailure(index, e) from e
 
     def _advance(
@@ -889,7 +908,7 @@ class Follower:
                             lease=self.lease,
                         )
                     context.notification = item.notification
-                    self._apply(item, context, index)
+                    self._apply(conn, item, context, index)
                 self.dead_letters.mark(conn, [d.dead_letter_id for d in letters], "retried")
                 self.tracking.fold(
                     conn, self.name, self.partition.index, [d.notification_id for d in letters]
