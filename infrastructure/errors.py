@@ -87,10 +87,12 @@ class DatabaseUnavailableError(PersistenceError, EventsourcingOperationalError):
 
 
 class AppendOutcomeUnknownError(PersistenceError, EventsourcingOperationalError):
-    """The connection was lost while an append was committing and its outcome is mixed.
+    """The outcome of an append is not known.
 
-    Raised only when some, but not all, of the appended events are found afterwards,
-    which PostgreSQL's atomic commit makes impossible unless another writer raced in.
+    eventkit's recorder no longer raises it: after a lost connection the append's
+    (stream, version) keys settle the outcome (all there with its content: committed;
+    none: not committed; another writer's content: a :class:`ConcurrencyError`). Kept
+    so that code catching it still imports.
     """
 
 

@@ -40,7 +40,6 @@ from eventkit.infrastructure.appending import (
 )
 from eventkit.infrastructure.database import TRANSIENT_ERRORS, retry_transient
 from eventkit.infrastructure.errors import (
-    AppendOutcomeUnknownError,
     ConcurrencyError,
     DatabaseUnavailableError,
     EventEncodingError,
@@ -211,7 +210,11 @@ class PostgresEventRecorder(ApplicationRecorder):
                 elif not _rolled_back(e):
                     # The connection may have dropped after the commit was sent: look
                     # before writing again, or a retry would report a false conflict.
-                    found = self._find_appended(rows)
+                    try:
+                        found = self._find_appended(rows)
+                    except ConcurrencyError:
+                        metrics.APPEND_CONFLICTS.inc()
+                        raise
                     if found is not None:
                         return found
                 # else the server rolled the save back (a deadlock with a writer inserting
@@ -275,7 +278,7 @@ class PostgresEventRecorder(ApplicationRecorder):
         """Whether ``rows`` are in the log, as they are, under ``ids``."""
         try:
             return self._find_appended(rows) == ids
-        except AppendOutcomeUnknownError:  # other content at those versions: not ours
+        except ConcurrencyError:  # other content at those versions: not ours
             return False
 
     def appended_with(self, idempotency_key: str) -> list[int] | None:
@@ -368,6 +371,13 @@ class PostgresEventRecorder(ApplicationRecorder):
             # Nothing found: the row we collided with belonged to a transaction that
             # has rolled back since; still a conflict (our save was rejected whole).
             originator_id, version = found or (str(rows[0][0]), rows[0][1])
+        return self._conflict_at(originator_id, version, rows)
+
+    def _conflict_at(
+        self, originator_id: str, version: int, rows: list[tuple[UUID, int, str, bytes]]
+    ) -> ConcurrencyError:
+        """The ConcurrencyError of a save whose ``version`` of ``originator_id`` another
+        writer recorded."""
         versions = [r[1] for r in rows if str(r[0]) == originator_id] or [version]
         current = self._retry(
             lambda: self._current_version(originator_id),
@@ -406,14 +416,22 @@ class PostgresEventRecorder(ApplicationRecorder):
         return None if row is None else row[0]
 
     def _find_appended(self, rows: list[tuple[UUID, int, str, bytes]]) -> list[int] | None:
-        """After a lost connection: the ids if the append committed, None if it did not."""
+        """After a lost connection: the ids if the append committed, None if none of its
+        (stream, version) keys is recorded (it did not commit: write it again).
+
+        Raises :class:`ConcurrencyError` when another writer's events hold some of those
+        keys: a commit is atomic, so had this append committed, every one of its rows would
+        be there with its content. The outcome is known, a plain conflict, which the
+        application retries like any other.
+        """
         statement = sql.SQL(
-            "SELECT e.notification_id, e.topic, e.state FROM unnest(%s::uuid[], %s::bigint[]) "
+            "SELECT e.notification_id, e.topic, e.state, k.originator_id::text,"
+            " k.originator_version FROM unnest(%s::uuid[], %s::bigint[]) "
             "WITH ORDINALITY AS k(originator_id, originator_version, n) "
             "JOIN {} e USING (originator_id, originator_version) ORDER BY k.n"
         ).format(self._table)
 
-        def look() -> list[tuple[int, str, bytes]]:
+        def look() -> list[tuple[int, str, bytes, str, int]]:
             with self.pool.connection() as conn:
                 return conn.execute(
                     statement, ([r[0] for r in rows], [r[1] for r in rows])
@@ -426,12 +444,9 @@ class PostgresEventRecorder(ApplicationRecorder):
             (f[1], bytes(f[2])) == (r[2], r[3]) for f, r in zip(found, rows, strict=True)
         ):
             return [f[0] for f in found]
-        raise AppendOutcomeUnknownError(
-            f"the connection was lost while appending {len(rows)} event(s) to stream(s) "
-            f"{_streams(rows)}; afterwards {len(found)} of those (stream, version) pairs were "
-            "found with other content: another writer appended to the same stream(s). "
-            "Reload the aggregate and retry the command."
-        )
+        ours = {(str(r[0]), r[1]): (r[2], r[3]) for r in rows}
+        theirs = next((f for f in found if ours[(f[3], f[4])] != (f[1], bytes(f[2]))), found[0])
+        raise self._conflict_at(theirs[3], theirs[4], rows)
 
     # -- reading one stream ----------------------------------------------------------------
 

@@ -20,7 +20,6 @@ from psycopg import sql
 
 from eventkit.domain.model import Aggregate
 from eventkit.infrastructure.errors import (
-    AppendOutcomeUnknownError,
     ConcurrencyError,
     EventEncodingError,
 )
@@ -191,6 +190,45 @@ def test_each_event_carries_its_topic_and_recorded_time_in_sql(
     assert row == ("Placed", "1", True)
 
 
+def test_the_json_views_show_every_row_when_one_payload_is_not_json(
+    recorder: PostgresEventRecorder, pool: psycopg_pool.ConnectionPool, schema: str
+) -> None:
+    """Issue 17 point 7: one stored payload that is not UTF-8 JSON made every query of
+    stored_events_json that reached it fail; now it reads as NULL with payload_error."""
+    stream = uuid4()
+    bad = {2: b"{not json", 3: b'{"v": "\xff"}', 4: b'"\\u0000"'}
+    recorder.insert_events(
+        [
+            *events(stream, 1, 1),
+            *(StoredEvent(stream, v, "Tested", state) for v, state in bad.items()),
+            *events(stream, 5, 1),
+        ]
+    )
+    with pool.connection() as conn:
+        conn.execute(  # the same payloads as snapshots
+            sql.SQL(
+                "INSERT INTO {} (originator_id, originator_version, topic, state)"
+                " SELECT originator_id, originator_version, topic, state FROM {}"
+                " WHERE originator_id = %s"
+            ).format(sql.Identifier(schema, "snapshots"), sql.Identifier(schema, "stored_events")),
+            (stream,),
+        )
+        for view in ("stored_events_json", "snapshots_json"):
+            rows = conn.execute(
+                sql.SQL(
+                    "SELECT originator_version, state->>'v', payload_error FROM {}"
+                    " WHERE originator_id = %s ORDER BY originator_version"
+                ).format(sql.Identifier(schema, view)),
+                (stream,),
+            ).fetchall()
+            assert [r[:2] for r in rows] == [(1, "1"), (2, None), (3, None), (4, None), (5, "5")]
+            errors = [r[2] for r in rows]
+            assert [e is None for e in errors] == [True, False, False, False, True]
+            assert "json" in errors[1]
+            assert "UTF8" in errors[2]
+            assert "Unicode" in errors[3]
+
+
 def test_head_and_position_of(recorder: PostgresEventRecorder) -> None:
     assert recorder.head() is None
     [a, b] = recorder.insert_events(events(uuid4(), 1, 2))
@@ -256,8 +294,58 @@ def test_an_interrupted_append_is_recognised_when_it_did_commit(
     assert recorder._find_appended(rows) == ids
     assert recorder._find_appended([(uuid4(), 1, "Tested", b"{}")]) is None
     changed = [(stream, 1, "Tested", b'{"v": "other"}')]
-    with pytest.raises(AppendOutcomeUnknownError, match=str(stream)):
+    with pytest.raises(ConcurrencyError, match=f"stream {stream}: version 1 is already"):
         recorder._find_appended(changed)
+
+
+def test_an_append_cut_off_while_another_writer_takes_its_version_is_a_conflict(
+    recorder: PostgresEventRecorder, pool: psycopg_pool.ConnectionPool, database_url: str
+) -> None:
+    """Issue 17 point 7: our append waits behind another writer's uncommitted row of the
+    same version; its connection is lost, and the other writer commits at once. The
+    outcome is known (the other writer's content is there, so ours did not commit): a
+    plain ConcurrencyError, which the application retries, never AppendOutcomeUnknownError."""
+    stream = uuid4()
+    table = sql.Identifier(recorder.schema, "stored_events")
+    outcome: list[BaseException | list[int]] = []
+
+    def append() -> None:
+        try:
+            outcome.append(recorder.insert_events(events(stream, 1, 1)))
+        except BaseException as e:
+            outcome.append(e)
+
+    with psycopg.connect(database_url, autocommit=True) as other:
+        other.execute("BEGIN")
+        other.execute("SET LOCAL synchronous_commit = off")  # its COMMIT waits for no disk
+        other.execute(
+            sql.SQL(
+                "INSERT INTO {} (originator_id, originator_version, topic, state) "
+                "VALUES (%s, 1, 'Other', '{{}}')"
+            ).format(table),
+            (stream,),
+        )
+        writer = threading.Thread(target=append)
+        writer.start()
+        deadline = time.monotonic() + 30
+        while True:
+            with pool.connection() as conn:
+                row = conn.execute(
+                    "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                    " AND datname = current_database() AND query LIKE %s",
+                    (f"%{recorder.schema}%stored_events%",),
+                ).fetchone()
+            if row is not None:
+                break
+            assert time.monotonic() < deadline, "the append never waited for the lock"
+            time.sleep(0.01)
+        # One simple query: the kill and the commit reach the server together.
+        other.execute(f"SELECT pg_terminate_backend({int(row[0])}); COMMIT")  # type: ignore[arg-type]
+        writer.join(30)
+    [result] = outcome
+    assert isinstance(result, ConcurrencyError), result
+    assert f"stream {stream}: version 1 is already recorded" in str(result)
+    assert [e.topic for e in recorder.select_events(stream)] == ["Other"]
 
 
 def test_a_deadlock_with_a_writer_of_the_same_streams_is_a_plain_conflict(
