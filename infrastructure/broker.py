@@ -214,6 +214,13 @@ def _postgres_broker_class() -> Any:
     from dramatiq_postgres.utils import raise_connection_error
 
     class Consumer(PostgresConsumer):  # type: ignore[misc]
+        def get_consume_conn(self) -> Any:
+            had = self._consume_conn
+            conn = super().get_consume_conn()
+            if conn is not had:
+                self._release_lost_claims = True
+            return conn
+
         @raise_connection_error  # type: ignore[untyped-decorator]
         def claim(self, limit: int) -> None:
             # One statement on an autocommit connection: its own transaction, one round
@@ -222,6 +229,9 @@ def _postgres_broker_class() -> Any:
             conn = self.get_consume_conn()
             if not conn.autocommit:
                 conn.autocommit = True
+            if getattr(self, "_release_lost_claims", False):
+                self.broker.release_lost_claims(conn, self.queue_name)
+                self._release_lost_claims = False
             rows = conn.execute(
                 QUERIES.CLAIM, (self.queue_name, limit, self.broker.worker_id)
             ).fetchall()
@@ -231,7 +241,7 @@ def _postgres_broker_class() -> Any:
         @raise_connection_error  # type: ignore[untyped-decorator]
         def __next__(self) -> Any:
             if not self.buffer or self._consume_conn is None:
-                return super().__next__()
+                return self._next()
             # Messages claimed already: hand the next one out. dramatiq-postgres reads
             # the connection's socket before every message to find a dead connection
             # (7% of a worker process's time in a profile of bench reactions); here that
@@ -241,7 +251,16 @@ def _postgres_broker_class() -> Any:
             self.broker.maybe_maintenance(conn)
             message = self.buffer.pop(0)
             self.in_processing.add(message.message_id)
+            with self.broker.in_flight_lock:
+                self.broker.in_flight.add(message.message_id)
             return MessageProxy(message)
+
+        def _next(self) -> Any:
+            proxy = super().__next__()
+            if proxy is not None:
+                with self.broker.in_flight_lock:
+                    self.broker.in_flight.add(proxy.message_id)
+            return proxy
 
         def ack(self, message: Any) -> None:
             # eventkit's actors delete the message in the transaction that executes it (or
@@ -249,12 +268,49 @@ def _postgres_broker_class() -> Any:
             # (and must stay). Any message left consumed by a dead worker is queued again
             # by the broker's maintenance, and the ledger skips it if it had run.
             self.in_processing.discard(message.message_id)
+            with self.broker.in_flight_lock:
+                self.broker.in_flight.discard(message.message_id)
             self.wakeup.set()
+
+        def nack(self, message: Any) -> None:
+            super().nack(message)
+            with self.broker.in_flight_lock:
+                self.broker.in_flight.discard(message.message_id)
 
     class Broker(PostgresBroker):  # type: ignore[misc]
         def __init__(self, *, schema: str, **kwargs: Any) -> None:
             super().__init__(schema=schema, **kwargs)
             self.schema = schema
+            #: Messages this process's consumers handed to its worker threads and that
+            #: are not acknowledged yet (the ids of every queue: they are UUIDs).
+            self.in_flight: set[str] = set()
+            self.in_flight_lock = threading.Lock()
+            self._release = sql.SQL(
+                "UPDATE {} SET state = 'queued', worker_id = NULL, consumed_at = NULL,"
+                " mtime = now() WHERE queue_name = %s AND worker_id = %s"
+                " AND state = 'consumed' AND NOT (message_id = ANY(%s::uuid[]))"
+                " RETURNING message_id"
+            ).format(sql.Identifier(schema, DRAMATIQ_PREFIX + "queue"))
+
+        def release_lost_claims(self, conn: psycopg.Connection[Any], queue: str) -> None:
+            """Queue again the messages of ``queue`` that this process claimed but holds
+            nowhere: run on each new consuming connection, before its first claim.
+
+            A claim commits on the server before its answer reaches the process; when
+            the connection dies in between (a server restart), the claimed messages stay
+            consumed under this process's worker id, which its heartbeat keeps alive, so
+            the broker's maintenance never hands them out again. Messages still running
+            in a worker thread are left alone."""
+            with self.in_flight_lock:
+                running = list(self.in_flight)
+            released = conn.execute(self._release, (queue, self.worker_id, running)).fetchall()
+            if released:
+                logger.warning(
+                    "queue %s: %d message(s) claimed on a connection that was lost were "
+                    "queued again",
+                    queue,
+                    len(released),
+                )
 
         def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 30000) -> Any:
             return Consumer(broker=self, queue_name=queue_name, prefetch=prefetch, timeout=timeout)

@@ -23,7 +23,9 @@ _COMPLETIONS = (b"INSERT 0 ", b"SELECT ")
 class CuttingProxy:
     """Listens on 127.0.0.1 and forwards to the server of ``url``."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, completions: tuple[bytes, ...] = _COMPLETIONS) -> None:
+        """``completions``: the command tags whose answer an armed proxy drops."""
+        self._completions = completions
         info: dict[str, Any] = conninfo_to_dict(url)
         host = str(info.get("host") or "/tmp")
         port = int(info.get("port") or 5432)
@@ -69,7 +71,7 @@ class CuttingProxy:
     def _pump(self, source: socket.socket, sink: socket.socket, answers: bool) -> None:
         try:
             while data := source.recv(65536):
-                if answers and self._armed.is_set() and any(c in data for c in _COMPLETIONS):
+                if answers and self._armed.is_set() and any(c in data for c in self._completions):
                     if self._skip == 0:
                         self._armed.clear()
                         self.cut.set()
@@ -85,8 +87,10 @@ class CuttingProxy:
 
 
 @contextmanager
-def cutting_proxy(url: str) -> Iterator[CuttingProxy]:
-    proxy = CuttingProxy(url)
+def cutting_proxy(
+    url: str, completions: tuple[bytes, ...] = _COMPLETIONS
+) -> Iterator[CuttingProxy]:
+    proxy = CuttingProxy(url, completions)
     try:
         yield proxy
     finally:

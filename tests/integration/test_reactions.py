@@ -20,7 +20,7 @@ from eventkit.domain.shop.application import Shop
 from eventkit.domain.shop.commands import OrderLineRequest, PlaceOrder
 from eventkit.domain.shop.orders import Order, OrderStatus
 from eventkit.domain.shop.payments import PaymentStatus
-from eventkit.infrastructure.broker import message_id
+from eventkit.infrastructure.broker import BrokerKind, create_broker, message_id
 from eventkit.infrastructure.deadletters import DeadLetters
 from eventkit.infrastructure.factory import shared_pool
 from eventkit.infrastructure.log import Position
@@ -33,6 +33,7 @@ from eventkit.projections import moving
 from eventkit.projections.group import WorkerGroup
 from eventkit.projections.projection import Table, handles
 from eventkit.projections.reaction import Reaction, ReactionContext
+from eventkit.projections.reactor import ReactionRuntime
 from eventkit.projections.rebuild import rebuild
 from eventkit.projections.shop import OrderSummaries
 from eventkit.projections.shop.reactions import (
@@ -43,6 +44,7 @@ from eventkit.projections.shop.reactions import (
 )
 from eventkit.projections.status import reaction_status
 from eventkit.shop.gateway import FakeGateway
+from tests.integration.cutting_proxy import cutting_proxy
 from tests.integration.projection_support import (
     FAST_POLL,
     make_follower,
@@ -51,6 +53,7 @@ from tests.integration.projection_support import (
     stock_up,
 )
 from tests.integration.reaction_support import (
+    FAST_BROKER,
     Audit,
     Effects,
     count,
@@ -681,3 +684,46 @@ def test_a_handler_past_its_time_limit_is_stopped_retried_and_parked(
     assert elapsed < 25
     assert count(pool, schema, "overran") == 0
     assert count(pool, schema, "reaction_ledger") == 0
+
+
+def test_messages_claimed_on_a_connection_that_died_are_handed_out_again(
+    shop: Shop, pool: psycopg_pool.ConnectionPool, schema: str, database_url: str
+) -> None:
+    """Issue 17 point 1: a claim commits on the server and its answer is lost with the
+    connection (a server restart). The claiming worker lives on and keeps its heartbeat
+    fresh, so the broker's maintenance never hands those messages out again; the consumer
+    queues them again itself once it has a new connection."""
+    orders = place(shop, 6)
+    claims = tuple(f"UPDATE {n}".encode() for n in range(1, 10))
+    with cutting_proxy(database_url, claims) as proxy:
+        # Only the broker's connections go through the proxy.
+        broker = create_broker(
+            BrokerKind.POSTGRES,
+            database_url=proxy.url,
+            schema=schema,
+            broker_url=None,
+            options=FAST_BROKER,
+        )
+        runtime = ReactionRuntime(
+            [Effects()],
+            broker=broker,
+            kind=BrokerKind.POSTGRES,
+            url=database_url,
+            schema=schema,
+            pool=pool,
+            recorder=PostgresEventRecorder(pool, schema),
+            mapper=PydanticMapper(),
+            worker_id="test",
+            worker_threads=2,
+            poll=FAST_POLL,
+        )
+        proxy.arm()
+        with running_reactions(runtime):
+            wait_for(proxy.cut.is_set, "a claim's answer to be lost")
+            wait_for(
+                lambda: count(pool, schema, "effects") == len(orders),
+                "every message to run, those of the lost claim too",
+            )
+    assert count(pool, schema, "dead_letters") == 0
+    assert ledger_count(pool, schema, "effects") == len(orders)
+    assert sorted(Effects.calls.values()) == [1] * len(orders)
