@@ -16,7 +16,8 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
-#: Buckets that resolve 1 ms to 10 s (commit-to-processed latency, appends).
+#: Buckets that resolve 1 ms to 5 min (commit-to-processed latency, appends): a consumer
+#: catching up after a pause or an outage shows how far behind it was.
 LATENCY_BUCKETS = (
     0.001,
     0.0025,
@@ -31,6 +32,10 @@ LATENCY_BUCKETS = (
     2.5,
     5.0,
     10.0,
+    30.0,
+    60.0,
+    120.0,
+    300.0,
 )
 
 EVENTS_PROCESSED = Counter(
@@ -93,7 +98,8 @@ WAKEUPS = Counter(
 )
 LEASE_OWNED = Gauge(
     "eventkit_lease_owned",
-    "1 while this process owns the consumer's lease (partition), else 0",
+    "1 while this process owns the consumer's lease (partition), 0 while it lost it and "
+    "tries again; the series goes when the partition is handed over",
     ["kind", "consumer", "partition"],
 )
 LEASE_TAKEOVERS = Counter(
@@ -103,8 +109,39 @@ LEASE_TAKEOVERS = Counter(
 )
 LOOP_HEARTBEAT = Gauge(
     "eventkit_loop_heartbeat_timestamp_seconds",
-    "Unix time a consumer's loop last turned (health: a stalled loop stops moving it)",
-    ["kind", "consumer"],
+    "Unix time a consumer's loop last turned for a partition this process works on "
+    "(health: a stalled loop stops moving it; the series goes when the partition is handed "
+    "over)",
+    ["kind", "consumer", "partition"],
+)
+CONSUMER_RUNNING = Gauge(
+    "eventkit_consumer_running",
+    "1 while a live worker process works on the consumer's partition (its heartbeat in the "
+    "database is fresh), 0 while none does (read from the database, for every declared "
+    "consumer)",
+    ["kind", "consumer", "partition"],
+)
+REACTION_QUEUE = Gauge(
+    "eventkit_reaction_queue_messages",
+    "A reaction's messages not executed yet, by state: queued, in_flight (claimed by a "
+    "worker), retrying (tried before); with RabbitMQ or Redis, queued counts the outbox "
+    "(read from the database)",
+    ["consumer", "state"],
+)
+REACTION_OLDEST = Gauge(
+    "eventkit_reaction_oldest_message_age_seconds",
+    "Age of a reaction's oldest message not executed yet (0 when none waits; read from the "
+    "database)",
+    ["consumer"],
+)
+DATABASE_UP = Gauge(
+    "eventkit_database_up",
+    "1 when this process's last status query answered, else 0 (then the gauges read from "
+    "the database are withdrawn, not frozen)",
+)
+READY = Gauge(
+    "eventkit_ready",
+    "1 while this process's /readyz is green, else 0",
 )
 REACTION_MESSAGES = Counter(
     "eventkit_reaction_messages_total",
@@ -146,6 +183,11 @@ EXPORTED: tuple[str, ...] = (
     "eventkit_lease_takeovers_total",
     "eventkit_loop_heartbeat_timestamp_seconds",
     "eventkit_reaction_messages_total",
+    "eventkit_consumer_running",
+    "eventkit_reaction_queue_messages",
+    "eventkit_reaction_oldest_message_age_seconds",
+    "eventkit_database_up",
+    "eventkit_ready",
     "eventkit_pool_connections",
     "eventkit_events_appended_total",
     "eventkit_append_seconds",

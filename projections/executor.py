@@ -350,7 +350,9 @@ class ReactionExecutor:
                 stream,
                 version,
                 error,
+                extra={"consumer": self.name, "error_class": type(error).__name__},
             )
+            _RETRIES_LOGGED.said(message_id)
             raise dramatiq.Retry(
                 f"database connection lost: {error}", delay=self._uncount_try()
             ) from error
@@ -501,6 +503,7 @@ class ReactionExecutor:
                 extra={
                     "consumer": self.name,
                     "kind": "reaction",
+                    "error_class": type(error).__name__,
                     "position": f"{m.transaction_id}/{m.notification_id}",
                     "stream": str(m.stream),
                     "version": m.version,
@@ -509,6 +512,7 @@ class ReactionExecutor:
             )
             # Retry, not the error itself: dramatiq logs any other exception with its
             # traceback at ERROR on every try; the line above says what happened.
+            _RETRIES_LOGGED.said(m.message_id)
             raise dramatiq.Retry(f"{type(error).__name__}: {error}") from error
         n = self._notification(m.stream, m.version, m.notification_id, m.transaction_id)
         self._park(
@@ -590,12 +594,45 @@ class ReactionExecutor:
             extra={
                 "consumer": self.name,
                 "kind": "reaction",
+                "error_class": type(error).__name__,
                 "position": str(n.position),
                 "stream": str(n.originator_id),
                 "version": n.originator_version,
                 "message_id": str(message_id),
             },
         )
+
+
+class _RetriesLogged(logging.Filter):
+    """One log line per failed try: the executor's, which says why. dramatiq's Retries
+    middleware then logs "Retrying message ID in N milliseconds." for the same try; this
+    filter, on that middleware's logger, drops those lines for the messages the executor
+    has just logged (other actors' retries are logged as dramatiq does)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._ids: dict[str, None] = {}
+        self._lock = threading.Lock()
+
+    def said(self, message_id: UUID) -> None:
+        with self._lock:
+            self._ids[str(message_id)] = None
+            while len(self._ids) > 10_000:  # retries not logged by dramatiq after all
+                del self._ids[next(iter(self._ids))]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not (isinstance(record.msg, str) and record.msg.startswith("Retrying message")):
+            return True
+        args = record.args if isinstance(record.args, tuple) else (record.args,)
+        key = str(args[0]) if args else ""
+        with self._lock:
+            if key in self._ids:
+                del self._ids[key]
+                return False  # the executor's line said it
+        return True
+
+
+_RETRIES_LOGGED = _RetriesLogged()
 
 
 def declare_actor(broker: dramatiq.Broker, schema: str, executor: ReactionExecutor) -> Any:
@@ -608,6 +645,9 @@ def declare_actor(broker: dramatiq.Broker, schema: str, executor: ReactionExecut
     handler alone to the reaction's ``time_limit_ms`` (:mod:`projections.timelimits`),
     where dramatiq's, were its timer started, could interrupt the record's ``COMMIT``.
     """
+    retries = logging.getLogger("dramatiq.middleware.retries.Retries")
+    if _RETRIES_LOGGED not in retries.filters:
+        retries.addFilter(_RETRIES_LOGGED)
     r = type(executor.reaction)
     return dramatiq.actor(
         broker=broker,

@@ -47,6 +47,7 @@ from typing import Any
 from uuid import UUID
 
 import psycopg
+from prometheus_client import Gauge
 from psycopg import sql
 
 from eventkit.infrastructure import metrics
@@ -59,6 +60,7 @@ from eventkit.infrastructure.partitions import Partition, record_partitions
 from eventkit.infrastructure.recorder import PostgresEventRecorder, Scan
 from eventkit.infrastructure.tracking import Tracking, TrackingConflictError
 from eventkit.projections.applier import Applier
+from eventkit.projections.liveness import Beat
 from eventkit.projections.projection import Context
 
 logger = logging.getLogger(__name__)
@@ -251,8 +253,9 @@ class Follower:
         self.position = Position.ORIGIN
         #: Set once a read reaches the head of the log.
         self.caught_up = threading.Event()
-        #: ``time.monotonic()`` when the loop last turned (health checks).
-        self.last_loop = time.monotonic()
+        #: The sign of life of the loop that turns this follower (health checks): its own
+        #: when standalone; a worker group gives it its consumer loop's.
+        self.beat = Beat(f"{self.kind} {self.label}")
         # Standalone (run()) the follower renews its own lease; in a group the group does.
         self._standalone = False
         self._renewed_at = 0.0
@@ -271,8 +274,9 @@ class Follower:
         self._m_batches = metrics.BATCHES.labels(self.kind, name, part)
         self._m_batch_events = metrics.BATCH_EVENTS.labels(self.kind, name)
         self._m_latency = metrics.PROCESSED_LATENCY.labels(self.kind, name)
-        self._m_heartbeat = metrics.LOOP_HEARTBEAT.labels(self.kind, name)
-        self._m_lease = metrics.LEASE_OWNED.labels(self.kind, name, part)
+        # Made by attach: a partition this process does not work on exports neither.
+        self._m_heartbeat: Gauge | None = None
+        self._m_lease: Gauge | None = None
         self._m_processed: dict[str, Any] = {}
 
     @property
@@ -296,12 +300,21 @@ class Follower:
         self._standalone = True
         o = self.options
         idle = Idle(o.poll, o.notify_channel, self.kind, self.name)
+        try:
+            self._run(stop, idle)
+        finally:
+            self.beat.connected(None)
+
+    def _run(self, stop: threading.Event, idle: Idle) -> None:
+        o = self.options
         delay = 0.1
         while not stop.is_set():
             try:
+                self.beat.connecting()
                 with connect(
                     o.url, o.worker_id, o.lease_ttl_s, durable_commits=o.durable_commits
                 ) as conn:
+                    self.beat.connected(conn)
                     if self.lease is None:
                         lease = self._wait_for_lease(conn, stop)
                         if lease is None:
@@ -318,7 +331,8 @@ class Follower:
                 self._close_reader()
                 if isinstance(e, LeaseLostError):
                     self.lease = None
-                self._m_lease.set(0)
+                if self._m_lease is not None:
+                    self._m_lease.set(0)
                 metrics.ERRORS.labels(self.kind, self.name, type(e).__name__).inc()
                 if stop.is_set():
                     return
@@ -329,7 +343,9 @@ class Follower:
                     type(e).__name__,
                     e,
                     delay,
+                    extra={**self._fields(), "error_class": type(e).__name__},
                 )
+                self.beat.connecting()  # waiting to connect again
                 stop.wait(delay)
                 delay = min(delay * 2, 5.0)
 
@@ -357,7 +373,7 @@ class Follower:
                 said = True
             if stop.wait(self.options.poll.lease_wait_s):
                 return None
-            self.last_loop = time.monotonic()  # waiting for the lease is turning too
+            self.beat.turn()  # waiting for the lease is turning too
 
     def _follow(self, conn: psycopg.Connection[Any], stop: threading.Event, idle: Idle) -> None:
         try:
@@ -388,17 +404,15 @@ class Follower:
         """Start working under ``lease``: prepare the applier (the view's tables), record
         the consumer's partitions and, on its first run, its start; read the position."""
         self.lease = lease
-        logger.info(
-            "%s %s: worker %s took the lease (generation %d)",
-            self.kind,
-            self.label,
-            self.options.worker_id,
-            lease.generation,
-            extra=self._fields(),
-        )
+        part = str(self.partition.index)
+        # Made again: detach removed them (a handed-over partition exports no series).
+        self._m_heartbeat = metrics.LOOP_HEARTBEAT.labels(self.kind, self.name, part)
+        self._m_lease = metrics.LEASE_OWNED.labels(self.kind, self.name, part)
         self._m_lease.set(1)
+        for topic in self.topics:  # from 0: a rate exists from the start (EventkitStuck)
+            self._processed(topic)
         start = self.applier.consumer.start_from
-        with conn.transaction():
+        with self.beat.waiting(), conn.transaction():  # the start is read through the pool
             self.applier.prepare(conn)
             record_partitions(conn, self.options.schema, self.name, self.partition.count)
             first = self.tracking.initialise(
@@ -413,6 +427,16 @@ class Follower:
                 first,
             )
         self.position = self.tracking.position(conn, self.name, self.partition.index)
+        # Once the position is read: the line says where this worker goes on from.
+        logger.info(
+            "%s %s: worker %s took the lease (generation %d) at position %s",
+            self.kind,
+            self.label,
+            self.options.worker_id,
+            lease.generation,
+            self.position,
+            extra=self._fields(),
+        )
         self._none_parked = not self.applier.sequenced
         self._renewed_at = time.monotonic()
         self._set_state(conn, self.options.state)
@@ -421,7 +445,13 @@ class Follower:
         """Stop working: record the state and give the lease back (when ``conn`` works)."""
         self._close_reader()
         lease, self.lease = self.lease, None
-        self._m_lease.set(0)
+        # This process works on the partition no more: its series go (a heartbeat left
+        # behind would age until a stalled-loop alert fired for a partition another
+        # worker runs).
+        part = str(self.partition.index)
+        metrics.LOOP_HEARTBEAT.remove(self.kind, self.name, part)
+        metrics.LEASE_OWNED.remove(self.kind, self.name, part)
+        self._m_heartbeat = self._m_lease = None
         if conn is None or lease is None:
             return
         if stopped:
@@ -438,15 +468,17 @@ class Follower:
         group's. Raises :class:`LeaseLostError` when the lease was lost, and database
         errors.
         """
-        self.last_loop = time.monotonic()
-        self._m_heartbeat.set_to_current_time()
+        self.beat.turn()
+        if self._m_heartbeat is not None:
+            self._m_heartbeat.set_to_current_time()
         if (
             self.applier.sequenced
             and time.monotonic() - self._retries_checked_at >= self.options.poll.retry_check_s
         ):
             self.process_retries(conn)
             self._retries_checked_at = time.monotonic()
-        read = self._take(self._ahead)
+        with self.beat.waiting():  # a read through the pool: the database's time
+            read = self._take(self._ahead)
         self._ahead = None
         scan = read.scan
         batch_size = self.options.batch_size
@@ -707,12 +739,7 @@ class Follower:
             topic = item.notification.topic
             per_type[topic] = per_type.get(topic, 0) + 1
         for topic, count in per_type.items():
-            child = self._m_processed.get(topic)
-            if child is None:
-                child = self._m_processed[topic] = metrics.EVENTS_PROCESSED.labels(
-                    self.kind, self.name, str(self.partition.index), topic
-                )
-            child.inc(count)
+            self._processed(topic).inc(count)
         if self.applier.observes_latency:
             now = time.time()
             for item in items[:: max(1, len(items) // 100)]:
@@ -752,7 +779,7 @@ class Follower:
                 retry.max_attempts,
                 type(failure.error).__name__,
                 failure.error,
-                extra=self._fields(n),
+                extra={**self._fields(n), "error_class": type(failure.error).__name__},
             )
             if self._pause(conn, stop, retry.delay(attempt)):
                 return False
@@ -857,8 +884,16 @@ class Follower:
             p.attempts,
             type(p.error).__name__,
             p.error,
-            extra=self._fields(n),
+            extra={**self._fields(n), "error_class": type(p.error).__name__},
         )
+
+    def _processed(self, topic: str) -> Any:
+        child = self._m_processed.get(topic)
+        if child is None:
+            child = self._m_processed[topic] = metrics.EVENTS_PROCESSED.labels(
+                self.kind, self.name, str(self.partition.index), topic
+            )
+        return child
 
     def _fields(self, n: LoggedNotification | None = None) -> dict[str, object]:
         """Structured log fields (``--log-format json``): the consumer, and the event."""
@@ -881,7 +916,8 @@ class Follower:
         requested = self.dead_letters.retry_requested(conn, self.name, self.partition)
         if not self.partition.whole and callable(self.partition.key) and requested:
             # A key function: keep the letters of this partition's events.
-            notifications = self.recorder.notifications([d.notification_id for d in requested])
+            with self.beat.waiting():
+                notifications = self.recorder.notifications([d.notification_id for d in requested])
             mine = {n.id for n in notifications if self.partition.contains(n)}
             requested = [d for d in requested if d.notification_id in mine]
         for stream, letters in groupby(requested, key=lambda d: d.originator_id):
@@ -891,7 +927,9 @@ class Follower:
         self, conn: psycopg.Connection[Any], stream: UUID, letters: list[DeadLetter]
     ) -> None:
         self._none_parked = False  # read the parked streams again after this
-        by_id = {n.id: n for n in self.recorder.notifications([d.notification_id for d in letters])}
+        with self.beat.waiting():
+            found = self.recorder.notifications([d.notification_id for d in letters])
+        by_id = {n.id: n for n in found}
         try:
             with conn.transaction():
                 context: Context | None = None

@@ -44,6 +44,7 @@ from eventkit.infrastructure.log import Position
 from eventkit.infrastructure.partitions import recorded_partitions
 from eventkit.infrastructure.tracking import TrackingConflictError
 from eventkit.projections.follower import Follower, Idle, PollPolicy, connect
+from eventkit.projections.liveness import Beat
 from eventkit.projections.projection import Consumer, Projection
 from eventkit.projections.status import autovacuum_warning
 
@@ -126,9 +127,15 @@ class WorkerGroup:
         self._plans: dict[str, Plan] = {}
         self._dead: list[str] = []
         self._lock = threading.Lock()
-        self._planned = threading.Event()
         #: Every partition's follower this member runs now, by (consumer, partition).
         self.followers: dict[tuple[str, int], Follower] = {}
+        #: The signs of life of the coordinator and of each consumer's loop (/healthz).
+        self.beats = {"": Beat("worker group coordinator")} | {
+            c.name: Beat(f"{_kind(c)} {c.name}") for c in self.consumers
+        }
+        #: Why this process runs nothing (another live process has its worker id), or None.
+        self.standby: str | None = None
+        self._planned = threading.Event()  # the coordinator joined the group and planned
         self._table = sql.Identifier(schema, "worker_members")
 
     # -- running ------------------------------------------------------------------------------
@@ -164,16 +171,26 @@ class WorkerGroup:
     # -- the coordinator ------------------------------------------------------------------------
 
     def _coordinate(self, stop: threading.Event) -> None:
+        beat = self.beats[""]
+        try:
+            self._coordinate_until(stop, beat)
+        finally:
+            beat.connected(None)
+
+    def _coordinate_until(self, stop: threading.Event, beat: Beat) -> None:
         delay = 0.1
         waiting = False  # for a live process with the same worker id to stop
         checked = False  # the server's autovacuum setting (once, not at every reconnect)
         while True:
             try:
+                beat.connecting()
                 with connect(self.url, self.worker_id, self.leases.ttl_s) as conn:
+                    beat.connected(conn)
                     conn.execute(
                         sql.SQL("LISTEN {}").format(sql.Identifier(members_channel(self.schema)))
                     )
                     self._tick(conn, announce=True)
+                    self.standby = None
                     if waiting:
                         logger.info(
                             "worker %s: the other process with this id is gone; joined the group",
@@ -190,14 +207,17 @@ class WorkerGroup:
                         for _ in conn.notifies(timeout=self.heartbeat_s, stop_after=1):
                             pass  # a member joined or left: plan again now
                         self._tick(conn)
+                        beat.turn()
                     self._leave(conn)
                     return
             except DuplicateWorkerError as e:
                 # The coordinator serves every consumer of the process: no consumer label.
                 metrics.ERRORS.labels("group", "", type(e).__name__).inc()
+                self.standby = str(e)
                 if not waiting:
-                    logger.error("%s", e)
+                    logger.error("%s", e, extra={"error_class": type(e).__name__})
                     waiting = True
+                beat.connected(None)  # alive, waiting for the other process to stop
                 if stop.wait(self.heartbeat_s):
                     return
             except Exception as e:
@@ -211,7 +231,9 @@ class WorkerGroup:
                     e,
                     delay,
                     exc_info=not isinstance(e, psycopg.OperationalError),
+                    extra={"error_class": type(e).__name__},
                 )
+                beat.connecting()
                 stop.wait(delay)
                 delay = min(delay * 2, 5.0)
 
@@ -324,6 +346,18 @@ class WorkerGroup:
             conn.execute("SELECT pg_notify(%s, %s)", (members_channel(self.schema), "left"))
         logger.info("worker %s left the group", self.worker_id)
 
+    def not_ready(self) -> str | None:
+        """Why this member works on nothing yet (readiness), or None."""
+        if self.standby is not None:
+            return f"standby: {self.standby}"
+        if not self._planned.is_set():
+            return f"worker {self.worker_id} has not joined the group yet"
+        return None
+
+    def current_beats(self) -> list[Beat]:
+        """The signs of life of this process's loops (for /healthz)."""
+        return list(self.beats.values())
+
     def current_followers(self) -> list[Follower]:
         """The partitions' followers this member runs now (for health checks)."""
         with self._lock:
@@ -336,21 +370,32 @@ class WorkerGroup:
     # -- one consumer's loop ----------------------------------------------------------------------
 
     def _loop(self, consumer: Runnable, stop: threading.Event) -> None:
+        beat = self.beats[consumer.name]
+        try:
+            self._loop_until(consumer, stop, beat)
+        finally:
+            beat.connected(None)
+
+    def _loop_until(self, consumer: Runnable, stop: threading.Event, beat: Beat) -> None:
         followers: dict[int, Follower] = {}
-        kind = "projection" if issubclass(consumer.cls, Projection) else "reaction"
-        state = _LoopState(Idle(self.poll, self.notify_channel, kind, consumer.name))
+        state = _LoopState(
+            Idle(self.poll, self.notify_channel, _kind(consumer), consumer.name), beat
+        )
         delay = 0.1
         while not self._planned.wait(0.2):  # the coordinator has not joined the group yet
+            beat.turn()
             if stop.is_set():
                 return
         while not stop.is_set():
             try:
+                beat.connecting()
                 with connect(
                     self.url,
                     self.worker_id,
                     self.leases.ttl_s,
                     durable_commits=self.durable_commits,
                 ) as conn:
+                    beat.connected(conn)
                     state.idle.listen(conn)
                     for f in followers.values():  # after a reconnect: the leases are rows
                         if f.lease is not None:
@@ -375,7 +420,9 @@ class WorkerGroup:
                     e,
                     delay,
                     exc_info=not isinstance(e, psycopg.OperationalError | PersistenceError),
+                    extra={"consumer": consumer.name, "error_class": type(e).__name__},
                 )
+                beat.connecting()
                 stop.wait(delay)
                 delay = min(delay * 2, 5.0)
 
@@ -392,10 +439,14 @@ class WorkerGroup:
         quiet = False  # the last round read nothing: look at the head before the next one
         rounds_at = 0.0
         while not stop.is_set():
+            state.beat.turn()
             self._reconcile(consumer, conn, followers, state)
             # Catching up, no look at the head: it costs a query per round and is only
             # needed once a round comes back empty.
-            head = next(iter(followers.values())).recorder.head() if quiet and followers else None
+            head = None
+            if quiet and followers:
+                with state.beat.waiting():
+                    head = next(iter(followers.values())).recorder.head()
             if seen is not None and head == seen and time.monotonic() - rounds_at < IDLE_ROUND_S:
                 # Idle: one look at the log's head instead of a read per partition; every
                 # partition still turns twice a second (dead letters to retry, its state).
@@ -456,6 +507,7 @@ class WorkerGroup:
             if lease is None:
                 continue  # its owner has not handed it over yet
             follower = consumer.make(k, plan.partitions)
+            follower.beat = state.beat  # its waits for the database are the loop's
             follower.attach(conn, lease)  # the coordinator renews the lease: see _tick
             followers[k] = follower
             with self._lock:
@@ -466,11 +518,16 @@ class WorkerGroup:
             self.followers.pop((consumer.name, partition), None)
 
 
+def _kind(consumer: Runnable) -> str:
+    return "projection" if issubclass(consumer.cls, Projection) else "reaction"
+
+
 @dataclass
 class _LoopState:
     """One consumer's loop: how it waits, and what it last planned and tried."""
 
     idle: Idle
+    beat: Beat
     partitions: int | None = None
     tried_plan: Plan | None = None
     tried_at: float = 0.0

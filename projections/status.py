@@ -291,7 +291,9 @@ class ReactionStatus:
 
     ``queued``, ``in_flight`` and ``retrying`` are read from the PostgreSQL broker's queue
     table (with RabbitMQ or Redis, the broker's own tools show them; ``queued`` then counts
-    messages still in the outbox); ``executed`` counts the ledger's records.
+    messages still in the outbox); ``executed`` counts the ledger's records;
+    ``oldest_age_s`` is the age of the oldest message not executed yet (queued, claimed or
+    waiting for a retry; with RabbitMQ or Redis, in the outbox), 0 when none waits.
     """
 
     reaction: str
@@ -306,6 +308,7 @@ class ReactionStatus:
     retrying: int | None
     executed: int
     dead_letters: int
+    oldest_age_s: float = 0.0
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -325,6 +328,7 @@ def reaction_status(
         queues[queue_name(schema, r.name)] = r.name
         queues[dq_name(queue_name(schema, r.name))] = r.name
     queue: dict[str, tuple[int, int, int]] = {}
+    oldest: dict[str, float] = {}
     with pool.connection() as conn:
         if postgres_broker:
             found = conn.execute(
@@ -332,19 +336,23 @@ def reaction_status(
                     "SELECT queue_name, count(*) FILTER (WHERE state = 'queued'), "
                     "count(*) FILTER (WHERE state = 'consumed'), "
                     "count(*) FILTER (WHERE coalesce((message->'options'->>'retries')::int, 0)"
-                    " > 0) FROM {} WHERE queue_name = ANY(%s) GROUP BY 1"
+                    " > 0), coalesce(extract(epoch FROM clock_timestamp() - min(coalesce("
+                    "to_timestamp((message->>'message_timestamp')::bigint / 1000.0), mtime))"
+                    " FILTER (WHERE state IN ('queued', 'consumed')))::float8, 0)"
+                    " FROM {} WHERE queue_name = ANY(%s) GROUP BY 1"
                 ).format(sql.Identifier(schema, "dramatiq_queue")),
                 (list(queues),),
             ).fetchall()
         else:
             found = conn.execute(
                 sql.SQL(
-                    "SELECT queue_name, count(*), 0, 0 FROM {} WHERE queue_name = ANY(%s) "
-                    "GROUP BY 1"
+                    "SELECT queue_name, count(*), 0, 0, extract(epoch FROM clock_timestamp() -"
+                    " min(created_at))::float8 FROM {} WHERE queue_name = ANY(%s) GROUP BY 1"
                 ).format(sql.Identifier(schema, "reaction_outbox")),
                 (list(queues),),
             ).fetchall()
-        for q, queued, in_flight, retrying in found:
+        for q, queued, in_flight, retrying, age in found:
+            oldest[queues[q]] = max(oldest.get(queues[q], 0.0), float(age or 0.0))
             before = queue.get(queues[q], (0, 0, 0))
             queue[queues[q]] = (
                 before[0] + int(queued),
@@ -377,6 +385,7 @@ def reaction_status(
                 retrying=retrying if postgres_broker else None,
                 executed=done.get(r.name, 0),
                 dead_letters=f.dead_letters,
+                oldest_age_s=round(oldest.get(r.name, 0.0), 3),
             )
         )
     return result

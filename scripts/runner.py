@@ -28,6 +28,7 @@ from typing import Any
 from eventkit.infrastructure.broker import BrokerKind, BrokerOptions, broker_kind
 from eventkit.infrastructure.errors import ConfigurationError
 from eventkit.infrastructure.factory import mapper_for, shared_pool
+from eventkit.infrastructure.logfields import set_process_field
 from eventkit.infrastructure.partitions import Partition
 from eventkit.infrastructure.recorder import PostgresEventRecorder
 from eventkit.infrastructure.settings import Settings
@@ -195,9 +196,13 @@ class WorkerOptions:
     durable_commits: bool = False
     #: Serve /metrics, /healthz and /readyz on this port (None: off).
     metrics_port: int | None = None
+    #: The address it binds (``0.0.0.0``: every interface).
     metrics_host: str = "127.0.0.1"
     #: /readyz turns red when a consumer lags more than this.
     max_lag_s: float = 30.0
+    #: /healthz turns red when a loop has not turned for this long (and does not wait for
+    #: the database).
+    stall_s: float = 30.0
 
 
 class Workers:
@@ -221,6 +226,7 @@ class Workers:
         self.options = options or WorkerOptions(**option_values)
         self.settings = settings or Settings.from_env()
         self.worker_id = worker_id or default_worker_id()
+        set_process_field("worker_id", self.worker_id)  # on every JSON log line
         self.runtime = Runtime(app, self.settings)
         projections, reactions = app.select(names)
         if reactions_only:
@@ -287,22 +293,29 @@ class Workers:
             )
         if o.metrics_port is not None:
             pool, _ = shared_pool(self.settings)
+            # Every declared consumer's gauges, whether this process runs it or not;
+            # readiness judges the ones it runs.
             monitor = Monitor(
                 pool,
                 self.settings.schema,
-                projections=self.projections,
-                reactions=self.reactions,
-                followers=group.current_followers,
+                projections=self.app.projections,
+                reactions=self.app.reactions,
+                runs={c.name for c in [*self.projections, *self.reactions]},
+                loops=group.current_beats,
+                not_ready=group.not_ready,
                 postgres_broker=broker_kind(self.settings.broker_url) is BrokerKind.POSTGRES,
                 max_lag_s=o.max_lag_s,
+                stall_s=o.stall_s,
             )
-            self._server = MonitoringServer(monitor, o.metrics_port).start()
+            self._server = MonitoringServer(monitor, o.metrics_port, o.metrics_host).start()
             self._threads.append(
                 threading.Thread(target=monitor.run, args=(self._stop,), name="monitor")
             )
             logger.info(
-                "metrics at http://localhost:%d/metrics; health at /healthz and /readyz",
-                self._server.port,
+                "metrics at %s/metrics; health at %s/healthz and %s/readyz",
+                self._server.url,
+                self._server.url,
+                self._server.url,
             )
         for t in self._threads:
             t.start()

@@ -21,6 +21,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "eventkit.cli.workers",
         "run the application's projections and reactions until SIGTERM or Ctrl-C",
     ),
+    "exporter": (
+        "eventkit.cli.exporter",
+        "serve every consumer's lag and queues, read from the database, to Prometheus",
+    ),
     "status": (
         "eventkit.cli.status",
         "where each projection and reaction is, its lag, its messages",

@@ -3,8 +3,10 @@
 Both redact passwords in URLs (``DATABASE_URL``, ``BROKER_URL``) wherever they appear in a
 message. The JSON format adds the fields a record carries in ``extra`` (``consumer``, the name of a
 projection or reaction, ``kind``, ``projection`` or ``reaction``, and ``partition``,
-``position``, ``stream``, ``version``, ``message_id``), so lines can be filtered by
-consumer or position without parsing the text.
+``position``, ``stream``, ``version``, ``message_id``, ``error_class``), the process's
+``worker_id`` (see :mod:`infrastructure.logfields`) and, for a line that carries an
+exception, its class as ``error_class``, so lines can be filtered by worker, consumer,
+position or error without parsing the text.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import json
 import logging
 from datetime import UTC, datetime
 
+from eventkit.infrastructure.logfields import PROCESS, error_class
 from eventkit.infrastructure.settings import redact
 
 #: Fields a log record may carry in ``extra``, copied into JSON lines.
@@ -32,10 +35,14 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": redact(record.getMessage()),
         }
+        line.update(PROCESS)
         for field in FIELDS:
             value = getattr(record, field, None)
             if value is not None:
                 line[field] = value if isinstance(value, int | float | bool) else str(value)
+        cls = error_class(record)
+        if cls is not None:
+            line["error_class"] = cls
         if record.exc_info:
             line["exception"] = redact(self.formatException(record.exc_info))
         return json.dumps(line)

@@ -73,11 +73,27 @@ def register(commands: Any, parents: list[argparse.ArgumentParser], app_spec: st
         help="serve /metrics (Prometheus), /healthz and /readyz on this port (default: off)",
     )
     parser.add_argument(
+        "--metrics-host",
+        default=WorkerOptions.metrics_host,
+        metavar="ADDRESS",
+        help="the address the metrics port binds: 0.0.0.0 for every interface (a Prometheus "
+        "or a Kubernetes probe on another host) (default %(default)s: this machine only)",
+    )
+    parser.add_argument(
         "--max-lag",
         type=float,
         default=30.0,
         metavar="SECONDS",
-        help="/readyz turns red when a consumer lags more than this (default %(default)s)",
+        help="/readyz turns red when a consumer lags more than this, or a reaction's "
+        "oldest message waits longer (default %(default)s)",
+    )
+    parser.add_argument(
+        "--stall-after",
+        type=float,
+        default=WorkerOptions.stall_s,
+        metavar="SECONDS",
+        help="/healthz turns red when a loop of the process has not turned for this long "
+        "(time spent waiting for the database does not count) (default %(default)s)",
     )
     parser.set_defaults(run=_run)
 
@@ -100,7 +116,9 @@ def _run(args: argparse.Namespace) -> int:
             heartbeat_ttl_s=args.heartbeat_ttl,
             durable_commits=args.durable_commits,
             metrics_port=args.metrics_port,
+            metrics_host=args.metrics_host,
             max_lag_s=args.max_lag,
+            stall_s=args.stall_after,
         ),
     )
     workers.run(stop_on_signals())

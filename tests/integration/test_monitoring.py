@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,7 +16,6 @@ from pathlib import Path
 
 import psycopg_pool
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from eventkit.domain.shop.application import Shop
 from eventkit.domain.shop.commands import OrderLineRequest, PlaceOrder
@@ -32,6 +30,7 @@ from tests.integration.projection_support import (
     wait_until_caught_up,
     workload,
 )
+from tests.integration.worker_process import Series, free_port, get, matching, series
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -43,41 +42,11 @@ def shop(app_env: dict[str, str]) -> Shop:
     return shop
 
 
-def get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
-
-
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-def samples(text: str) -> Samples:
-    found = {}
-    for metric in text_string_to_metric_families(text):
-        for s in metric.samples:
-            found[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return found
-
-
-def value(found: Samples, metric: str, /, **labels: str) -> float:
+def value(found: Series, metric: str, /, **labels: str) -> float:
     """The sum of the samples of ``metric`` whose labels include ``labels``."""
-    total = 0.0
-    matched = False
-    for (sample, sample_labels), v in found.items():
-        if sample == metric and labels.items() <= dict(sample_labels).items():
-            total += v
-            matched = True
+    matched = matching(found, metric, **labels)
     assert matched, f"no sample {metric}{labels}"
-    return total
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return sum(matched.values())
 
 
 def test_metrics_and_health_of_running_workers(
@@ -90,7 +59,7 @@ def test_metrics_and_health_of_running_workers(
         pool,
         schema,
         projections=[OrderSummaries, OrderHistory],
-        followers=[summaries, history],
+        loops=[summaries.beat, history.beat],
         max_lag_s=30,
     )
     server = MonitoringServer(monitor, 0, host="127.0.0.1").start()
@@ -103,7 +72,7 @@ def test_metrics_and_health_of_running_workers(
             assert monitor.refresh().ok
             status, text = get(base + "/metrics")
             assert status == 200
-            found = samples(text)
+            found = series(text)
             placed = value(
                 found,
                 "eventkit_events_processed_total",
@@ -131,7 +100,7 @@ def test_metrics_and_health_of_running_workers(
             deadline = time.monotonic() + 20
             while True:
                 monitor.refresh()
-                found = samples(get(base + "/metrics")[1])
+                found = series(get(base + "/metrics")[1])
                 if value(found, "eventkit_dead_letters_open", consumer="order_history") >= 1:
                     break
                 assert time.monotonic() < deadline, "no dead letter counted"
@@ -144,7 +113,7 @@ def test_metrics_and_health_of_running_workers(
         OrderHistory.broken.clear()
         server.stop()
     # The workers stopped: their loops no longer turn.
-    stalled = Monitor(pool, schema, followers=[summaries], stall_s=0.0)
+    stalled = Monitor(pool, schema, loops=[summaries.beat], stall_s=0.0)
     assert not stalled.health().ok
     assert "loop stalled" in stalled.health().text()
 
@@ -154,7 +123,7 @@ def test_the_readiness_check_turns_red_for_a_failing_projection(
 ) -> None:
     settings = settings_for(database_url, schema)
     worker = make_follower(OrderHistory(), settings)
-    monitor = Monitor(pool, schema, projections=[OrderHistory], followers=[worker], max_lag_s=0.5)
+    monitor = Monitor(pool, schema, projections=[OrderHistory], loops=[worker.beat], max_lag_s=0.5)
     with running(worker):
         workload(shop, 5, seed=9)
         wait_until_caught_up(pool, schema, "order_history")
@@ -255,14 +224,3 @@ def _query(api: str, query: str) -> list[dict[str, object]]:
     assert body["status"] == "success", body
     result: list[dict[str, object]] = body["data"]["result"]
     return result
-
-
-@pytest.mark.prometheus
-@pytest.mark.skipif(shutil.which("promtool") is None, reason="no promtool binary")
-def test_promtool_accepts_the_alert_rules() -> None:
-    rules = ROOT / "docs" / "monitoring" / "prometheus" / "alerts.yml"
-    checked = subprocess.run(
-        ["promtool", "check", "rules", str(rules)], capture_output=True, text=True, check=False
-    )
-    assert checked.returncode == 0, checked.stdout + checked.stderr
-    assert "SUCCESS: 6 rules found" in checked.stdout

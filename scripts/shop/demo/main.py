@@ -143,7 +143,9 @@ def _run_demo(
     ledger.poison.add(poison.order_id)  # before its worker starts: the order is poison
     print_workers(workers, poison.order_id)
     monitor = LagMonitor(pool, schema, projections, tally, args.orders)
-    health = Monitor(pool, schema, projections=projections, followers=workers, interval_s=1.0)
+    health = Monitor(
+        pool, schema, projections=projections, loops=[w.beat for w in workers], interval_s=1.0
+    )
     server = MonitoringServer(health, 0, host="127.0.0.1").start()
     metrics_url = f"http://127.0.0.1:{server.port}"
     print(f"metrics: {metrics_url}/metrics (Prometheus), {metrics_url}/healthz, /readyz")
