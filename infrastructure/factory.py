@@ -165,6 +165,7 @@ class Factory(InfrastructureFactory[TrackingRecorder]):
             self.settings.schema,
             notify_channel=self.settings.notify_channel,
             tracing=self.settings.tracing,
+            group_commit=self.settings.group_commit,
         )
 
     def tracking_recorder(

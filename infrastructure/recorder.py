@@ -37,6 +37,7 @@ from eventkit.infrastructure.appending import (
     METADATA_COLUMNS,
     AppendOptions,
     AppendStatements,
+    Row,
 )
 from eventkit.infrastructure.database import TRANSIENT_ERRORS, retry_transient
 from eventkit.infrastructure.errors import (
@@ -46,6 +47,7 @@ from eventkit.infrastructure.errors import (
     PersistenceError,
     UnsupportedFollowerError,
 )
+from eventkit.infrastructure.groupcommit import GroupCommit
 from eventkit.infrastructure.log import LoggedNotification, OpenTransaction, Position, StartFrom
 from eventkit.infrastructure.partitions import Partition
 
@@ -101,9 +103,12 @@ class PostgresEventRecorder(ApplicationRecorder):
         *,
         notify_channel: str | None = None,
         tracing: bool = False,
+        group_commit: bool = False,
     ) -> None:
         """``tracing``: a span per append, its context stored with the events
-        (:mod:`eventkit.infrastructure.tracing`, imported only then)."""
+        (:mod:`eventkit.infrastructure.tracing`, imported only then). ``group_commit``:
+        concurrent saves of this recorder appended together
+        (:mod:`eventkit.infrastructure.groupcommit`)."""
         self.pool = pool
         self.schema = schema
         self.notify_channel = notify_channel
@@ -147,6 +152,15 @@ class PostgresEventRecorder(ApplicationRecorder):
         prepared = "prepare_threshold" not in kwargs or kwargs["prepare_threshold"] is not None
         self._statements = AppendStatements(schema, prepared=prepared)
         self._scans: dict[str | None, bytes] = {}
+        #: Saves without metadata or key that arrive together go as one INSERT (see
+        #: infrastructure/groupcommit.py); None: every save appends on its own.
+        self.group_commit: GroupCommit[Row] | None = None
+        if group_commit:
+            self.group_commit = GroupCommit(
+                lambda rows: self._append(rows, None),
+                self._after_group,
+                max_rows=COPY_THRESHOLD,
+            )
 
     def _retry(self, operation: Callable[[], T], *, what: str) -> T:
         return retry_transient(operation, what=what, on_failure=self._check_pool)
@@ -187,6 +201,33 @@ class PostgresEventRecorder(ApplicationRecorder):
         self, stored_events: Sequence[StoredEvent], options: AppendOptions | None
     ) -> list[int]:
         rows = [_row(e) for e in stored_events]
+        if options is None and self.group_commit is not None:
+            return self.group_commit.append(rows)
+        return self._insert_rows(rows, options)
+
+    def _after_group(self, rows: Sequence[Row], error: BaseException | None) -> list[int]:
+        """A save's own append, alone or after its group failed with ``error``.
+
+        A group's statement is atomic: when the server refused it, none of it was written
+        and the save appends again on its own (a conflict then fails this save alone).
+        When the group's outcome is unknown (the connection was lost), the save first looks
+        for its rows, as a save alone does after a lost connection.
+        """
+        if error is not None and not _server_refused(error):
+            found = self._counted_find(list(rows))
+            if found is not None:
+                return found
+        return self._insert_rows(list(rows), None)
+
+    def _counted_find(self, rows: list[Row]) -> list[int] | None:
+        """:meth:`_find_appended`, its conflict counted as one."""
+        try:
+            return self._find_appended(rows)
+        except ConcurrencyError:
+            metrics.APPEND_CONFLICTS.inc()
+            raise
+
+    def _insert_rows(self, rows: list[Row], options: AppendOptions | None) -> list[int]:
         key = None if options is None else options.idempotency_key
         delay = 0.05
         for attempt in range(1, _APPEND_ATTEMPTS + 1):
@@ -210,11 +251,7 @@ class PostgresEventRecorder(ApplicationRecorder):
                 elif not _rolled_back(e):
                     # The connection may have dropped after the commit was sent: look
                     # before writing again, or a retry would report a false conflict.
-                    try:
-                        found = self._find_appended(rows)
-                    except ConcurrencyError:
-                        metrics.APPEND_CONFLICTS.inc()
-                        raise
+                    found = self._counted_find(rows)
                     if found is not None:
                         return found
                 # else the server rolled the save back (a deadlock with a writer inserting
@@ -862,6 +899,12 @@ def logged_notification(r: tuple[Any, ...]) -> LoggedNotification:
 def _logged(r: tuple[Any, ...]) -> LoggedNotification:
     recorded_at: datetime = r[6]
     return LoggedNotification(r[0], r[1], r[2], r[3], r[4], r[5], recorded_at, r[7], r[8], r[9])
+
+
+def _server_refused(error: BaseException) -> bool:
+    """True when the server answered the statement with an error (it has a SQLSTATE): it
+    was not committed. A lost connection has none: its statement may have committed."""
+    return isinstance(error, psycopg.Error) and error.sqlstate is not None
 
 
 def _rolled_back(error: BaseException) -> bool:

@@ -81,5 +81,6 @@ OPENERS: dict[str, Callable[[int], Any]] = {
     "eventkit": open_account,
     "eventkit+notify": open_account,
     "eventkit+key": open_account,
+    "eventkit+group": open_account,
     "eventsourcing": open_plain_account,
 }

@@ -38,9 +38,11 @@ from eventkit.benchmarks.report import (
 from eventkit.benchmarks.server_cpu import ServerCpu
 from eventkit.benchmarks.systems import (
     EVENTKIT,
+    EVENTKIT_GROUP,
     EVENTKIT_KEY,
     EVENTKIT_NOTIFY,
     EVENTSOURCING,
+    SYSTEMS,
     create_schemas,
     drop_schemas,
     schema_names,
@@ -75,6 +77,8 @@ ROWS = ((1, 1), (4, 1), (16, 1), (1, 100), (4, 100), (1, 1000), (4, 1000))
 NOTIFY_ROWS = ((16, 1),)
 #: Rows measured for ``eventkit+key`` too (every save with an idempotency key).
 KEY_ROWS = ((1, 1), (16, 1), (1, 100))
+#: Rows measured for ``eventkit+group`` too (group commit on; ``eventkit`` has it off).
+GROUP_ROWS = ((1, 1), (4, 1), (16, 1))
 
 
 @dataclass(frozen=True)
@@ -128,6 +132,8 @@ def plan() -> list[Case]:
             cases.append(Case(EVENTKIT_NOTIFY, writers, batch))
         if (writers, batch) in KEY_ROWS:
             cases.append(Case(EVENTKIT_KEY, writers, batch))
+        if (writers, batch) in GROUP_ROWS:
+            cases.append(Case(EVENTKIT_GROUP, writers, batch))
     return cases
 
 
@@ -217,6 +223,13 @@ def register(benchmarks: argparse._SubParsersAction) -> None:  # type: ignore[ty
     )
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write results to FILE")
     parser.add_argument(
+        "--systems",
+        type=lambda text: tuple(text.split(",")),
+        default=SYSTEMS,
+        metavar="S[,S...]",
+        help=f"measure only these systems' rows (default all: {','.join(SYSTEMS)})",
+    )
+    parser.add_argument(
         "--mode",
         choices=MODES,
         default="threads",
@@ -247,6 +260,7 @@ def run(args: argparse.Namespace) -> int:
             results = [
                 _measure(pool, case, _jobs(case, envs[case.system], mode, timing), server_cpu)
                 for case in plan()
+                if case.system in args.systems
             ]
     finally:
         if server_cpu is not None:

@@ -1,6 +1,9 @@
 """The systems the append benchmark compares, each in a fresh schema of the same server.
 
-* ``eventkit``: an eventsourcing ``Application`` with ``PERSISTENCE_MODULE=infrastructure.factory``.
+* ``eventkit``: an eventsourcing ``Application`` with ``PERSISTENCE_MODULE=infrastructure.factory``
+  and group commit off.
+* ``eventkit+group``: the same with group commit on (``EVENTKIT_GROUP_COMMIT=on``): saves
+  that arrive together append in one transaction.
 * ``eventkit+notify``: the same, but its recorder sends ``pg_notify`` in every write
   transaction, to show what ``NOTIFY`` costs.
 * ``eventkit+key``: the same, every save with an idempotency key of its own, to show what
@@ -32,8 +35,9 @@ from eventkit.infrastructure.recorder import PostgresEventRecorder
 EVENTKIT = "eventkit"
 EVENTKIT_NOTIFY = "eventkit+notify"
 EVENTKIT_KEY = "eventkit+key"
+EVENTKIT_GROUP = "eventkit+group"
 EVENTSOURCING = "eventsourcing"
-SYSTEMS = (EVENTKIT, EVENTKIT_NOTIFY, EVENTKIT_KEY, EVENTSOURCING)
+SYSTEMS = (EVENTKIT, EVENTKIT_NOTIFY, EVENTKIT_KEY, EVENTKIT_GROUP, EVENTSOURCING)
 
 NOTIFY_CHANNEL = "eventkit"
 #: Connections one process may open per system: enough for 16 writer threads.
@@ -78,6 +82,7 @@ _APPS: dict[str, type[Application[UUID]]] = {
     EVENTKIT: EventkitBench,
     EVENTKIT_NOTIFY: NotifyingEventkitBench,
     EVENTKIT_KEY: KeyedEventkitBench,
+    EVENTKIT_GROUP: EventkitBench,
     EVENTSOURCING: PlainBench,
 }
 
@@ -87,13 +92,14 @@ def build_app(system: str, env: Mapping[str, str]) -> Application[UUID]:
     return _APPS[system](env=dict(env))
 
 
-def eventkit_env(url: str, schema: str) -> dict[str, str]:
+def eventkit_env(url: str, schema: str, *, group_commit: bool = False) -> dict[str, str]:
     """The environment of an eventkit application in ``schema``."""
     return {
         "PERSISTENCE_MODULE": "eventkit.infrastructure.factory",
         "DATABASE_URL": url,
         "EVENTKIT_SCHEMA": schema,
         "EVENTKIT_POOL_MAX_SIZE": str(POOL_MAX_SIZE),
+        "EVENTKIT_GROUP_COMMIT": "on" if group_commit else "off",
     }
 
 
@@ -133,12 +139,14 @@ def create_schemas(url: str, schemas: Mapping[str, str]) -> dict[str, dict[str, 
         EVENTKIT: eventkit_env(url, schemas[EVENTKIT]),
         EVENTKIT_NOTIFY: eventkit_env(url, schemas[EVENTKIT_NOTIFY]),
         EVENTKIT_KEY: eventkit_env(url, schemas[EVENTKIT_KEY]),
+        EVENTKIT_GROUP: eventkit_env(url, schemas[EVENTKIT_GROUP], group_commit=True),
         EVENTSOURCING: eventsourcing_env(url, schemas[EVENTSOURCING]),
     }
     with psycopg.connect(url, autocommit=True) as conn:
         migrate(conn, schemas[EVENTKIT])
         migrate(conn, schemas[EVENTKIT_NOTIFY])
         migrate(conn, schemas[EVENTKIT_KEY])
+        migrate(conn, schemas[EVENTKIT_GROUP])
         conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schemas[EVENTSOURCING])))
     build_app(EVENTSOURCING, envs[EVENTSOURCING]).close()
     # Workers must not race to create the same tables and types.
@@ -154,6 +162,10 @@ def drop_schemas(url: str, schemas: list[str]) -> None:
 
 
 def _short(system: str) -> str:
-    return {EVENTKIT: "ek", EVENTKIT_NOTIFY: "ekn", EVENTKIT_KEY: "ekk", EVENTSOURCING: "es"}[
-        system
-    ]
+    return {
+        EVENTKIT: "ek",
+        EVENTKIT_NOTIFY: "ekn",
+        EVENTKIT_KEY: "ekk",
+        EVENTKIT_GROUP: "ekg",
+        EVENTSOURCING: "es",
+    }[system]

@@ -23,6 +23,7 @@ NOT_DEFAULT = {
     "EVENTKIT_SUBJECT_KEY_TTL": "0.5",
     "EVENTKIT_TRACING": "on",
     "EVENTKIT_MIGRATE": "off",
+    "EVENTKIT_GROUP_COMMIT": "off",
 }
 
 
