@@ -48,7 +48,13 @@ from eventkit.infrastructure.errors import (
     UnsupportedFollowerError,
 )
 from eventkit.infrastructure.groupcommit import GroupCommit
-from eventkit.infrastructure.log import LoggedNotification, OpenTransaction, Position, StartFrom
+from eventkit.infrastructure.log import (
+    LoggedNotification,
+    OpenTransaction,
+    Position,
+    StartFrom,
+    assemble,
+)
 from eventkit.infrastructure.partitions import Partition
 
 if TYPE_CHECKING:  # imported at run time only with tracing on: it imports OpenTelemetry
@@ -575,7 +581,18 @@ class PostgresEventRecorder(ApplicationRecorder):
             if not rows:
                 return Scan([], None, 0)
             matching = [
-                LoggedNotification(r[2], r[3], r[4], r[5], r[1], r[0], r[6], r[7], r[8], r[9])
+                assemble(
+                    originator_id=r[2],
+                    originator_version=r[3],
+                    topic=r[4],
+                    state=r[5],
+                    id=r[1],
+                    transaction_id=r[0],
+                    recorded_at=r[6],
+                    correlation_id=r[7],
+                    causation_id=r[8],
+                    headers=r[9],
+                )
                 for r in rows
                 if r[2] is not None
             ]
@@ -898,7 +915,18 @@ def logged_notification(r: tuple[Any, ...]) -> LoggedNotification:
 
 def _logged(r: tuple[Any, ...]) -> LoggedNotification:
     recorded_at: datetime = r[6]
-    return LoggedNotification(r[0], r[1], r[2], r[3], r[4], r[5], recorded_at, r[7], r[8], r[9])
+    return assemble(
+        originator_id=r[0],
+        originator_version=r[1],
+        topic=r[2],
+        state=r[3],
+        id=r[4],
+        transaction_id=r[5],
+        recorded_at=recorded_at,
+        correlation_id=r[7],
+        causation_id=r[8],
+        headers=r[9],
+    )
 
 
 def _server_refused(error: BaseException) -> bool:

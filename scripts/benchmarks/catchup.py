@@ -14,15 +14,28 @@ is timed until it has committed the last event (see :mod:`.proj_systems` for the
 * eventsourcing ``ProjectionRunner``: from its construction until the view has recorded
   the last event, one transaction per event as eventsourcing's examples do.
 
-Every view is checked afterwards: one row per stream, every event counted once.
+Beside them, the physical limit of the same rows in the same run, and what decoding adds:
+
+* eventkit ``read``: the follower's own read (:meth:`PostgresEventRecorder.scan`, batches of
+  5,000) over the whole log, nothing decoded or written;
+* eventkit ``read+decode``: the same, each event decoded by the projection's mapper.
+
+Each eventkit method runs in a fresh process of its own, so its row reports that process's
+CPU time per event (client us/ev; the stages are the differences between rows: read,
+decode, then apply + view writes + position in the worker) and its peak resident memory
+(``ru_maxrss``). Every view is checked afterwards: one row per stream, every event counted
+once.
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
+import resource
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from uuid import uuid4
@@ -51,6 +64,7 @@ from eventkit.bootstrap import tune_gc
 from eventkit.infrastructure.database import resolve_database_url
 from eventkit.infrastructure.errors import EventkitError
 from eventkit.infrastructure.factory import shared_pool
+from eventkit.infrastructure.log import Position
 from eventkit.infrastructure.partitions import Partition
 from eventkit.infrastructure.recorder import PostgresEventRecorder
 from eventkit.infrastructure.settings import Settings
@@ -67,6 +81,7 @@ STREAMS_PER_SAVE = 100
 #: eventkit's batch sizes: ``eventkit workers``' default, and ``eventkit rebuild``'s.
 WORKER_BATCHES = (1000, 5000)
 REBUILD_BATCH = 5000
+READ_BATCH = 5000
 #: A projection slower than this is given up on (a failed run, not a measurement).
 SLOWEST_PER_S = 200
 
@@ -94,6 +109,10 @@ class CatchupResult:
     p99_ms: float | None = None
     max_ms: float | None = None
     kept_up: bool | None = None
+    #: CPU time of the process that ran the method, per event.
+    client_cpu_us_per_event: float | None = None
+    #: Peak resident memory of that process, in MB.
+    peak_rss_mb: float | None = None
     suite: str = "catchup"
 
 
@@ -107,6 +126,17 @@ def register(benchmarks: argparse._SubParsersAction) -> None:  # type: ignore[ty
         action="store_true",
         help=f"{QUICK_EVENTS:,} events instead of {FULL_EVENTS:,} (well under 90 s)",
     )
+    parser.add_argument(
+        "--events", type=int, metavar="N", help="events in each system's log (overrides --quick)"
+    )
+    parser.add_argument(
+        "--systems",
+        type=lambda text: tuple(text.split(",")),
+        default=(EVENTKIT, EVENTSOURCING),
+        metavar="S[,S...]",
+        help="eventkit, eventsourcing or both (default; eventsourcing's runner commits each "
+        "event alone, so it takes minutes per 100,000 events)",
+    )
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write results to FILE")
     parser.set_defaults(run=run)
 
@@ -114,7 +144,8 @@ def register(benchmarks: argparse._SubParsersAction) -> None:  # type: ignore[ty
 def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     tune_gc()  # as `eventkit workers` does; both systems' projections run in this process
-    events = QUICK_EVENTS if args.quick else FULL_EVENTS
+    events = args.events or (QUICK_EVENTS if args.quick else FULL_EVENTS)
+    systems = [s for s in (EVENTKIT, EVENTSOURCING) if s in args.systems]
     url = resolve_database_url(Settings.from_env())
     print(describe_server(url))
     print(
@@ -123,22 +154,24 @@ def run(args: argparse.Namespace) -> int:
     )
     sys.stdout.flush()
     run_id = uuid4().hex[:8]
-    schemas = {
-        system: f"bench_{run_id}_catchup_{SHORT[system]}" for system in (EVENTKIT, EVENTSOURCING)
-    }
+    schemas = {system: f"bench_{run_id}_catchup_{SHORT[system]}" for system in systems}
     results: list[CatchupResult] = []
     try:
         envs = {system: create_schema(url, system, schema) for system, schema in schemas.items()}
         with Writers(LOAD_WRITERS) as writers:
-            for system in (EVENTKIT, EVENTSOURCING):
+            for system in systems:
                 _load(writers, system, envs[system], events)
         for system, schema in schemas.items():
             settle(url, system, schema)
-        schema = schemas[EVENTKIT]
-        for batch in WORKER_BATCHES:
-            results.append(_measure_worker(url, schema, events, batch))
-        results.append(_measure_rebuild(url, schema, events))
-        results.append(_measure_runner(url, schemas[EVENTSOURCING], events))
+        if EVENTKIT in schemas:
+            schema = schemas[EVENTKIT]
+            for mode in ("read", "read+decode"):
+                results.append(_in_process(_measure_read, url, schema, events, mode))
+            for batch in WORKER_BATCHES:
+                results.append(_in_process(_measure_worker, url, schema, events, batch))
+            results.append(_in_process(_measure_rebuild, url, schema, events, None))
+        if EVENTSOURCING in schemas:
+            results.append(_measure_runner(url, schemas[EVENTSOURCING], events))
     finally:
         drop_schemas(url, list(schemas.values()))
     results = with_ratios(results)
@@ -146,8 +179,10 @@ def run(args: argparse.Namespace) -> int:
     print(table(results))
     print(
         "\nseconds: from the projection's start until it committed the last event (rebuild: "
-        "until the new view\nwas swapped in); ek/es: events/s divided by eventsourcing's "
-        "ProjectionRunner's in this run"
+        "until the new view\nwas swapped in; read: until the scan reached the head); ek/es: "
+        "events/s divided by eventsourcing's ProjectionRunner's in this run;\nclient us/ev: "
+        "CPU time per event of the process that ran the row (eventkit's each in a fresh "
+        "process);\npeak MB: that process's peak resident memory"
     )
     if args.json:
         write_json(args.json, [{"suite": r.suite, **asdict(r)} for r in results])
@@ -173,7 +208,69 @@ def _load(writers: Writers, system: str, env: dict[str, str], events: int) -> No
     )
 
 
-def _measure_worker(url: str, schema: str, events: int, batch: int) -> CatchupResult:
+def _in_process(
+    measure: Callable[[str, str, int, object], CatchupResult],
+    url: str,
+    schema: str,
+    events: int,
+    how: object,
+) -> CatchupResult:
+    """Run ``measure`` in a fresh process; its row with that process's CPU time per event
+    and peak resident memory."""
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(1) as pool:
+        result: CatchupResult = pool.apply(_measured, (measure, url, schema, events, how))
+    print(
+        f"  {result.system:<14} {result.method:<20} {result.seconds:7.2f} s "
+        f"{format_rate(result.events_per_s):>8} events/s {result.client_cpu_us_per_event:6.1f} "
+        f"us/event CPU, peak {result.peak_rss_mb:.0f} MB",
+        file=sys.stderr,
+    )
+    return result
+
+
+def _measured(
+    measure: Callable[[str, str, int, object], CatchupResult],
+    url: str,
+    schema: str,
+    events: int,
+    how: object,
+) -> CatchupResult:
+    tune_gc()  # as `eventkit workers` does
+    cpu_from = time.process_time()
+    result = measure(url, schema, events, how)
+    cpu_s = time.process_time() - cpu_from
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kB on Linux
+    return replace(result, client_cpu_us_per_event=cpu_s / events * 1e6, peak_rss_mb=peak_kb / 1024)
+
+
+def _measure_read(url: str, schema: str, events: int, mode: object) -> CatchupResult:
+    """The follower's read of the whole log (and the mapper's decoding, for
+    ``read+decode``), with nothing applied."""
+    pool, _ = shared_pool(Settings(database_url=url, schema=schema))
+    recorder = PostgresEventRecorder(pool, schema)
+    topics = StreamCounts.topics()
+    mapper = PydanticMapper()
+    decode = mode == "read+decode"
+    position, scanned = Position.ORIGIN, 0
+    started = time.perf_counter()
+    while True:
+        scan = recorder.scan(position, READ_BATCH, topics)
+        if scan.last is None:
+            break
+        if decode:
+            for notification in scan.notifications:
+                mapper.to_domain_event(notification)
+        scanned += scan.count
+        position = scan.last
+    seconds = time.perf_counter() - started
+    if scanned != events:
+        raise CatchupError(f"eventkit {mode} read {scanned} of {events} events")
+    return _result(EVENTKIT, str(mode), events, READ_BATCH, seconds)
+
+
+def _measure_worker(url: str, schema: str, events: int, batch: object) -> CatchupResult:
+    assert isinstance(batch, int)
     pool, _ = shared_pool(Settings(database_url=url, schema=schema))
     counted = 0
     done = threading.Event()
@@ -211,7 +308,7 @@ def _measure_worker(url: str, schema: str, events: int, batch: int) -> CatchupRe
     return _result(EVENTKIT, f"worker (batch {batch:,})", events, batch, seconds)
 
 
-def _measure_rebuild(url: str, schema: str, events: int) -> CatchupResult:
+def _measure_rebuild(url: str, schema: str, events: int, _: object = None) -> CatchupResult:
     pool, _ = shared_pool(Settings(database_url=url, schema=schema))
     outcome = rebuild(
         StreamCounts,
@@ -264,11 +361,12 @@ def _measure_runner(url: str, schema: str, events: int) -> CatchupResult:
 
 def _result(system: str, method: str, events: int, batch: int, seconds: float) -> CatchupResult:
     result = CatchupResult(system, method, events, batch, seconds, events / seconds)
-    print(
-        f"  {system:<14} {method:<20} {seconds:7.2f} s {format_rate(result.events_per_s):>8} "
-        "events/s",
-        file=sys.stderr,
-    )
+    if system == EVENTSOURCING:
+        print(
+            f"  {system:<14} {method:<20} {seconds:7.2f} s "
+            f"{format_rate(result.events_per_s):>8} events/s",
+            file=sys.stderr,
+        )
     return result
 
 
@@ -297,7 +395,7 @@ def with_ratios(results: list[CatchupResult]) -> list[CatchupResult]:
     base = next((r.events_per_s for r in results if r.system == EVENTSOURCING), None)
     return [
         replace(r, ratio_vs_eventsourcing=r.events_per_s / base)
-        if r.system != EVENTSOURCING and base
+        if r.system != EVENTSOURCING and base and not r.method.startswith("read")
         else r
         for r in results
     ]
@@ -305,7 +403,18 @@ def with_ratios(results: list[CatchupResult]) -> list[CatchupResult]:
 
 def table(results: list[CatchupResult]) -> str:
     """The results as a text table."""
-    headers = ["suite", "system", "method", "events", "batch", "seconds", "events/s", "ek/es"]
+    headers = [
+        "suite",
+        "system",
+        "method",
+        "events",
+        "batch",
+        "seconds",
+        "events/s",
+        "ek/es",
+        "client us/ev",
+        "peak MB",
+    ]
     rows = [
         [
             r.suite,
@@ -316,6 +425,8 @@ def table(results: list[CatchupResult]) -> str:
             f"{r.seconds:.2f}",
             format_rate(r.events_per_s),
             format_ratio(r.ratio_vs_eventsourcing),
+            "-" if r.client_cpu_us_per_event is None else f"{r.client_cpu_us_per_event:.1f}",
+            "-" if r.peak_rss_mb is None else f"{r.peak_rss_mb:.0f}",
         ]
         for r in results
     ]

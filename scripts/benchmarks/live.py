@@ -33,7 +33,7 @@ import time
 from array import array
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from uuid import uuid4
 
@@ -162,7 +162,8 @@ def run(args: argparse.Namespace) -> int:
         "projection committed in the window;\nlatency: view commit - event commit "
         "(eventkit: recorded_at; eventsourcing: writer's save() returned); '>=': events\n"
         f"still unprocessed {DRAIN_S:g} s after the writers stopped count with their latency "
-        "so far; kept up: all processed by then"
+        "so far; kept up: all processed by then;\nproj CPU %: the projection's process "
+        "in the window, % of one CPU (the writers are processes of their own)"
     )
     for note in notes:
         print(note)
@@ -192,6 +193,12 @@ def _measure(
     ]
     with run_projection(url, schema) as (applied, count):
         start_at = writers.start(jobs)
+        # The writers are processes of their own: this process's CPU time in the window
+        # is the projection's (and this thread's sleeps).
+        time.sleep(max(0.0, start_at + timing.warmup_s - time.time()))
+        cpu_from = time.process_time()
+        time.sleep(max(0.0, start_at + timing.warmup_s + timing.duration_s - time.time()))
+        cpu_pct = (time.process_time() - cpu_from) / timing.duration_s * 100
         saved = writers.results(timeout_s=timing.warmup_s + timing.duration_s + 120)
         written = sum(s.events for s in saved)
         stopped_at = max((t for s in saved for t in s.saved_at), default=time.time())
@@ -213,10 +220,11 @@ def _measure(
     )
     print(
         f"  {system:<14} target {rate:>6,}/s offered {format_rate(result.offered_per_s):>6}/s "
-        f"p99 {format_latency(result, result.p99_ms):>9} ms  kept up: {yes_no(result.kept_up)}",
+        f"p99 {format_latency(result, result.p99_ms):>9} ms  kept up: {yes_no(result.kept_up)}"
+        f"  projection CPU {cpu_pct:.0f}%",
         file=sys.stderr,
     )
-    return result, note
+    return replace(result, projection_cpu_pct=cpu_pct), note
 
 
 #: A running projection: what it applied so far, and how many events that is.

@@ -37,6 +37,9 @@ class LiveResult:
     latency_clock: str
     writers: int
     batch: int
+    #: CPU time of the projection's process in the window, in % of one CPU: the writers
+    #: are processes of their own, so this is the projection's alone (None: not measured).
+    projection_cpu_pct: float | None = None
     suite: str = "live"
 
 
@@ -143,6 +146,7 @@ def table(results: list[LiveResult]) -> str:
         "kept up",
         "drain s",
         "unprocessed",
+        "proj CPU %",
     ]
     rows = [
         [
@@ -158,6 +162,7 @@ def table(results: list[LiveResult]) -> str:
             yes_no(r.kept_up),
             "-" if r.drain_s is None else f"{r.drain_s:.2f}",
             f"{r.unprocessed:,}",
+            "-" if r.projection_cpu_pct is None else f"{r.projection_cpu_pct:.0f}",
         ]
         for r in results
     ]

@@ -149,8 +149,8 @@ def run_suite(args: argparse.Namespace, suite: Callable[[argparse.Namespace], in
             rows = json.loads(args.json.read_text()) if args.json.exists() else []
             runs.append([{**row, "run": number} for row in rows])
     args.json = target
-    if any(runs):
-        print(f"\nspread over {count} run(s): median (min - max) of each figure that varies")
+    if count > 1 and any(runs):
+        print(f"\nspread over {count} runs: median (min - max) of each figure that varies")
         print(format_spread(summarise(runs)))
     if target is not None:
         write_json(target, [row for rows in runs for row in rows])

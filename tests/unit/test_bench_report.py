@@ -204,4 +204,5 @@ def test_the_json_keeps_every_run_and_the_table_its_spread(
     assert args.json == target
     out = capsys.readouterr().out
     assert "=== run 3 of 3 ===" in out
+    assert "spread over 3 runs" in out
     assert "eventkit  events_per_s   20.00  10.00 - 30.00     3" in out
