@@ -138,6 +138,10 @@ class Monitor:
         readiness."""
         with self._lock:
             self._refreshing_since = time.monotonic()
+        # A first statement with a bounded wait: with the database away, the status
+        # queries would wait for the pool's timeout (and retry), the figures frozen.
+        with self.pool.connection(timeout=max(1.0, self.interval_s)) as conn:
+            conn.execute("SELECT 1")
         problems: list[str] = []
         exported: set[tuple[Gauge, tuple[str, ...]]] = set()
 

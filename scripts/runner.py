@@ -308,8 +308,12 @@ class Workers:
                 stall_s=o.stall_s,
             )
             self._server = MonitoringServer(monitor, o.metrics_port, o.metrics_host).start()
+            # A daemon: it holds no lease and writes nothing, and a status query waiting
+            # for an unreachable database must not hold the process's exit up.
             self._threads.append(
-                threading.Thread(target=monitor.run, args=(self._stop,), name="monitor")
+                threading.Thread(
+                    target=monitor.run, args=(self._stop,), name="monitor", daemon=True
+                )
             )
             logger.info(
                 "metrics at %s/metrics; health at %s/healthz and %s/readyz",
@@ -329,7 +333,7 @@ class Workers:
         """Block until the workers have stopped (after :meth:`stop`, or once ``stop`` is
         set), joining in slices so that signal handlers run in the main thread."""
         for t in self._threads:
-            while t.is_alive():
+            while t.is_alive() and not t.daemon:
                 if stop is not None and stop.is_set():
                     self._stop.set()
                 t.join(0.2)

@@ -82,6 +82,7 @@ def render_reactions(rows: list[ReactionStatus]) -> str:
         "queued",
         "in flight",
         "retrying",
+        "oldest s",
         "executed",
         "dead",
     )
@@ -99,6 +100,7 @@ def render_reactions(rows: list[ReactionStatus]) -> str:
             str(r.queued),
             n(r.in_flight),
             n(r.retrying),
+            f"{r.oldest_age_s:.1f}",
             str(r.executed),
             str(r.dead_letters),
         )

@@ -233,7 +233,10 @@ def test_healthz_ignores_the_database_and_readyz_names_it(
             status, text = w.get("/readyz")
             # A loop waits 5 s to reconnect: the outage has lasted over twice --stall-after.
             long = [x for x in w.log() if "reconnecting in 5.0 s" in x["message"]]
-            return status == 503 and "database" in text and bool(long)
+            # The database figures are withdrawn, not frozen at their last values.
+            m = w.metrics()
+            gone = m[("eventkit_database_up", ())] == 0 and not matching(m, "eventkit_lag_events")
+            return status == 503 and "database" in text and bool(long) and gone
 
         wait_for(outage_seen, "/readyz to name the database after a few seconds of outage")
         text = w.get("/readyz")[1]
@@ -241,6 +244,7 @@ def test_healthz_ignores_the_database_and_readyz_names_it(
 
         proxy.up()
         wait_for(lambda: w.get("/readyz") == (200, "ok\n"), "the worker ready again")
+        assert w.metrics()[("eventkit_database_up", ())] == 1
         assert w.stop() == 0
         processes.remove(w)
         w.log()  # every line of its log is JSON
