@@ -342,16 +342,19 @@ class ReactionExecutor:
             # again after a backoff, as often as it takes for the database to come back.
             error = lost.error
             metrics.ERRORS.labels("reaction", self.name, type(error).__name__).inc()
-            logger.warning(
-                "reaction %s: database connection lost (or none to be had) while running "
-                "message %s (stream %s version %s): %s; trying again (not counted as a try)",
-                self.name,
-                message_id,
-                stream,
-                version,
-                error,
-                extra={"consumer": self.name, "error_class": type(error).__name__},
-            )
+            hidden = _QUIET.hidden_since_last(self.name, error)
+            if hidden is not None:
+                logger.warning(
+                    "reaction %s: database connection lost (or none to be had) while running "
+                    "message %s (stream %s version %s): %s; trying again (not counted as a try)%s",
+                    self.name,
+                    message_id,
+                    stream,
+                    version,
+                    error,
+                    _QUIET.said(hidden),
+                    extra={"consumer": self.name, "error_class": type(error).__name__},
+                )
             _RETRIES_LOGGED.said(message_id)
             raise dramatiq.Retry(
                 f"database connection lost: {error}", delay=self._uncount_try()
@@ -487,29 +490,32 @@ class ReactionExecutor:
         if m.attempt < max_attempts:
             self._m_retried.inc()
             metrics.RETRIES.labels("reaction", self.name).inc()
-            logger.warning(
-                "reaction %s failed on stream %s version %s (position %s/%s, message %s, "
-                "attempt %d of %d): %s: %s; trying again",
-                self.name,
-                m.stream,
-                m.version,
-                m.transaction_id,
-                m.notification_id,
-                m.message_id,
-                m.attempt,
-                max_attempts,
-                type(error).__name__,
-                error,
-                extra={
-                    "consumer": self.name,
-                    "kind": "reaction",
-                    "error_class": type(error).__name__,
-                    "position": f"{m.transaction_id}/{m.notification_id}",
-                    "stream": str(m.stream),
-                    "version": m.version,
-                    "message_id": str(m.message_id),
-                },
-            )
+            hidden = _QUIET.hidden_since_last(self.name, error)
+            if hidden is not None:
+                logger.warning(
+                    "reaction %s failed on stream %s version %s (position %s/%s, message %s, "
+                    "attempt %d of %d): %s: %s; trying again%s",
+                    self.name,
+                    m.stream,
+                    m.version,
+                    m.transaction_id,
+                    m.notification_id,
+                    m.message_id,
+                    m.attempt,
+                    max_attempts,
+                    type(error).__name__,
+                    error,
+                    _QUIET.said(hidden),
+                    extra={
+                        "consumer": self.name,
+                        "kind": "reaction",
+                        "error_class": type(error).__name__,
+                        "position": f"{m.transaction_id}/{m.notification_id}",
+                        "stream": str(m.stream),
+                        "version": m.version,
+                        "message_id": str(m.message_id),
+                    },
+                )
             # Retry, not the error itself: dramatiq logs any other exception with its
             # traceback at ERROR on every try; the line above says what happened.
             _RETRIES_LOGGED.said(m.message_id)
@@ -601,6 +607,45 @@ class ReactionExecutor:
                 "message_id": str(message_id),
             },
         )
+
+
+#: A failed try whose error (class and text) is the same as one logged less than this many
+#: seconds ago, for the same reaction, is counted but not logged: a payment gateway that is
+#: down fails every message the same way, and one line in QUIET_S says so (the next line
+#: says how many were not logged). Dead letters are always logged.
+QUIET_S = 10.0
+
+
+class _Quiet:
+    """Which failed tries to log: the first of identical ones in each QUIET_S."""
+
+    def __init__(self) -> None:
+        self._seen: dict[tuple[str, str, str], tuple[float, int]] = {}
+        self._lock = threading.Lock()
+
+    def hidden_since_last(self, reaction: str, error: BaseException) -> int | None:
+        """None when this failure is not to be logged; else how many identical ones were
+        not logged since the last that was."""
+        key = (reaction, type(error).__name__, str(error))
+        now = time.monotonic()
+        with self._lock:
+            logged_at, hidden = self._seen.get(key, (-QUIET_S, 0))
+            if now - logged_at < QUIET_S:
+                self._seen[key] = (logged_at, hidden + 1)
+                return None
+            if len(self._seen) > 1000:  # forget the quiet ones
+                self._seen = {k: v for k, v in self._seen.items() if now - v[0] < QUIET_S}
+            self._seen[key] = (now, 0)
+            return hidden
+
+    @staticmethod
+    def said(hidden: int) -> str:
+        if not hidden:
+            return ""
+        return f" ({hidden} more tries failed the same way in the last {QUIET_S:.0f} s, not logged)"
+
+
+_QUIET = _Quiet()
 
 
 class _RetriesLogged(logging.Filter):

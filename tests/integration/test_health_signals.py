@@ -17,9 +17,12 @@ import pytest
 from psycopg import sql
 
 from eventkit.domain.shop.application import Shop
+from eventkit.domain.shop.orders import Order
 from eventkit.infrastructure.leases import Leases
 from eventkit.infrastructure.tracking import Tracking
 from eventkit.projections.group import plan_for
+from eventkit.projections.projection import handles
+from eventkit.projections.reaction import Reaction, ReactionContext
 from eventkit.projections.shop import ChargePayments, StockLevels, app
 from eventkit.projections.status import partition_status
 from tests.integration.projection_support import (
@@ -30,7 +33,6 @@ from tests.integration.projection_support import (
     workload,
 )
 from tests.integration.reaction_support import (
-    Effects,
     count,
     make_runtime,
     place,
@@ -347,28 +349,45 @@ def test_every_declared_consumer_has_lag_series_even_with_its_only_worker_frozen
         w.signal(signal.SIGCONT)
 
 
-def test_a_failing_reaction_writes_one_line_per_try(
+class GatewayCalls(Reaction):
+    """Calls a payment gateway that is down: every try fails the same way."""
+
+    name = "gateway_calls"
+    start_from = "origin"  # events are written before the runtime starts
+    max_attempts = 3
+    min_backoff_ms = 10
+    max_backoff_ms = 50
+
+    @handles
+    def placed(self, event: Order.Placed, context: ReactionContext) -> None:
+        raise ConnectionRefusedError("payment gateway at 127.0.0.1:9 refused the connection")
+
+
+def test_a_gateway_outage_writes_at_most_one_line_per_failed_try(
     shop: Shop,
     database_url: str,
     schema: str,
     pool: psycopg_pool.ConnectionPool,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """A gateway outage: each failed try is logged once, by eventkit, with its reason; not
-    a second time by dramatiq's Retries middleware."""
+    """Each failed try is logged at most once, by eventkit with its reason (not a second
+    time by dramatiq's Retries middleware), and identical failures within 10 s once."""
     caplog.set_level(logging.INFO)
-    (poison,) = place(shop, 1, tag="outage")
-    Effects.broken.add(poison)
-    try:
-        runtime = make_runtime([Effects()], settings_for(database_url, schema))
-        with running_reactions(runtime):
-            wait_for(lambda: count(pool, schema, "dead_letters") == 1, "the message parked", 60.0)
-    finally:
-        Effects.broken.discard(poison)
-    tries = [
+    orders = 10
+    place(shop, orders, tag="outage")
+    runtime = make_runtime([GatewayCalls()], settings_for(database_url, schema))
+    with running_reactions(runtime):
+        wait_for(
+            lambda: count(pool, schema, "dead_letters") == orders, "every message parked", 90.0
+        )
+    retried = orders * (GatewayCalls.max_attempts - 1)  # failed tries followed by another
+    lines = [
         r for r in caplog.records if r.name.startswith("eventkit") and "trying again" in r.message
     ]
-    assert len(tries) == Effects.max_attempts - 1
-    assert {getattr(r, "error_class", None) for r in tries} == {"RuntimeError"}
+    assert 1 <= len(lines) < retried, len(lines)
+    assert "ConnectionRefusedError: payment gateway" in lines[0].message
+    assert {getattr(r, "error_class", None) for r in lines} == {"ConnectionRefusedError"}
     dramatiq_retries = [r for r in caplog.records if r.getMessage().startswith("Retrying message")]
     assert not dramatiq_retries, [r.getMessage() for r in dramatiq_retries]
+    parked = [r for r in caplog.records if r.levelno == logging.ERROR and "parked" in r.message]
+    assert len(parked) == orders  # every dead letter is logged
