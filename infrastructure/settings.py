@@ -25,6 +25,14 @@ def default_home(cwd: Path | None = None) -> Path:
 
 
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+def is_plain_name(name: str) -> bool:
+    """Whether ``name`` is a plain PostgreSQL name (lower-case letters, digits and
+    underscores, starting with a letter or '_', at most 63 characters)."""
+    return _SCHEMA_NAME.match(name) is not None
+
+
 _ON = frozenset({"1", "true", "yes", "on"})
 _OFF = frozenset({"0", "false", "no", "off"})
 

@@ -22,6 +22,7 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 from uuid import UUID
 
 import psycopg
@@ -175,6 +176,39 @@ def _discard_leftovers(
         )
 
 
+#: The table privileges a rebuild carries over (aclexplode's names).
+_PRIVILEGES = frozenset(
+    {"SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER", "MAINTAIN"}
+)
+
+
+def copy_grants(
+    conn: psycopg.Connection[object], source: sql.Identifier, target: sql.Identifier
+) -> None:
+    """Grant on ``target`` what was granted on ``source`` to roles other than ``target``'s
+    owner (a read-model consumer's role keeps reading the view a rebuild replaces)."""
+    found = conn.execute(
+        sql.SQL(
+            "SELECT a.privilege_type, a.grantee = 0, pg_get_userbyid(a.grantee), a.is_grantable"
+            " FROM pg_class c, aclexplode(c.relacl) a"
+            " WHERE c.oid = {}::regclass"
+            " AND a.grantee <> (SELECT relowner FROM pg_class WHERE oid = {}::regclass)"
+        ).format(sql.Literal(source.as_string(None)), sql.Literal(target.as_string(None)))
+    ).fetchall()
+    rows = cast("list[tuple[str, bool, str, bool]]", found)
+    for privilege, public, grantee, grantable in rows:
+        if privilege not in _PRIVILEGES:  # pragma: no cover - a privilege of a newer server
+            continue
+        conn.execute(
+            sql.SQL("GRANT {} ON {} TO {}{}").format(
+                sql.SQL(privilege),
+                target,
+                sql.SQL("PUBLIC") if public else sql.Identifier(grantee),
+                sql.SQL(" WITH GRANT OPTION" if grantable else ""),
+            )
+        )
+
+
 def _swap(
     conn: psycopg.Connection[object],
     follower: Follower,
@@ -197,6 +231,7 @@ def _swap(
         # Apply what arrived since the copy caught up, inside this transaction.
         position = follower.finish(conn)
         for t in projection.tables:
+            copy_grants(conn, live[t.name], new[t.name])
             conn.execute(
                 sql.SQL("ALTER TABLE {} RENAME TO {}").format(
                     live[t.name], sql.Identifier(t.name + OLD_SUFFIX)

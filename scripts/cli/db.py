@@ -22,6 +22,7 @@ from eventkit.infrastructure.migrations import (
     label,
     load_migrations,
     migrate,
+    require_current,
     schema_state,
 )
 from eventkit.infrastructure.settings import Settings, redact
@@ -44,11 +45,27 @@ def register(commands: Any, parents: list[argparse.ArgumentParser], app_spec: st
         ),
         ("current", _current, "the schema's latest applied migration, and any pending"),
         ("history", _history, "every migration: applied (when) or pending"),
+        (
+            "roles",
+            _roles,
+            "print (or --execute) the SQL of least-privilege roles: application, worker, reader",
+        ),
     ]:
         action = actions.add_parser(name, parents=parents, help=text)
         action.set_defaults(run=run)
         if name == "history":
             action.add_argument("--json", action="store_true", help="print JSON")
+        if name == "roles":
+            action.add_argument(
+                "--prefix",
+                metavar="NAME",
+                help="the roles are NAME_app, NAME_worker and NAME_reader (default: the schema)",
+            )
+            action.add_argument(
+                "--execute",
+                action="store_true",
+                help="run the statements (as the schema's owner) instead of printing them",
+            )
 
 
 def _start(args: argparse.Namespace) -> int:
@@ -103,14 +120,73 @@ def _connection(settings: Settings, *, start: bool) -> Iterator[psycopg.Connecti
 
 
 def _migrate(args: argparse.Namespace) -> int:
+    """Create or upgrade the schema, and the tables of the application's consumers (when an
+    application is named), so that no other process needs to create anything."""
     settings = Settings.from_env()
+    consumers = _consumers(args)
     with _connection(settings, start=True) as conn:
         applied = migrate(conn, settings.schema)
+        created = _create_views(conn, settings.schema, consumers)
     if applied:
         for m in applied:
             print(f"applied {label(m)}.sql to schema {settings.schema}")
     else:
         print(f"schema {settings.schema} is up to date")
+    for name in created:
+        print(f"created table {settings.schema}.{name}")
+    return 0
+
+
+def _consumers(args: argparse.Namespace) -> list[Any]:
+    """The application's projections and reactions; none when no application is named."""
+    from eventkit.cli.common import app_of
+    from eventkit.loading import AppNotFoundError
+
+    try:
+        return app_of(args).consumers()
+    except AppNotFoundError:
+        return []
+
+
+def _create_views(conn: psycopg.Connection[Any], schema: str, consumers: list[Any]) -> list[str]:
+    """Create the consumers' tables that do not exist yet; return their names."""
+    from eventkit.projections.projection import create_tables
+
+    def existing() -> set[str]:
+        rows = conn.execute(
+            "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE n.nspname = %s",
+            (schema,),
+        ).fetchall()
+        return {r[0] for r in rows}
+
+    before = existing()
+    for consumer in consumers:
+        with conn.transaction():
+            create_tables(conn, schema, consumer)
+    names = {t.name for c in consumers for t in c.tables}
+    return sorted(names & (existing() - before))
+
+
+def _roles(args: argparse.Namespace) -> int:
+    from eventkit.infrastructure.roles import Roles
+
+    settings = Settings.from_env()
+    roles = Roles(settings.schema, args.prefix or settings.schema)
+    if not args.execute:
+        print(roles.script(), end="")
+        return 0
+    with _connection(settings, start=False) as conn:
+        require_current(conn, settings.schema)
+        with conn.transaction():
+            for statement in roles.statements():
+                if not statement.as_string(None).startswith("--"):
+                    conn.execute(statement)
+    print(
+        f"roles {roles.app}, {roles.worker} and {roles.reader} have their rights on schema "
+        f"{settings.schema}; make login roles members of them (CREATE ROLE ... LOGIN IN ROLE "
+        f"{roles.app})"
+    )
     return 0
 
 
