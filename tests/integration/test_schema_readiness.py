@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from uuid import uuid4
@@ -141,10 +142,16 @@ def test_writers_migrate_on_connect_by_default(database_url: str, new_schema: st
     assert "(head)" in current.stdout
 
 
-def test_after_db_stop_no_command_but_db_start_starts_the_server(tmp_path: Path) -> None:
+def test_after_db_stop_no_command_but_db_start_starts_the_server() -> None:
     """After `eventkit db stop`, `db url`, `status` and every other command silently
     started the embedded server again."""
-    home = tmp_path / "home"
+    # Not below pytest's temporary folder, which another pytest session makes private
+    # again (0700): under root, the server's own user must reach its folder.
+    with tempfile.TemporaryDirectory(prefix="eventkit-test-") as folder:
+        stopped_server_is_left_alone(Path(folder) / "home")
+
+
+def stopped_server_is_left_alone(home: Path) -> None:
     env = {"EVENTKIT_HOME": str(home), "DATABASE_URL": ""}
     server = EmbeddedPostgres(home)
     try:
