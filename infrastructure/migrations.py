@@ -106,15 +106,19 @@ def schema_state(
     exists, has_table = (bool(row[0]), bool(row[1])) if row is not None else (False, False)
     applied: list[Applied] = []
     if has_table:
-        applied = [
-            Applied(*r)
-            for r in conn.execute(
+        try:
+            rows = conn.execute(
                 sql.SQL(
                     "SELECT version, name, checksum, applied_at FROM {}.schema_migrations"
                     " ORDER BY version"
                 ).format(sql.Identifier(schema))
             ).fetchall()
-        ]
+        except psycopg.errors.InsufficientPrivilege as e:
+            raise SchemaNotReadyError(
+                f"role {conn.info.user!r} may not read schema {schema!r} "
+                f"({e.diag.message_primary}); give it a role of `eventkit db roles`"
+            ) from None
+        applied = [Applied(*r) for r in rows]
     done = {a.version: a for a in applied}
     versions = {m.version for m in known}
     return SchemaState(
@@ -170,6 +174,17 @@ def migrate(
         raise _changed(state.changed[0], schema)
     if state.current:
         return []
+    try:
+        return _apply(conn, schema, known)
+    except psycopg.errors.InsufficientPrivilege as e:
+        raise MigrationError(
+            f"role {conn.info.user!r} may not migrate schema {schema!r} "
+            f"({e.diag.message_primary}); run `eventkit db migrate` as the schema's owner"
+            + (", and EVENTKIT_MIGRATE=off for every other process" if state.exists else "")
+        ) from None
+
+
+def _apply(conn: psycopg.Connection[Any], schema: str, known: list[Migration]) -> list[Migration]:
     applied_now: list[Migration] = []
     with conn.transaction():
         # Serialise concurrent starts on this schema; released at commit.

@@ -205,3 +205,22 @@ def test_each_process_runs_with_the_least_it_needs(
     rebuilt = eventkit("rebuild", "order_summaries", url=database_url, schema=schema)
     assert rebuilt.returncode == 0, rebuilt
     assert summaries(reader) == summaries(bi) == before
+
+
+def test_a_role_without_the_rights_says_so(
+    database_url: str, schema: str, logins: dict[str, str]
+) -> None:
+    """One line naming the role, the schema and what to do; no traceback."""
+    app, bi = as_role(database_url, logins["app"]), as_role(database_url, logins["bi"])
+    denied = eventkit("status", url=bi, schema=schema)
+    assert denied.returncode == 1
+    assert denied.stderr.splitlines() == [
+        f"eventkit: error: role {logins['bi']!r} may not read schema {schema!r} (permission "
+        "denied for table schema_migrations); give it a role of `eventkit db roles`"
+    ]
+    elsewhere = f"{schema}_new"
+    denied = eventkit("db", "migrate", url=app, schema=elsewhere)
+    assert denied.returncode == 1
+    assert len(denied.stderr.splitlines()) == 1
+    assert f"role {logins['app']!r} may not migrate schema {elsewhere!r}" in denied.stderr
+    assert "run `eventkit db migrate` as the schema's owner" in denied.stderr
