@@ -132,21 +132,19 @@ class GroupCommit(Generic[Row]):
     def _lead(self, rows: Sequence[Row]) -> list[int]:
         group: _Group[Row] = _Group()
         group.add(rows)
-        with self._lock:
-            if self._open is None:
-                self._open = group
-            deadline = time.monotonic() + self.window_s
-            while not self._ready(group):
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                self._leader_waits = True
+        try:
+            with self._lock:
+                if self._open is None:
+                    self._open = group
                 try:
-                    self._lock.wait(left)
+                    self._gather(group)
                 finally:
-                    self._leader_waits = False
-            if self._open is group:
-                self._open = None
+                    if self._open is group:
+                        self._open = None  # closed: nobody joins it any more
+        except BaseException as error:  # interrupted while waiting: release who joined
+            group.error = error
+            group.done.set()
+            raise
         if len(group.saves) == 1:
             group.done.set()  # nobody joined (a group closes under the lock, so none will)
             return self._own(rows, None)
@@ -163,6 +161,19 @@ class GroupCommit(Generic[Row]):
             self.groups += 1
             self.grouped_saves += len(group.saves)
         return group.ids[0]
+
+    def _gather(self, group: _Group[Row]) -> None:
+        """Wait for company until :meth:`_ready` or the window has passed (under the lock)."""
+        deadline = time.monotonic() + self.window_s
+        while not self._ready(group):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self._leader_waits = True
+            try:
+                self._lock.wait(left)
+            finally:
+                self._leader_waits = False
 
     def _ready(self, group: _Group[Row]) -> bool:
         """Whether the leader of ``group`` should stop waiting (called under the lock)."""
