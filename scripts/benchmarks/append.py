@@ -331,5 +331,6 @@ def _describe_server(url: str) -> str:
     assert row is not None
     return (
         f"PostgreSQL {row[0]} at {redact(url)} (synchronous_commit={row[1]}, fsync={row[2]})\n"
-        f"{os.cpu_count()} CPUs, shared by the writers and the server"
+        f"{os.cpu_count()} CPUs, shared by the writers and the server (load average "
+        f"{os.getloadavg()[0]:.1f} as the run starts)"
     )

@@ -185,5 +185,6 @@ def describe_server(url: str) -> str:
     assert row is not None
     return (
         f"PostgreSQL {row[0]} at {redact(url)} (synchronous_commit={row[1]}, fsync={row[2]}); "
-        f"{os.cpu_count()} CPUs, shared by the writers, the projection and the server"
+        f"{os.cpu_count()} CPUs, shared by the writers, the projection and the server "
+        f"(load average {os.getloadavg()[0]:.1f} as the run starts)"
     )

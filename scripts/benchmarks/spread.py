@@ -56,10 +56,13 @@ _COUNT_KEYS = frozenset({"writers", "batch", "rate", "partitions", "workers", "r
 
 
 def _label(rows: Sequence[Record], index: int) -> str:
-    """A row's name: its text fields and the counts every run agrees on (``writers=16``)."""
+    """A row's name: its suite (first, as the suites' tables show it), its other text
+    fields and the counts every run agrees on (``writers=16``)."""
     parts = []
-    for key, value in rows[0].items():
-        if key in ("suite", "run") or not all(row.get(key) == value for row in rows):
+    first = dict(rows[0])
+    ordered = {"suite": first.pop("suite")} if "suite" in first else {}
+    for key, value in {**ordered, **first}.items():
+        if key == "run" or not all(row.get(key) == value for row in rows):
             continue
         if isinstance(value, str):
             parts.append(value)

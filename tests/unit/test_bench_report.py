@@ -140,9 +140,9 @@ def _run(number: int, rates: list[float]) -> list[dict[str, object]]:
 def test_the_spread_gives_each_figure_its_median_min_and_max_over_the_runs() -> None:
     runs = [_run(1, [900.0, 4_000.0]), _run(2, [1_100.0, 5_000.0]), _run(3, [1_000.0, 3_000.0])]
     spreads = {(s.row, s.figure): s for s in summarise_runs(runs)}
-    one = spreads[("eventkit writers=1 batch=1 processes", "events_per_s")]
+    one = spreads[("append eventkit writers=1 batch=1 processes", "events_per_s")]
     assert (one.median, one.low, one.high, one.runs) == (1_000.0, 900.0, 1_100.0, 3)
-    sixteen = spreads[("eventkit writers=16 batch=1 processes", "events_per_s")]
+    sixteen = spreads[("append eventkit writers=16 batch=1 processes", "events_per_s")]
     assert (sixteen.median, sixteen.low, sixteen.high) == (4_000.0, 3_000.0, 5_000.0)
     # Figures equal in every run are the row's setup, not measures; bools and text neither.
     assert not {figure for _, figure in spreads} & {"writers", "batch", "duration_s", "run"}
@@ -205,4 +205,4 @@ def test_the_json_keeps_every_run_and_the_table_its_spread(
     out = capsys.readouterr().out
     assert "=== run 3 of 3 ===" in out
     assert "spread over 3 runs" in out
-    assert "eventkit  events_per_s   20.00  10.00 - 30.00     3" in out
+    assert "x eventkit  events_per_s   20.00  10.00 - 30.00     3" in out
