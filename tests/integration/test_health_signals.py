@@ -4,12 +4,19 @@ partitions go, a standby is not ready, /healthz never depends on the database wh
 
 from __future__ import annotations
 
+import json
 import logging
+import re
+import shutil
 import signal
 import socket
 import struct
+import subprocess
+import urllib.error
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any, cast
+from urllib.parse import quote
 
 import psycopg
 import psycopg_pool
@@ -42,11 +49,13 @@ from tests.integration.worker_process import (
     OutageProxy,
     Process,
     free_port,
+    get,
     matching,
     wait_for,
 )
 
 NAMES = [p.name for p in app.projections]
+MONITORING = Path(__file__).resolve().parents[2] / "docs" / "monitoring" / "prometheus"
 HEARTBEAT = "eventkit_loop_heartbeat_timestamp_seconds"
 
 
@@ -75,6 +84,16 @@ def workers(
             str(port := free_port()),
             *extra,
         ],
+        database_url=database_url,
+        schema=schema,
+        port=port,
+    )
+
+
+def exporter_process(*, database_url: str, schema: str) -> Process:
+    port = free_port()
+    return Process(
+        ["exporter", "--port", str(port), "--interval", "0.5"],
         database_url=database_url,
         schema=schema,
         port=port,
@@ -284,12 +303,7 @@ def test_every_declared_consumer_has_lag_series_even_with_its_only_worker_frozen
             "charge_payments' messages queued",
         )
     w = workers("only", database_url=database_url, schema=schema, names=["order_summaries"])
-    exporter = Process(
-        ["exporter", "--port", str(port := free_port()), "--interval", "0.5"],
-        database_url=database_url,
-        schema=schema,
-        port=port,
-    )
+    exporter = exporter_process(database_url=database_url, schema=schema)
     processes += [w, exporter]
     wait_for(lambda: w.answers() and w.get("/readyz") == (200, "ok\n"), "the worker ready")
     wait_for(lambda: exporter.answers() and exporter.get("/readyz") == (200, "ok\n"), "exporter")
@@ -391,3 +405,90 @@ def test_a_gateway_outage_writes_at_most_one_line_per_failed_try(
     assert not dramatiq_retries, [r.getMessage() for r in dramatiq_retries]
     parked = [r for r in caplog.records if r.levelno == logging.ERROR and "parked" in r.message]
     assert len(parked) == orders  # every dead letter is logged
+
+
+@pytest.mark.prometheus
+@pytest.mark.skipif(shutil.which("prometheus") is None, reason="no prometheus binary")
+def test_a_real_prometheus_alerts_when_the_only_worker_freezes(
+    shop: Shop, schema: str, database_url: str, processes: list[Process], tmp_path: Path
+) -> None:
+    """The shipped rules (with for: 0s) on a real Prometheus scraping the only worker of
+    order_summaries and an exporter: SIGSTOP the worker and write events, and the
+    worker-down and not-running alerts fire, from the exporter's figures."""
+    workload(shop, 3, seed=31)
+    w = workers("frozen", database_url=database_url, schema=schema, names=["order_summaries"])
+    exporter = exporter_process(database_url=database_url, schema=schema)
+    processes += [w, exporter]
+    rules = re.sub(r"for: \d+m", "for: 0s", (MONITORING / "alerts.yml").read_text())
+    (tmp_path / "alerts.yml").write_text(rules)
+    (tmp_path / "prometheus.yml").write_text(
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
+        "rule_files:\n  - alerts.yml\n"
+        "scrape_configs:\n  - job_name: eventkit\n    static_configs:\n"
+        f"      - targets: ['127.0.0.1:{w.port}', '127.0.0.1:{exporter.port}']\n"
+    )
+    api = f"http://127.0.0.1:{(prometheus_port := free_port())}/api/v1/"
+    prometheus = subprocess.Popen(
+        [
+            "prometheus",
+            f"--config.file={tmp_path / 'prometheus.yml'}",
+            f"--storage.tsdb.path={tmp_path / 'data'}",
+            f"--web.listen-address=127.0.0.1:{prometheus_port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+    def firing() -> set[tuple[str, str]]:
+        try:
+            status, text = get(api + "alerts")
+        except (urllib.error.URLError, ConnectionError):
+            return set()  # Prometheus is starting
+        assert status == 200, text
+        return {
+            (
+                a["labels"]["alertname"],
+                a["labels"].get("consumer") or a["labels"].get("instance", ""),
+            )
+            for a in json.loads(text)["data"]["alerts"]
+            if a["state"] == "firing"
+        }
+
+    try:
+        wait_for(lambda: w.answers() and w.get("/readyz") == (200, "ok\n"), "the worker ready")
+        wait_for(
+            lambda: (
+                (r := get(api + "query?query=" + quote('sum(up{job="eventkit"})')))[0] == 200
+                and json.loads(r[1])["data"]["result"]
+                and json.loads(r[1])["data"]["result"][0]["value"][1] == "2"
+            ),
+            "Prometheus scraping both targets",
+        )
+        # Caught up and running as Prometheus sees it (with for: 0s, the start itself fires).
+        wait_for(
+            lambda: (
+                not {
+                    a
+                    for a in firing()
+                    if a[0] in ("EventkitWorkerDown", "EventkitConsumerNotRunning")
+                    and a[1] in ("order_summaries", f"127.0.0.1:{w.port}")
+                }
+            ),
+            "no alert about the running worker",
+        )
+        w.signal(signal.SIGSTOP)
+        workload(shop, 3, seed=32)
+        wait_for(
+            lambda: (
+                {
+                    ("EventkitWorkerDown", f"127.0.0.1:{w.port}"),
+                    ("EventkitConsumerNotRunning", "order_summaries"),
+                }
+                <= firing()
+            ),
+            "the worker-down and not-running alerts to fire",
+        )
+    finally:
+        w.signal(signal.SIGCONT)
+        prometheus.terminate()
+        prometheus.wait(timeout=30)
