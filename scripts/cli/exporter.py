@@ -47,7 +47,7 @@ def register(commands: Any, parents: list[argparse.ArgumentParser], app_spec: st
 def _run(args: argparse.Namespace) -> int:
     from eventkit.bootstrap import stop_on_signals
     from eventkit.infrastructure.broker import BrokerKind, broker_kind
-    from eventkit.infrastructure.factory import shared_pool
+    from eventkit.infrastructure.factory import existing_pool
     from eventkit.infrastructure.logfields import set_process_field
     from eventkit.projections.monitoring import Monitor, MonitoringServer
     from eventkit.runner import default_worker_id
@@ -55,7 +55,9 @@ def _run(args: argparse.Namespace) -> int:
     set_process_field("worker_id", f"exporter:{default_worker_id()}")
     app = app_of(args)
     settings = settings_of(args)
-    pool, _ = shared_pool(settings)
+    # Read-only: it never starts the embedded server, creates or migrates the schema
+    # (a reader role is enough).
+    pool, _ = existing_pool(settings)
     monitor = Monitor(
         pool,
         settings.schema,

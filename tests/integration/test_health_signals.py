@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import shutil
 import signal
 import socket
 import struct
 import subprocess
+import sys
 import urllib.error
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -492,3 +494,24 @@ def test_a_real_prometheus_alerts_when_the_only_worker_freezes(
         w.signal(signal.SIGCONT)
         prometheus.terminate()
         prometheus.wait(timeout=30)
+
+
+def test_the_exporter_only_reads(pool: psycopg_pool.ConnectionPool, database_url: str) -> None:
+    """Pointed at a schema that does not exist, the exporter says what to run and exits;
+    it creates nothing (a reader role is enough for it)."""
+    missing = "signals_never_migrated"
+    done = subprocess.run(
+        [sys.executable, "-m", "eventkit.cli", "exporter", "--port", str(free_port())],
+        env={**os.environ, "DATABASE_URL": database_url, "EVENTKIT_SCHEMA": missing},
+        cwd=Path(__file__).resolve().parents[2],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode != 0, done.stderr
+    assert "eventkit db migrate" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    with pool.connection() as conn:
+        found = conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (missing,))
+        assert found.fetchone() is None
