@@ -42,8 +42,11 @@ def register(commands: Any, parents: list[argparse.ArgumentParser], app_spec: st
 class Progress:
     """A progress bar with rate and ETA on a terminal; a plain line every 2 s otherwise."""
 
-    def __init__(self, total: int, stream: Any = sys.stdout) -> None:
+    def __init__(self, total: int, stream: Any = None) -> None:
         self.total = max(total, 1)
+        # sys.stdout when called, not when this module was imported (a test's captured
+        # stream, closed since, for the next test that imported it).
+        stream = sys.stdout if stream is None else stream
         self.stream = stream
         self.done = 0
         self.started = time.monotonic()

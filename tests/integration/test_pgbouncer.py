@@ -11,6 +11,7 @@ connections, append and read back every event.
 from __future__ import annotations
 
 import os
+import pwd
 import re
 import shutil
 import socket
@@ -75,8 +76,10 @@ def bouncer(database_url: str) -> Iterator[str]:
     for f in folder.iterdir():
         f.chmod(0o644)
     command = [PGBOUNCER, str(folder / "pgbouncer.ini")]
-    if os.geteuid() == 0:
-        command[1:1] = ["-u", "nobody"]  # PgBouncer refuses to run as root
+    if os.geteuid() == 0:  # PgBouncer refuses to run as root
+        # The embedded server's socket is private to the user it runs as: be that user.
+        owner = pwd.getpwuid(Path(host).stat().st_uid).pw_name if host.startswith("/") else None
+        command[1:1] = ["-u", owner or "nobody"]
     log = folder / "pgbouncer.log"
     with open(log, "wb") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
