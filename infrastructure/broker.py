@@ -173,13 +173,17 @@ def create_broker(
     schema: str,
     broker_url: str | None,
     options: BrokerOptions | None = None,
+    queues: int = 1,
 ) -> dramatiq.Broker:
-    """A dramatiq broker of ``kind``, with the middleware reactions rely on."""
+    """A dramatiq broker of ``kind``, with the middleware reactions rely on.
+
+    The PostgreSQL broker gets a pool of its own, sized for ``queues`` reactions' queues,
+    whose reconnection backoff and waits are bounded (see :func:`broker_pool`)."""
     broker: dramatiq.Broker
     if kind is BrokerKind.POSTGRES:
         o = options or BrokerOptions()
         broker = _postgres_broker_class()(
-            url=database_url,
+            pool=broker_pool(database_url, queues),
             results=False,
             schema=schema,
             prefix=DRAMATIQ_PREFIX,
@@ -200,6 +204,42 @@ def create_broker(
     return broker
 
 
+#: Connections of the PostgreSQL broker's pool beyond two per reaction (dramatiq runs a
+#: consumer, each with a connection of its own, for a queue and for its delay queue):
+#: the LISTEN connection and one for enqueues of retried messages (docs/scaling.md).
+BROKER_EXTRA_CONNECTIONS = 2
+
+
+def broker_connections(queues: int) -> int:
+    """The most connections the PostgreSQL broker opens for ``queues`` reactions."""
+    return 2 * queues + BROKER_EXTRA_CONNECTIONS
+
+
+def broker_pool(database_url: str, queues: int) -> Any:
+    """The PostgreSQL broker's pool: :func:`broker_connections`, opened at once,
+    checked on checkout (as dramatiq-postgres's own), with waits for a
+    connection and the reconnection backoff bounded: after an
+    outage of any length the consumers claim again within seconds of the server's return
+    (dramatiq-postgres's own pool kept trying for 5 minutes with a backoff that grew to a
+    minute, behind a retry that waited up to 30 s)."""
+    import psycopg_pool
+
+    from eventkit.infrastructure.database import RECONNECT_TIMEOUT_S
+
+    return psycopg_pool.ConnectionPool(
+        database_url,
+        # All open from the start: a process holds as many as eventkit status says.
+        min_size=broker_connections(queues),
+        max_size=broker_connections(queues),
+        kwargs={"application_name": "eventkit-broker", "autocommit": True},
+        check=psycopg_pool.ConnectionPool.check_connection,
+        timeout=RECONNECT_TIMEOUT_S,
+        reconnect_timeout=RECONNECT_TIMEOUT_S,
+        name="eventkit-broker",
+        open=True,
+    )
+
+
 def _postgres_broker_class() -> Any:
     """dramatiq-postgres's broker, whose acknowledgement eventkit's actors do themselves.
 
@@ -211,13 +251,25 @@ def _postgres_broker_class() -> Any:
     """
     from dramatiq.broker import MessageProxy
     from dramatiq_postgres.broker import QUERIES, PostgresBroker, PostgresConsumer
-    from dramatiq_postgres.utils import raise_connection_error
+    from dramatiq_postgres.utils import check_conn, raise_connection_error
 
     class Consumer(PostgresConsumer):  # type: ignore[misc]
+        _consume_conn: Any
+
         def get_consume_conn(self) -> Any:
-            had = self._consume_conn
-            conn = super().get_consume_conn()
-            if conn is not had:
+            # dramatiq-postgres's own waits up to 30 s between tries for a connection
+            # (tenacity); here a try that fails raises at once and dramatiq restarts the
+            # consumer (3 s later), so consuming resumes soon after an outage ends.
+            conn: Any = self._consume_conn
+            if conn is not None:
+                try:
+                    check_conn(conn)
+                except dramatiq.errors.BrokerConnectionError:
+                    self.pool.putconn(conn)
+                    conn = self._consume_conn = None
+            if conn is None:
+                conn = self.pool.getconn()
+                self._consume_conn = conn
                 self._release_lost_claims = True
             return conn
 
@@ -281,6 +333,7 @@ def _postgres_broker_class() -> Any:
         def __init__(self, *, schema: str, **kwargs: Any) -> None:
             super().__init__(schema=schema, **kwargs)
             self.schema = schema
+            self._owns_pool = True  # given by create_broker: closed with the broker
             #: Messages this process's consumers handed to its worker threads and that
             #: are not acknowledged yet (the ids of every queue: they are UUIDs).
             self.in_flight: set[str] = set()
@@ -432,7 +485,7 @@ class OutboxRelay:
                     delay,
                 )
                 stop.wait(delay)
-                delay = min(delay * 2, 5.0)
+                delay = min(delay * 2, 2.0)
 
     def relay_once(self, conn: psycopg.Connection[Any]) -> int:
         """Publish one batch of outbox rows and delete them; return how many."""

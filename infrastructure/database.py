@@ -25,6 +25,12 @@ T = TypeVar("T")
 #: The oldest server with ``pg_current_xact_id()`` and ``xid8``, on which the log's order rests.
 MIN_SERVER_VERSION = 130000
 
+#: How long a pool keeps trying to open one connection, with its own backoff (1 s, then
+#: doubling), before it gives up on that attempt; the next request for a connection starts
+#: a new attempt at once. psycopg_pool's default (5 minutes) let the backoff grow to a
+#: minute: workers resumed 103 s after a 150 s outage.
+RECONNECT_TIMEOUT_S = 2.0
+
 #: Errors after which the same work may succeed on a new connection or a new attempt.
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     psycopg.OperationalError,
@@ -73,6 +79,10 @@ def create_pool(
         kwargs=kwargs,
         name=name,
         open=False,
+        # A writer waits this long at most for a connection (EVENTKIT_WRITE_TIMEOUT);
+        # the recorder bounds its retries by it too.
+        timeout=settings.write_timeout_s,
+        reconnect_timeout=RECONNECT_TIMEOUT_S,
     )
     try:
         pool.open(wait=True, timeout=30)
@@ -101,6 +111,7 @@ def retry_transient(
     first_delay_s: float = 0.05,
     max_delay_s: float = 2.0,
     on_failure: Callable[[], None] | None = None,
+    within_s: float | None = None,
 ) -> T:
     """Run ``operation``, retrying transient database errors with exponential backoff.
 
@@ -108,15 +119,21 @@ def retry_transient(
     is detected). After ``attempts`` failures, raise :class:`DatabaseUnavailableError`
     naming ``what`` and the last error. ``on_failure`` runs after each failure (a pool's
     ``check``, which drops every connection a server restart has broken, not just one).
+    ``within_s``: give up once that many seconds have passed (a writer's bound,
+    ``EVENTKIT_WRITE_TIMEOUT``: the pool's ``timeout``), whatever the attempts left.
     """
     delay = first_delay_s
+    deadline = None if within_s is None else time.monotonic() + within_s
     for attempt in range(1, attempts + 1):
         try:
             return operation()
         except TRANSIENT_ERRORS as e:
-            if attempt == attempts:
+            late = deadline is not None and time.monotonic() + delay >= deadline
+            if attempt == attempts or late:
+                bound = "" if within_s is None else f" within {within_s:g} s"
                 raise DatabaseUnavailableError(
-                    f"{what} failed {attempts} times; last error: {type(e).__name__}: {e}"
+                    f"{what} failed{bound} ({attempt} attempt(s)); the database is "
+                    f"unavailable; last error: {type(e).__name__}: {e}"
                 ) from e
             logger.warning(
                 "%s failed (attempt %d of %d, retrying in %.2f s): %s",

@@ -169,7 +169,9 @@ class PostgresEventRecorder(ApplicationRecorder):
             )
 
     def _retry(self, operation: Callable[[], T], *, what: str) -> T:
-        return retry_transient(operation, what=what, on_failure=self._check_pool)
+        return retry_transient(
+            operation, what=what, on_failure=self._check_pool, within_s=self.pool.timeout
+        )
 
     def _check_pool(self) -> None:
         # After a restart or failover every idle connection is dead: drop them all at once.
@@ -219,6 +221,13 @@ class PostgresEventRecorder(ApplicationRecorder):
         When the group's outcome is unknown (the connection was lost), the save first looks
         for its rows, as a save alone does after a lost connection.
         """
+        if isinstance(error, psycopg_pool.PoolTimeout):
+            # The group waited the writer's whole bound for a connection and sent nothing.
+            raise DatabaseUnavailableError(
+                f"append of {len(rows)} event(s) to stream(s) {_streams(list(rows))} got no "
+                f"connection within {self.pool.timeout:g} s (EVENTKIT_WRITE_TIMEOUT): the "
+                f"database is unavailable; nothing was written; last error: {error}"
+            ) from error
         if error is not None and not _server_refused(error):
             found = self._counted_find(list(rows))
             if found is not None:
@@ -236,9 +245,13 @@ class PostgresEventRecorder(ApplicationRecorder):
     def _insert_rows(self, rows: list[Row], options: AppendOptions | None) -> list[int]:
         key = None if options is None else options.idempotency_key
         delay = 0.05
+        # The writer's bound (EVENTKIT_WRITE_TIMEOUT, the pool's timeout): waits for a
+        # connection and retries together.
+        within_s = self.pool.timeout
+        deadline = time.monotonic() + within_s
         for attempt in range(1, _APPEND_ATTEMPTS + 1):
             try:
-                return self._append(rows, options)
+                return self._append(rows, options, max(0.01, deadline - time.monotonic()))
             except psycopg.errors.UniqueViolation as e:
                 recorded = None if key is None else self.appended_with(key)
                 if key is not None and recorded is not None:
@@ -246,7 +259,9 @@ class PostgresEventRecorder(ApplicationRecorder):
                 metrics.APPEND_CONFLICTS.inc()
                 raise self._conflict(e, rows) from e
             except TRANSIENT_ERRORS as e:
-                if key is not None and not _rolled_back(e):
+                if isinstance(e, psycopg_pool.PoolTimeout):
+                    pass  # no connection: nothing was sent
+                elif key is not None and not _rolled_back(e):
                     # The key commits with the events: recorded means this append, or an
                     # earlier one with the same key, committed; absent means none did.
                     recorded = self.appended_with(key)
@@ -264,10 +279,11 @@ class PostgresEventRecorder(ApplicationRecorder):
                 # the same (stream, version) keys in another order, or a serialisation
                 # failure): nothing was written, and the next attempt either succeeds or
                 # meets the other writer's committed rows as a ConcurrencyError.
-                if attempt == _APPEND_ATTEMPTS:
+                if attempt == _APPEND_ATTEMPTS or time.monotonic() + delay >= deadline:
                     raise DatabaseUnavailableError(
-                        f"append of {len(rows)} event(s) to stream(s) "
-                        f"{_streams(rows)} failed {attempt} times; nothing was written; "
+                        f"append of {len(rows)} event(s) to stream(s) {_streams(rows)} failed "
+                        f"within {within_s:g} s (EVENTKIT_WRITE_TIMEOUT; {attempt} "
+                        f"attempt(s)): the database is unavailable; nothing was written; "
                         f"last error: {type(e).__name__}: {e}"
                     ) from e
                 logger.warning("append failed (attempt %d), retrying: %s", attempt, e)
@@ -277,12 +293,15 @@ class PostgresEventRecorder(ApplicationRecorder):
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _append(
-        self, rows: list[tuple[UUID, int, str, bytes]], options: AppendOptions | None
+        self,
+        rows: list[tuple[UUID, int, str, bytes]],
+        options: AppendOptions | None,
+        timeout_s: float | None = None,
     ) -> list[int]:
         # getconn/putconn rather than pool.connection(): its ``with conn`` adds a commit
         # call (a no-op in autocommit) and a context manager, ~10% of a one-event save's
         # client CPU. The connection is in autocommit; putconn discards a broken one.
-        conn = self.pool.getconn()
+        conn = self.pool.getconn(timeout_s)
         try:
             if self.notify_channel is None:
                 return self._write(conn, rows, options)

@@ -80,6 +80,10 @@ class Settings:
     #: waits at most 1 ms for company, and none when nothing else is being appended (see
     #: eventkit.infrastructure.groupcommit).
     group_commit: bool = True
+    #: Seconds a writer's call (an append, a read of a stream) may wait for the database
+    #: before it fails with DatabaseUnavailableError (``EVENTKIT_WRITE_TIMEOUT``): the
+    #: bound of its retries and of a wait for a pooled connection.
+    write_timeout_s: float = 5.0
 
     def __post_init__(self) -> None:
         if not _SCHEMA_NAME.match(self.schema):
@@ -91,6 +95,10 @@ class Settings:
             raise ConfigurationError(
                 f"pool sizes must satisfy 1 <= EVENTKIT_POOL_MIN_SIZE ({self.pool_min_size}) "
                 f"<= EVENTKIT_POOL_MAX_SIZE ({self.pool_max_size})"
+            )
+        if not self.write_timeout_s > 0:
+            raise ConfigurationError(
+                f"EVENTKIT_WRITE_TIMEOUT='{self.write_timeout_s:g}' must be more than 0 seconds"
             )
 
     #: Every environment variable :meth:`from_env` reads.
@@ -107,6 +115,7 @@ class Settings:
         "EVENTKIT_TRACING",
         "EVENTKIT_MIGRATE",
         "EVENTKIT_GROUP_COMMIT",
+        "EVENTKIT_WRITE_TIMEOUT",
     )
 
     @classmethod
@@ -126,6 +135,7 @@ class Settings:
             tracing=_flag(env, "EVENTKIT_TRACING", False),
             migrate=_flag(env, "EVENTKIT_MIGRATE", True),
             group_commit=_flag(env, "EVENTKIT_GROUP_COMMIT", True),
+            write_timeout_s=_float(env, "EVENTKIT_WRITE_TIMEOUT", 5.0),
         )
 
     @property

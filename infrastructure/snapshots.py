@@ -59,7 +59,11 @@ class PostgresSnapshotRecorder(AggregateRecorder):
                 conn.execute(self._insert, params)
 
         streams = ", ".join(sorted({str(i) for i in ids}))
-        retry_transient(insert, what=f"recording snapshots of stream(s) {streams}")
+        retry_transient(
+            insert,
+            what=f"recording snapshots of stream(s) {streams}",
+            within_s=self.pool.timeout,
+        )
 
     def select_events(
         self,
@@ -80,7 +84,11 @@ class PostgresSnapshotRecorder(AggregateRecorder):
                 cur.execute(statement, params)
                 return [StoredEvent(r[0], r[1], r[2], r[3]) for r in cur.fetchall()]
 
-        return retry_transient(select, what=f"reading the snapshots of stream {originator_id}")
+        return retry_transient(
+            select,
+            what=f"reading the snapshots of stream {originator_id}",
+            within_s=self.pool.timeout,
+        )
 
 
 def _stream(event: StoredEvent) -> UUID:

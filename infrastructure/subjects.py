@@ -119,7 +119,9 @@ class PostgresSubjectKeys(SubjectKeys):
                     row = conn.execute(self._select, (subject,)).fetchone()
             return None if row is None else bytes(row[0])
 
-        found = retry_transient(read, what=f"reading the key of data subject {subject!r}")
+        found = retry_transient(
+            read, what=f"reading the key of data subject {subject!r}", within_s=self.pool.timeout
+        )
         with self._lock:
             if len(self._cache) > 100_000:
                 self._cache.clear()
@@ -134,7 +136,9 @@ class PostgresSubjectKeys(SubjectKeys):
             with self.pool.connection() as conn:
                 return conn.execute(self._delete, (subject,)).rowcount > 0
 
-        deleted = retry_transient(delete, what=f"forgetting data subject {subject!r}")
+        deleted = retry_transient(
+            delete, what=f"forgetting data subject {subject!r}", within_s=self.pool.timeout
+        )
         for keys in list(_instances):
             keys.drop_cached(subject)
         return deleted

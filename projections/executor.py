@@ -59,6 +59,9 @@ from eventkit.projections.timelimits import HANDLER_TIME_LIMITS
 logger = logging.getLogger(__name__)
 
 _OPEN = (pq.TransactionStatus.INTRANS, pq.TransactionStatus.INERROR)
+#: The longest wait before a message whose connection was lost is tried again: however
+#: long the database was away, its messages run within about this long of its return.
+LOST_CONNECTION_MAX_DELAY_MS = 2000
 #: The ledger's primary key: a second record of one message fails on it.
 _LEDGER_KEY = "reaction_ledger_pkey"
 #: The claim's parameters: message id, reaction, notification id, attempt.
@@ -541,7 +544,9 @@ class ReactionExecutor:
             message.options["retries"] = int(message.options.get("retries", 0)) - 1
             lost = int(message.options.get("eventkit_connection_losses", 0)) + 1
             message.options["eventkit_connection_losses"] = lost
-        ceiling = min(r.max_backoff_ms, r.min_backoff_ms * 2 ** min(lost, 20))
+        ceiling = min(
+            r.max_backoff_ms, LOST_CONNECTION_MAX_DELAY_MS, r.min_backoff_ms * 2 ** min(lost, 20)
+        )
         return int(random.uniform(ceiling / 2, ceiling))
 
     def _notification(

@@ -80,6 +80,10 @@ class RetryPolicy:
         return random.uniform(ceiling / 2, ceiling)
 
 
+#: The longest wait between a loop's attempts to reconnect to the database: however long
+#: it was away, a worker resumes within about this long of its return.
+RECONNECT_MAX_DELAY_S = 2.0
+
 #: A rebuild's last stretch runs under table locks that readers wait for: no retries.
 TRY_ONCE = RetryPolicy(max_attempts=1)
 
@@ -347,7 +351,7 @@ class Follower:
                 )
                 self.beat.connecting()  # waiting to connect again
                 stop.wait(delay)
-                delay = min(delay * 2, 5.0)
+                delay = min(delay * 2, RECONNECT_MAX_DELAY_S)
 
     def _wait_for_lease(self, conn: psycopg.Connection[Any], stop: threading.Event) -> Lease | None:
         said = False

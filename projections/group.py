@@ -43,7 +43,13 @@ from eventkit.infrastructure.leases import LeaseLostError, Leases
 from eventkit.infrastructure.log import Position
 from eventkit.infrastructure.partitions import recorded_partitions
 from eventkit.infrastructure.tracking import TrackingConflictError
-from eventkit.projections.follower import Follower, Idle, PollPolicy, connect
+from eventkit.projections.follower import (
+    RECONNECT_MAX_DELAY_S,
+    Follower,
+    Idle,
+    PollPolicy,
+    connect,
+)
 from eventkit.projections.liveness import Beat
 from eventkit.projections.projection import Consumer, Projection
 from eventkit.projections.status import autovacuum_warning
@@ -104,7 +110,11 @@ class WorkerGroup:
         poll: PollPolicy | None = None,
         read_pool_size: int = 0,
         durable_commits: bool = False,
+        broker_connections: int = 0,
     ) -> None:
+        """``read_pool_size`` and ``broker_connections``: the most connections of the
+        pool the process reads the log through, and of the reactions' broker (the
+        PostgreSQL broker's pool), for :attr:`connections`."""
         if heartbeat_s * 2 > lease_ttl_s:
             raise ValueError(
                 f"the lease time to live ({lease_ttl_s} s) must be at least twice the "
@@ -122,8 +132,9 @@ class WorkerGroup:
         self.notify_channel = notify_channel
         self.poll = poll or PollPolicy()
         #: Connections this process holds at most: the coordinator's, one per consumer
-        #: loop, and the pool the workers read the log through.
-        self.connections = 1 + len(self.consumers) + read_pool_size
+        #: loop, the pool the workers read the log through (reaction handlers and the
+        #: commands they run use it too) and the PostgreSQL broker's pool.
+        self.connections = 1 + len(self.consumers) + read_pool_size + broker_connections
         self._plans: dict[str, Plan] = {}
         self._dead: list[str] = []
         self._lock = threading.Lock()
@@ -235,7 +246,7 @@ class WorkerGroup:
                 )
                 beat.connecting()
                 stop.wait(delay)
-                delay = min(delay * 2, 5.0)
+                delay = min(delay * 2, RECONNECT_MAX_DELAY_S)
 
     def _tick(self, conn: psycopg.Connection[Any], *, announce: bool = False) -> None:
         names = [c.name for c in self.consumers]
@@ -424,7 +435,7 @@ class WorkerGroup:
                 )
                 beat.connecting()
                 stop.wait(delay)
-                delay = min(delay * 2, 5.0)
+                delay = min(delay * 2, RECONNECT_MAX_DELAY_S)
 
     def _work(
         self,

@@ -264,6 +264,7 @@ def reaction_runtime(
         schema=settings.schema,
         broker_url=settings.broker_url,
         options=broker_options,
+        queues=len(reactions),
     )
     return ReactionRuntime(
         reactions,

@@ -25,7 +25,12 @@ from functools import partial
 from types import TracebackType
 from typing import Any
 
-from eventkit.infrastructure.broker import BrokerKind, BrokerOptions, broker_kind
+from eventkit.infrastructure.broker import (
+    BrokerKind,
+    BrokerOptions,
+    broker_connections,
+    broker_kind,
+)
 from eventkit.infrastructure.errors import ConfigurationError
 from eventkit.infrastructure.factory import mapper_for, shared_pool
 from eventkit.infrastructure.logfields import set_process_field
@@ -139,6 +144,7 @@ def build_group(
     on_batch: Callable[[BatchReport], None] | None = None,
     durable_commits: bool = False,
     construct: Callable[[type[Projection]], Projection] | None = None,
+    broker_connections: int = 0,
 ) -> WorkerGroup:
     """This process's member of the worker group: ``projections`` and the reaction
     followers ``reactions``, their partitions shared out with the other members."""
@@ -166,6 +172,7 @@ def build_group(
         poll=poll,
         read_pool_size=settings.pool_max_size,
         durable_commits=durable_commits,
+        broker_connections=broker_connections,
     )
 
 
@@ -276,6 +283,11 @@ class Workers:
             lease_ttl_s=o.lease_ttl_s,
             durable_commits=o.durable_commits,
             construct=self.runtime.construct,
+            broker_connections=(
+                broker_connections(len(reactions))
+                if reactions and broker_kind(self.settings.broker_url) is BrokerKind.POSTGRES
+                else 0
+            ),
         )
         logger.info(
             "worker %s running %s: projections %s, reactions %s (broker: %s) on schema %s",

@@ -29,6 +29,7 @@ from eventkit.domain.shop.application import Shop
 from eventkit.domain.shop.orders import Order
 from eventkit.infrastructure.leases import Leases
 from eventkit.infrastructure.tracking import Tracking
+from eventkit.projections.follower import RECONNECT_MAX_DELAY_S
 from eventkit.projections.group import plan_for
 from eventkit.projections.projection import handles
 from eventkit.projections.reaction import Reaction, ReactionContext
@@ -254,12 +255,19 @@ def test_healthz_ignores_the_database_and_readyz_names_it(
         def outage_seen() -> bool:
             assert w.get("/healthz") == (200, "ok\n")
             status, text = w.get("/readyz")
-            # A loop waits 5 s to reconnect: the outage has lasted over twice --stall-after.
-            long = [x for x in w.log() if "reconnecting in 5.0 s" in x["message"]]
+            # The coordinator's reconnect backoff reached its cap (after 3.1 s) and waited it
+            # out twice more: the outage has lasted over twice --stall-after.
+            capped = f"reconnecting in {RECONNECT_MAX_DELAY_S:.1f} s"
+            long = (
+                len(
+                    [x for x in w.log() if "coordinator" in x["message"] and capped in x["message"]]
+                )
+                >= 3
+            )
             # The database figures are withdrawn, not frozen at their last values.
             m = w.metrics()
             gone = m[("eventkit_database_up", ())] == 0 and not matching(m, "eventkit_lag_events")
-            return status == 503 and "database" in text and bool(long) and gone
+            return status == 503 and "database" in text and long and gone
 
         wait_for(outage_seen, "/readyz to name the database after a few seconds of outage")
         text = w.get("/readyz")[1]

@@ -24,6 +24,7 @@ NOT_DEFAULT = {
     "EVENTKIT_TRACING": "on",
     "EVENTKIT_MIGRATE": "off",
     "EVENTKIT_GROUP_COMMIT": "off",
+    "EVENTKIT_WRITE_TIMEOUT": "2.5",
 }
 
 
@@ -52,6 +53,13 @@ def test_a_bad_schema_name_is_refused_with_its_value(schema: str) -> None:
 def test_a_bad_number_names_the_setting() -> None:
     with pytest.raises(ConfigurationError, match="EVENTKIT_POOL_MAX_SIZE='many'"):
         Settings.from_env({"EVENTKIT_POOL_MAX_SIZE": "many"})
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "soon"])
+def test_a_write_timeout_must_be_a_positive_number_of_seconds(value: str) -> None:
+    with pytest.raises(ConfigurationError, match=f"EVENTKIT_WRITE_TIMEOUT={value!r}"):
+        Settings.from_env({"EVENTKIT_WRITE_TIMEOUT": value})
+    assert Settings.from_env({"EVENTKIT_WRITE_TIMEOUT": "0.5"}).write_timeout_s == 0.5
 
 
 def test_pool_sizes_must_be_ordered() -> None:
