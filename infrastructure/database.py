@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -84,13 +85,14 @@ def create_pool(
         timeout=settings.write_timeout_s,
         reconnect_timeout=RECONNECT_TIMEOUT_S,
     )
+    check_connection(url, settings.connect_timeout_s, kwargs)
     try:
-        pool.open(wait=True, timeout=30)
+        pool.open(wait=True, timeout=settings.connect_timeout_s)
     except psycopg_pool.PoolTimeout as e:
         pool.close()
         raise DatabaseUnavailableError(
-            f"could not connect to PostgreSQL at {redact(url)} within 30 s; is it running? "
-            "(unset DATABASE_URL to use the embedded server)"
+            f"could not connect to PostgreSQL at {redact(url)} within "
+            f"{settings.connect_timeout_s:g} s (EVENTKIT_CONNECT_TIMEOUT)"
         ) from e
     with pool.connection() as conn:
         version = conn.info.server_version
@@ -101,6 +103,39 @@ def create_pool(
             "newer (it orders the log by pg_current_xact_id())"
         )
     return pool
+
+
+#: SQLSTATEs of connection failures that waiting cannot cure: no such database, no such
+#: role or a wrong password, no pg_hba.conf entry.
+_PERMANENT_CONNECT_FAILURES = frozenset({"3D000", "28000", "28P01"})
+
+
+def reason(error: BaseException) -> str:
+    """PostgreSQL's (or libpq's) own reason for ``error``, on one line and redacted."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return redact("; ".join(lines) or type(error).__name__)
+
+
+def check_connection(url: str, timeout_s: float, kwargs: dict[str, Any] | None = None) -> None:
+    """Connect to ``url`` once, trying again until ``timeout_s`` has passed while the
+    server refuses or does not answer; raise :class:`DatabaseUnavailableError` with
+    PostgreSQL's own reason (at once when waiting cannot help: no such database or role, a
+    wrong password)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        left = deadline - time.monotonic()
+        try:
+            # libpq's connect_timeout counts whole seconds, at least 2.
+            psycopg.connect(url, connect_timeout=max(2, math.ceil(left)), **(kwargs or {})).close()
+            return
+        except psycopg.OperationalError as e:
+            permanent = e.sqlstate in _PERMANENT_CONNECT_FAILURES or "does not exist" in str(e)
+            if permanent or time.monotonic() + 0.25 >= deadline:
+                waited = "" if permanent else f" within {timeout_s:g} s (EVENTKIT_CONNECT_TIMEOUT)"
+                raise DatabaseUnavailableError(
+                    f"could not connect to PostgreSQL at {redact(url)}{waited}: {reason(e)}"
+                ) from None
+        time.sleep(0.25)
 
 
 def retry_transient(

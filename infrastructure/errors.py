@@ -32,6 +32,12 @@ class ConfigurationError(EventkitError):
     """A setting is missing or has a value eventkit cannot use."""
 
 
+class UsageError(ConfigurationError):
+    """A command line or a setting eventkit cannot accept as given (a number out of its
+    range, a system schema, a prompt with no terminal to answer it): ``eventkit`` exits 2,
+    as for a command line its parser refuses."""
+
+
 class UnsupportedFollowerError(ConfigurationError):
     """An eventsourcing follower that tracks notification ids was asked for: refused,
     since ids are not commit order and it would skip events that commit late."""

@@ -36,10 +36,18 @@ class Position:
             raise ValueError(
                 f"{text!r} is not a log position (expected TRANSACTION_ID/NOTIFICATION_ID)"
             ) from None
+        for part in (transaction_id, notification_id):
+            if not 0 <= part <= MAX_BIGINT:
+                raise ValueError(
+                    f"{text!r} is not a log position: each part must be within 0..{MAX_BIGINT}"
+                )
         return cls(transaction_id, notification_id)
 
 
 Position.ORIGIN = Position(0, 0)
+
+#: The largest transaction id or notification id a position can hold (PostgreSQL's bigint).
+MAX_BIGINT = 2**63 - 1
 
 
 #: Where a consumer starts when it first runs, or where an operator moves it: the log's

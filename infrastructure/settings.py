@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import re
 from collections.abc import Mapping
@@ -9,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
-from eventkit.infrastructure.errors import ConfigurationError
+from eventkit.infrastructure.errors import UsageError
 
 
 def default_home(cwd: Path | None = None) -> Path:
@@ -84,15 +86,29 @@ class Settings:
     #: before it fails with DatabaseUnavailableError (``EVENTKIT_WRITE_TIMEOUT``): the
     #: bound of its retries and of a wait for a pooled connection.
     write_timeout_s: float = 5.0
+    #: Seconds to wait for a first connection to PostgreSQL (``EVENTKIT_CONNECT_TIMEOUT``)
+    #: before failing with PostgreSQL's own reason ("connection refused", "database ... does
+    #: not exist"). A reason that waiting cannot change (no such database or role, a wrong
+    #: password) fails at once.
+    connect_timeout_s: float = 5.0
 
     def __post_init__(self) -> None:
         if not _SCHEMA_NAME.match(self.schema):
-            raise ConfigurationError(
+            raise UsageError(
                 f"EVENTKIT_SCHEMA={self.schema!r} is not a plain PostgreSQL schema name: use "
                 "lower-case letters, digits and underscores, starting with a letter or '_'"
             )
+        if self.schema == "information_schema" or self.schema.startswith("pg_"):
+            raise UsageError(
+                f"EVENTKIT_SCHEMA={self.schema!r} is one of PostgreSQL's system schemas "
+                "(information_schema, pg_*): choose a schema of eventkit's own"
+            )
+        if not self.connect_timeout_s > 0:
+            raise UsageError(
+                f"EVENTKIT_CONNECT_TIMEOUT={self.connect_timeout_s:g} must be more than 0 seconds"
+            )
         if not 1 <= self.pool_min_size <= self.pool_max_size:
-            raise ConfigurationError(
+            raise UsageError(
                 f"pool sizes must satisfy 1 <= EVENTKIT_POOL_MIN_SIZE ({self.pool_min_size}) "
                 f"<= EVENTKIT_POOL_MAX_SIZE ({self.pool_max_size})"
             )
@@ -116,6 +132,7 @@ class Settings:
         "EVENTKIT_MIGRATE",
         "EVENTKIT_GROUP_COMMIT",
         "EVENTKIT_WRITE_TIMEOUT",
+        "EVENTKIT_CONNECT_TIMEOUT",
     )
 
     @classmethod
@@ -128,7 +145,7 @@ class Settings:
             home=Path(env["EVENTKIT_HOME"]) if env.get("EVENTKIT_HOME") else default_home(),
             pool_min_size=_int(env, "EVENTKIT_POOL_MIN_SIZE", 1),
             pool_max_size=_int(env, "EVENTKIT_POOL_MAX_SIZE", 16),
-            notify=env.get("EVENTKIT_NOTIFY", "").lower() in _ON,
+            notify=_flag(env, "EVENTKIT_NOTIFY", False),
             broker_url=env.get("BROKER_URL") or None,
             prepared_statements=_flag(env, "EVENTKIT_PREPARED_STATEMENTS", True),
             subject_key_ttl_s=_float(env, "EVENTKIT_SUBJECT_KEY_TTL", 5.0),
@@ -136,6 +153,7 @@ class Settings:
             migrate=_flag(env, "EVENTKIT_MIGRATE", True),
             group_commit=_flag(env, "EVENTKIT_GROUP_COMMIT", True),
             write_timeout_s=_float(env, "EVENTKIT_WRITE_TIMEOUT", 5.0),
+            connect_timeout_s=_float(env, "EVENTKIT_CONNECT_TIMEOUT", 5.0),
         )
 
     @property
@@ -151,7 +169,7 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
     try:
         return int(raw)
     except ValueError:
-        raise ConfigurationError(f"{name}={raw!r} is not a whole number") from None
+        raise UsageError(f"{name}={raw!r} is not a whole number") from None
 
 
 def _float(env: Mapping[str, str], name: str, default: float) -> float:
@@ -161,9 +179,9 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
     try:
         value = float(raw)
     except ValueError:
-        raise ConfigurationError(f"{name}={raw!r} is not a number of seconds") from None
+        raise UsageError(f"{name}={raw!r} is not a number of seconds") from None
     if value < 0:
-        raise ConfigurationError(f"{name}={raw!r} is negative")
+        raise UsageError(f"{name}={raw!r} is negative")
     return value
 
 
@@ -175,9 +193,57 @@ def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
         return True
     if raw in _OFF:
         return False
-    raise ConfigurationError(f"{name}={raw!r} is neither on nor off")
+    raise UsageError(
+        f"{name}={raw!r} is neither on nor off (use one of {', '.join(sorted(_ON | _OFF))})"
+    )
 
 
-def redact(url: str) -> str:
-    """Return ``url`` with any password replaced by ``***``, for logs and messages."""
-    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+#: ``user:password@`` in a URL.
+_URL_PASSWORD = re.compile(r"(://[^:/@\s]*:)[^@\s]*@")
+#: ``password=...`` in a keyword DSN (``password=s3cret``, ``password = 'a b'``) or a URL's
+#: query (``?password=s3cret&...``).
+_KEYWORD_PASSWORD = re.compile(
+    r"(\bpassword\s*=\s*)(?:'(?:[^'\\]|\\.)*'|[^\s&'\"]+)", re.IGNORECASE
+)
+#: Environment variables whose values (or whose URLs' passwords) are secrets.
+_SECRET_ENV = ("PGPASSWORD", "DATABASE_URL", "BROKER_URL")
+
+
+def secrets(env: Mapping[str, str] | None = None) -> frozenset[str]:
+    """The passwords eventkit's environment holds: ``PGPASSWORD`` and those inside
+    ``DATABASE_URL`` and ``BROKER_URL`` (URL or keyword form), for :func:`redact` to remove
+    wherever they appear, even where no ``password=`` precedes them."""
+    env = os.environ if env is None else env
+    return _secrets(tuple(env.get(name) or "" for name in _SECRET_ENV))
+
+
+@functools.lru_cache(maxsize=8)
+def _secrets(values: tuple[str, ...]) -> frozenset[str]:
+    from urllib.parse import parse_qs, unquote, urlsplit
+
+    found = set()
+    for name, value in zip(_SECRET_ENV, values, strict=True):
+        if name == "PGPASSWORD":
+            found.add(value)
+            continue
+        if "://" in value:
+            parts = urlsplit(value)
+            with contextlib.suppress(ValueError):
+                found.add(unquote(parts.password or ""))
+            found.update(parse_qs(parts.query).get("password", []))
+        for match in _KEYWORD_PASSWORD.finditer(value):
+            found.add(match.group(0)[len(match.group(1)) :].strip("'"))
+    # A very short password would redact ordinary text: the patterns still catch it in a DSN.
+    return frozenset(s for s in found if len(s) >= 4)
+
+
+def redact(text: str, env: Mapping[str, str] | None = None) -> str:
+    """Return ``text`` (a DSN, a message, a log line) with every password replaced by
+    ``***``: a URL's ``user:password@``, a keyword DSN's or a URL query's ``password=``, and
+    any password the environment holds (:func:`secrets`). The one redaction every error,
+    log line and status output goes through."""
+    text = _URL_PASSWORD.sub(r"\1***@", text)
+    text = _KEYWORD_PASSWORD.sub(r"\1***", text)
+    for secret in secrets(env):
+        text = text.replace(secret, "***")
+    return text

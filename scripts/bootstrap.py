@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import signal
 import threading
 from collections.abc import Mapping
@@ -14,8 +15,6 @@ from eventkit.infrastructure.settings import Settings
 
 def settings_with(overrides: Mapping[str, str]) -> Settings:
     """Settings from the process environment with ``overrides`` on top."""
-    import os
-
     return Settings.from_env({**os.environ, **overrides})
 
 
@@ -39,15 +38,49 @@ def tune_gc() -> None:
 
 def stop_on_signals() -> threading.Event:
     """An event that SIGTERM or SIGINT (Ctrl-C) sets: workers finish their batches in hand
-    and stop. Call it from the main thread."""
+    and stop. Call it from the main thread.
+
+    The signal handler itself does nothing: Python's C-level handler writes the signal's
+    number to a pipe (``signal.set_wakeup_fd``) and a thread of ours reads it, logs and sets
+    the event. A Python handler runs in the main thread between two bytecodes, possibly
+    while that thread holds a lock, such as the event's own inside ``Event.set()`` for an
+    earlier signal: a handler that set the event (or logged) there could wait on a lock its
+    own thread holds, and a second SIGTERM during shutdown deadlocked that way.
+    """
     stop = threading.Event()
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
 
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        logging.getLogger(__name__).info(
-            "received %s: finishing the current batches", signal.Signals(signum).name
-        )
-        stop.set()
+    def watch() -> None:
+        log = logging.getLogger(__name__)
+        while True:
+            try:
+                data = os.read(read_end, 64)
+            except OSError:  # pragma: no cover - the pipe was closed
+                return
+            if not data:  # pragma: no cover
+                return
+            for signum in data:
+                name = _signal_name(signum)
+                if stop.is_set():
+                    log.info("received %s: already stopping", name)
+                else:
+                    log.info("received %s: finishing the current batches", name)
+                    stop.set()
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    threading.Thread(target=watch, name="signals", daemon=True).start()
+    signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+    signal.signal(signal.SIGTERM, _ignore)
+    signal.signal(signal.SIGINT, _ignore)
     return stop
+
+
+def _ignore(signum: int, frame: FrameType | None) -> None:
+    """The Python-level handler: nothing (the wakeup pipe carries the signal)."""
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:  # pragma: no cover
+        return f"signal {signum}"

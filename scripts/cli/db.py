@@ -15,6 +15,8 @@ from typing import Any
 
 import psycopg
 
+from eventkit.cli import EXIT_UNHEALTHY
+from eventkit.cli.common import add_json, print_json, settings_of
 from eventkit.infrastructure.database import create_pool, resolve_database_url
 from eventkit.infrastructure.embedded import EmbeddedPostgres
 from eventkit.infrastructure.migrations import (
@@ -53,8 +55,14 @@ def register(commands: Any, parents: list[argparse.ArgumentParser], app_spec: st
     ]:
         action = actions.add_parser(name, parents=parents, help=text)
         action.set_defaults(run=run)
-        if name == "history":
-            action.add_argument("--json", action="store_true", help="print JSON")
+        if name in ("history", "status"):
+            add_json(action)
+        if name == "url":
+            action.add_argument(
+                "--show-password",
+                action="store_true",
+                help="print the password too (by default it is replaced by ***)",
+            )
         if name == "roles":
             action.add_argument(
                 "--prefix",
@@ -69,7 +77,7 @@ def register(commands: Any, parents: list[argparse.ArgumentParser], app_spec: st
 
 
 def _start(args: argparse.Namespace) -> int:
-    settings = Settings.from_env()
+    settings = settings_of(args)
     if settings.database_url:
         print(f"DATABASE_URL is set ({redact(settings.database_url)}): nothing to start")
         return 0
@@ -78,7 +86,7 @@ def _start(args: argparse.Namespace) -> int:
 
 
 def _stop(args: argparse.Namespace) -> int:
-    settings = Settings.from_env()
+    settings = settings_of(args)
     if settings.database_url:
         print("DATABASE_URL is set: eventkit started no server, so it stops none")
         return 0
@@ -88,23 +96,38 @@ def _stop(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    settings = Settings.from_env()
+    settings = settings_of(args)
     if settings.database_url:
+        if args.json:
+            print_json({"server": "DATABASE_URL", "url": redact(settings.database_url)})
+            return 0
         print(f"using DATABASE_URL: {redact(settings.database_url)}")
         return 0
     status = EmbeddedPostgres(settings.home).status()
+    if args.json:
+        print_json(
+            {
+                "server": "embedded",
+                "pgdata": str(status.pgdata),
+                "running": status.is_running,
+                "pid": status.pid,
+                "url": status.url and redact(status.url),
+            }
+        )
+        return 0 if status.is_running else EXIT_UNHEALTHY
     state = (
         f"running (pid {status.pid}) at {status.url}"
         if status.is_running
         else "stopped (start it with `eventkit db start`)"
     )
     print(f"embedded PostgreSQL, data in {status.pgdata}: {state}")
-    return 0 if status.is_running else 3
+    return 0 if status.is_running else EXIT_UNHEALTHY
 
 
 def _url(args: argparse.Namespace) -> int:
-    settings = Settings.from_env()
-    print(resolve_database_url(settings, start=False))
+    settings = settings_of(args)
+    url = resolve_database_url(settings, start=False)
+    print(url if args.show_password else redact(url))
     return 0
 
 
@@ -122,7 +145,7 @@ def _connection(settings: Settings, *, start: bool) -> Iterator[psycopg.Connecti
 def _migrate(args: argparse.Namespace) -> int:
     """Create or upgrade the schema, and the tables of the application's consumers (when an
     application is named), so that no other process needs to create anything."""
-    settings = Settings.from_env()
+    settings = settings_of(args)
     consumers = _consumers(args)
     with _connection(settings, start=True) as conn:
         applied = migrate(conn, settings.schema)
@@ -171,7 +194,7 @@ def _create_views(conn: psycopg.Connection[Any], schema: str, consumers: list[An
 def _roles(args: argparse.Namespace) -> int:
     from eventkit.infrastructure.roles import Roles
 
-    settings = Settings.from_env()
+    settings = settings_of(args)
     roles = Roles(settings.schema, args.prefix or settings.schema)
     if not args.execute:
         print(roles.script(), end="")
@@ -198,7 +221,7 @@ def _state(settings: Settings) -> SchemaState:
 def _current(args: argparse.Namespace) -> int:
     """Like ``alembic current``: where the schema stands. Exit 0 when it is up to date, 1
     when it is missing or has migrations pending (a deploy script's check)."""
-    settings = Settings.from_env()
+    settings = settings_of(args)
     state = _state(settings)
     schema = settings.schema
     if not state.exists:
@@ -221,7 +244,7 @@ def _current(args: argparse.Namespace) -> int:
 
 def _history(args: argparse.Namespace) -> int:
     """Like ``alembic history``: every migration, applied (when) or pending."""
-    settings = Settings.from_env()
+    settings = settings_of(args)
     state = _state(settings)
     applied = {a.version: a for a in state.applied}
     changed = {m.version for m in state.changed}

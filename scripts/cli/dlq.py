@@ -3,17 +3,26 @@
 from __future__ import annotations
 
 import argparse
-import sys
 import time
+from dataclasses import asdict
 from typing import Any
 from uuid import UUID
 
 import psycopg
 
-from eventkit.cli.common import app_of, settings_of
+from eventkit.cli.common import (
+    CommandFailed,
+    add_json,
+    app_of,
+    confirm,
+    count,
+    print_json,
+    seconds,
+    settings_of,
+)
 from eventkit.infrastructure.broker import Handover, broker_kind
 from eventkit.infrastructure.deadletters import DeadLetter, DeadLetters, Selector
-from eventkit.infrastructure.errors import ConfigurationError
+from eventkit.infrastructure.errors import UsageError
 from eventkit.infrastructure.factory import existing_pool
 from eventkit.infrastructure.leases import Leases
 from eventkit.infrastructure.partitions import recorded_partitions
@@ -28,46 +37,78 @@ def register(commands: Any, parents: list[argparse.ArgumentParser], app_spec: st
     )
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     listing = actions.add_parser("list", parents=parents, help="open dead letters")
-    listing.add_argument("--consumer", metavar="NAME", help="of this projection or reaction")
+    _consumer_option(listing, "of this projection or reaction")
     listing.add_argument("--all", action="store_true", help="also retried and discarded ones")
+    add_json(listing)
     listing.set_defaults(run=_list)
     show = actions.add_parser("show", parents=parents, help="one dead letter with its traceback")
-    show.add_argument("dead_letter_id", type=int, metavar="ID")
+    show.add_argument("dead_letter_id", type=count, metavar="ID")
+    add_json(show)
     show.set_defaults(run=_show)
     for name, run, text in [
         ("retry", _retry, "reprocess the selected streams in order and release them"),
         ("discard", _discard, "give up on the selected dead letters"),
     ]:
         action = actions.add_parser(name, parents=parents, help=text)
-        action.add_argument("dead_letter_id", nargs="?", type=int, metavar="ID")
+        action.add_argument("dead_letter_id", nargs="?", type=count, metavar="ID")
         action.add_argument("--stream", type=UUID, help="every dead letter of this stream")
-        action.add_argument(
-            "--consumer", metavar="NAME", help="every dead letter of this projection or reaction"
-        )
+        _consumer_option(action, "every dead letter of this projection or reaction")
         if name == "discard":
             action.add_argument("--yes", action="store_true", help="do not ask for confirmation")
         else:
-            action.add_argument("--timeout", type=float, default=30.0)
+            action.add_argument(
+                "--timeout",
+                type=seconds,
+                default=30.0,
+                metavar="SECONDS",
+                help="how long to wait for the retries (default %(default)s)",
+            )
         action.set_defaults(run=run)
 
 
-def _selector(args: argparse.Namespace) -> Selector:
+#: Every status a dead letter can have.
+ALL_STATUSES = ("parked", "retry_requested", "retried", "discarded")
+
+
+def _consumer_option(parser: argparse.ArgumentParser, text: str) -> None:
+    parser.add_argument(
+        "--consumer", "--projection", "--reaction", dest="consumer", metavar="NAME", help=text
+    )
+
+
+def _known_consumer(args: argparse.Namespace, conn: Any, store: DeadLetters) -> None:
+    """Refuse a ``--consumer`` that the application does not declare and that has no dead
+    letters either (one the application dropped may still have some)."""
+    name = args.consumer
+    if name is None or name in app_of(args).names():
+        return
+    if not store.select(conn, consumer=name, statuses=ALL_STATUSES, limit=1):
+        app_of(args).consumer(name)  # raises, naming the consumers there are
+
+
+def _selector(args: argparse.Namespace, conn: Any, store: DeadLetters) -> Selector:
     if args.dead_letter_id is None and args.stream is None and args.consumer is None:
-        raise ConfigurationError("name a dead letter ID, --stream S or --consumer NAME")
+        raise UsageError("name a dead letter ID, --stream S or --consumer NAME")
+    _known_consumer(args, conn, store)
+    if args.dead_letter_id is not None and store.get(conn, args.dead_letter_id) is None:
+        raise CommandFailed(f"no dead letter #{args.dead_letter_id} in schema {store.schema}")
     return Selector(args.dead_letter_id, args.stream, args.consumer)
 
 
 def _list(args: argparse.Namespace) -> int:
     settings = settings_of(args)
     pool, _ = existing_pool(settings)
-    statuses = ("parked", "retry_requested", "retried", "discarded") if args.all else None
+    store = DeadLetters(settings.schema)
     with pool.connection() as conn:
-        store = DeadLetters(settings.schema)
+        _known_consumer(args, conn, store)
         letters = (
-            store.select(conn, consumer=args.consumer, statuses=statuses)
-            if statuses
+            store.select(conn, consumer=args.consumer, statuses=ALL_STATUSES)
+            if args.all
             else store.select(conn, consumer=args.consumer)
         )
+    if args.json:
+        print_json([asdict(letter) for letter in letters])
+        return 0
     if not letters:
         print("no dead letters")
     for letter in letters:
@@ -81,8 +122,10 @@ def _show(args: argparse.Namespace) -> int:
     with pool.connection() as conn:
         letter = DeadLetters(settings.schema).get(conn, args.dead_letter_id)
     if letter is None:
-        print(f"no dead letter #{args.dead_letter_id} in schema {settings.schema}", file=sys.stderr)
-        return 1
+        raise CommandFailed(f"no dead letter #{args.dead_letter_id} in schema {settings.schema}")
+    if args.json:
+        print_json(asdict(letter))
+        return 0
     print(letter.summary())
     print(f"recorded {letter.created_at}, updated {letter.updated_at}")
     if letter.traceback:
@@ -93,16 +136,15 @@ def _show(args: argparse.Namespace) -> int:
 def _retry(args: argparse.Namespace) -> int:
     settings = settings_of(args)
     pool, url = existing_pool(settings)
-    selector = _selector(args)
     store = DeadLetters(settings.schema)
     handover = Handover(broker_kind(settings.broker_url), settings.schema)
     with pool.connection() as conn:
+        selector = _selector(args, conn, store)
         messages = requeue_dead_letters(conn, settings.schema, handover, selector)
         requested = store.request_retry(conn, selector)
         waiting = store.select(conn, consumer=args.consumer, statuses=("retry_requested",))
     if requested == 0 and not messages:
-        print("nothing to retry: no parked dead letters match")
-        return 1
+        raise CommandFailed("nothing to retry: no parked dead letters match")
     ok = True
     if messages:
         ok = _wait_for_messages(pool, settings.schema, messages, args.timeout)
@@ -192,13 +234,15 @@ def _wait_for_messages(pool: Any, schema: str, letters: list[DeadLetter], timeou
 def _discard(args: argparse.Namespace) -> int:
     settings = settings_of(args)
     pool, _ = existing_pool(settings)
-    selector = _selector(args)
-    if not args.yes:
-        answer = input("discard the selected dead letters for good? [y/N] ")
-        if answer.strip().lower() not in {"y", "yes"}:
-            print("nothing discarded")
-            return 1
+    store = DeadLetters(settings.schema)
     with pool.connection() as conn:
-        count = DeadLetters(settings.schema).discard(conn, selector)
-    print(f"discarded {count} dead letter(s)")
+        selector = _selector(args, conn, store)
+    if not confirm("discard the selected dead letters for good?", yes=args.yes):
+        print("nothing discarded")
+        return 1
+    with pool.connection() as conn:
+        discarded = store.discard(conn, selector)
+    if discarded == 0:
+        raise CommandFailed("nothing to discard: no parked dead letters match")
+    print(f"discarded {discarded} dead letter(s)")
     return 0

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import asdict
 from typing import Any
 
-from eventkit.cli.common import app_of, describe_app, settings_of
+from eventkit.cli.common import add_json, app_of, count, describe_app, print_json, settings_of
 from eventkit.cli.rebuild import run_rebuild
 from eventkit.infrastructure.factory import existing_pool
 from eventkit.projections.partitioning import split
@@ -25,11 +26,12 @@ def register(commands: Any, parents: list[argparse.ArgumentParser], app_spec: st
     parser.add_argument(
         "--set",
         dest="partitions",
-        type=int,
+        type=count,
         metavar="P",
         help="split online into P partitions (P a multiple of the current number), or "
         "else rebuild into P beside the live view with zero downtime",
     )
+    add_json(parser)
     parser.set_defaults(run=_run)
 
 
@@ -62,5 +64,8 @@ def _run(args: argparse.Namespace) -> int:
             return 1
     with pool.connection() as conn:
         status = partition_status(conn, settings.schema, cls)
+    if args.json:
+        print_json(asdict(status))
+        return 0
     print(status.table())
     return 0

@@ -4,12 +4,11 @@ partition; ``eventkit reset NAME --to-position`` with the position before ``POSI
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
 
-from eventkit.cli.common import app_of, describe_app
+from eventkit.cli.common import app_of, confirm, describe_app
 from eventkit.cli.reset import move
-from eventkit.infrastructure.errors import ConfigurationError
+from eventkit.infrastructure.errors import ConfigurationError, UsageError
 from eventkit.infrastructure.log import Position, StartFrom
 from eventkit.projections.reaction import Reaction
 
@@ -47,9 +46,9 @@ def replay_from(start: str) -> StartFrom:
     try:
         first = Position.parse(start)
     except ValueError as e:
-        raise ConfigurationError(str(e)) from None
+        raise UsageError(f"--from: {e}") from None
     if first.notification_id < 1:
-        raise ConfigurationError(f"position {start} names no event")
+        raise UsageError(f"--from: position {start} names no event")
     return Position(first.transaction_id, first.notification_id - 1)
 
 
@@ -63,10 +62,7 @@ def _replay(args: argparse.Namespace) -> int:
     start = replay_from(args.start)
     if not args.yes:
         move(args, start, execute=False)
-        if not sys.stdin.isatty():
-            raise ConfigurationError("no terminal to confirm on: add --yes")
-        answer = input("send these messages again? [y/N] ")
-        if answer.strip().lower() not in {"y", "yes"}:
+        if not confirm("send these messages again?", yes=False):
             print("nothing replayed")
             return 1
     return move(args, start, execute=True)

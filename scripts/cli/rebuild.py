@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 from eventkit.bootstrap import tune_gc
-from eventkit.cli.common import app_of, describe_app, settings_of
+from eventkit.cli.common import app_of, count, describe_app, settings_of
 from eventkit.infrastructure.errors import ConfigurationError
 from eventkit.infrastructure.factory import existing_pool, mapper_for
 from eventkit.infrastructure.recorder import PostgresEventRecorder
@@ -29,10 +29,10 @@ def register(commands: Any, parents: list[argparse.ArgumentParser], app_spec: st
         "swap them in one transaction. " + describe_app(app_spec),
     )
     parser.add_argument("name", metavar="NAME", help="the projection")
-    parser.add_argument("--batch-size", type=int, default=5000, help="events per batch")
+    parser.add_argument("--batch-size", type=count, default=5000, help="events per batch")
     parser.add_argument(
         "--partitions",
-        type=int,
+        type=count,
         metavar="P",
         help="follow the rebuilt view in P partitions (any number: merge or split)",
     )

@@ -7,8 +7,8 @@ import argparse
 from datetime import datetime
 from typing import Any
 
-from eventkit.cli.common import app_of, describe_app, settings_of
-from eventkit.infrastructure.errors import ConfigurationError
+from eventkit.cli.common import app_of, describe_app, position, settings_of
+from eventkit.infrastructure.errors import UsageError
 from eventkit.infrastructure.factory import existing_pool
 from eventkit.infrastructure.log import Position, StartFrom
 from eventkit.infrastructure.recorder import PostgresEventRecorder
@@ -33,7 +33,10 @@ def register(commands: Any, parents: list[argparse.ArgumentParser], app_spec: st
     to.add_argument("--to-origin", action="store_true", help="the start of the log")
     to.add_argument("--to-head", action="store_true", help="after the last event (now)")
     to.add_argument(
-        "--to-position", metavar="TX/ID", help="after the event at this position (TX/ID)"
+        "--to-position",
+        type=position,
+        metavar="TX/ID",
+        help="after the event at this position (TX/ID, each part within 0..2^63-1)",
     )
     to.add_argument(
         "--to-datetime",
@@ -51,21 +54,17 @@ def target(args: argparse.Namespace) -> StartFrom:
     if args.to_head:
         return "head"
     if args.to_position is not None:
-        try:
-            return Position.parse(args.to_position)
-        except ValueError as e:
-            raise ConfigurationError(f"--to-position: {e}") from None
+        to: Position = args.to_position
+        return to
     try:
         moment = datetime.fromisoformat(args.to_datetime)
     except ValueError:
-        raise ConfigurationError(
+        raise UsageError(
             f"--to-datetime {args.to_datetime!r} is not an ISO 8601 time with its offset "
             "(e.g. 2026-12-03T10:00:00+00:00)"
         ) from None
     if moment.tzinfo is None:
-        raise ConfigurationError(
-            f"--to-datetime {args.to_datetime}: give the time's offset (e.g. +00:00)"
-        )
+        raise UsageError(f"--to-datetime {args.to_datetime}: give the time's offset (e.g. +00:00)")
     return moment
 
 

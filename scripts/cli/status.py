@@ -9,8 +9,10 @@ import time
 from dataclasses import asdict
 from typing import Any
 
-from eventkit.cli.common import app_of, describe_app, settings_of
+from eventkit.cli import EXIT_UNHEALTHY
+from eventkit.cli.common import app_of, count, describe_app, seconds, settings_of
 from eventkit.infrastructure.broker import BrokerKind, broker_kind
+from eventkit.infrastructure.errors import UsageError
 from eventkit.infrastructure.factory import existing_pool
 from eventkit.projections.status import (
     ConsumerStatus,
@@ -41,12 +43,28 @@ def register(commands: Any, parents: list[argparse.ArgumentParser], app_spec: st
         "--watch",
         nargs="?",
         const=2.0,
-        type=float,
+        type=seconds,
         metavar="SECONDS",
-        help="refresh in place every SECONDS (default 2) until Ctrl-C",
+        help="refresh in place every SECONDS (default 2) until Ctrl-C; on a terminal the "
+        "screen is redrawn, otherwise each report follows a line '-- HH:MM:SS'",
     )
     parser.add_argument(
-        "--times", type=int, metavar="N", help="with --watch: stop after N refreshes"
+        "--times", type=count, metavar="N", help="with --watch: stop after N refreshes"
+    )
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="exit 3 when a consumer is unhealthy: stopped (no live worker) or failing, "
+        "lagging more than --max-lag seconds, or holding open dead letters (each reason "
+        "on standard error); for scripts, cron and probes",
+    )
+    parser.add_argument(
+        "--max-lag",
+        type=seconds,
+        default=30.0,
+        metavar="SECONDS",
+        help="with --check: the most lag, in seconds behind the oldest event not yet "
+        "applied, that is still healthy (default %(default)s)",
     )
     parser.set_defaults(run=_run)
 
@@ -112,15 +130,41 @@ def render_reactions(rows: list[ReactionStatus]) -> str:
     )
 
 
+def unhealthy(
+    rows: list[ConsumerStatus], reactions: list[ReactionStatus], max_lag_s: float
+) -> list[str]:
+    """Why ``status --check`` fails: each consumer that is stopped or failing, lags more
+    than ``max_lag_s`` seconds, or holds open dead letters."""
+    reasons = []
+    for name, state, lag_s, dead in [
+        *((r.consumer, r.state, r.lag_seconds, r.dead_letters) for r in rows),
+        *((r.reaction, r.state, r.lag_seconds, r.dead_letters) for r in reactions),
+    ]:
+        if state in ("stopped", "failing"):
+            reasons.append(f"{name} is {state}")
+        if lag_s > max_lag_s:
+            reasons.append(f"{name} lags {lag_s:.1f} s (more than --max-lag {max_lag_s:g})")
+        if dead:
+            reasons.append(f"{name} has {dead} open dead letter(s) (eventkit dlq list)")
+    return reasons
+
+
 def _run(args: argparse.Namespace) -> int:
     if args.watch is None:
-        print(_report(args))
+        text, reasons = _report(args)
+        print(text)
+        if args.check and reasons:
+            sys.stdout.flush()
+            print("eventkit: unhealthy: " + "; ".join(reasons), file=sys.stderr)
+            return EXIT_UNHEALTHY
         return 0
+    if args.check:
+        raise UsageError("--check gives one answer: use it without --watch")
     terminal = sys.stdout.isatty()
     shown = 0
     try:
         while args.times is None or shown < args.times:
-            report = _report(args)
+            report, _ = _report(args)
             stamp = time.strftime("%H:%M:%S")
             if terminal:  # home the cursor and clear the screen: refresh in place
                 print(f"\x1b[H\x1b[2J{stamp}  eventkit status (every {args.watch:g} s)\n")
@@ -135,7 +179,8 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _report(args: argparse.Namespace) -> str:
+def _report(args: argparse.Namespace) -> tuple[str, list[str]]:
+    """The report, and the reasons the consumers are unhealthy (none when they are not)."""
     settings = settings_of(args)
     projections, reaction_types = app_of(args).select(args.names)
     pool, _ = existing_pool(settings)
@@ -155,16 +200,19 @@ def _report(args: argparse.Namespace) -> str:
             if p.partitions > 1
         ]
     warnings = server_warnings(pool, settings.schema)
+    reasons = unhealthy(rows, reactions, args.max_lag)
     if args.json:
-        return json.dumps(
+        report = json.dumps(
             {
                 "projections": [r.as_json() for r in rows],
                 "reactions": [r.as_json() for r in reactions],
                 "workers": [asdict(m) for m in group],
                 "warnings": warnings,
+                "unhealthy": reasons,
             },
             indent=2,
         )
+        return report, reasons
     parts = []
     if rows:
         parts.append(render(rows))
@@ -174,4 +222,4 @@ def _report(args: argparse.Namespace) -> str:
     if group:
         parts.append(render_members(group))
     parts += [f"warning: {w}" for w in warnings]
-    return "\n\n".join(parts)
+    return "\n\n".join(parts), reasons

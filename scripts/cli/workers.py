@@ -4,10 +4,12 @@ Ctrl-C."""
 from __future__ import annotations
 
 import argparse
+import errno
 from typing import Any
 
 from eventkit.bootstrap import stop_on_signals, tune_gc
-from eventkit.cli.common import app_of, describe_app, settings_of
+from eventkit.cli.common import app_of, count, describe_app, port, seconds, settings_of
+from eventkit.infrastructure.errors import ConfigurationError
 from eventkit.runner import WorkerOptions, Workers
 
 
@@ -31,7 +33,7 @@ def register(commands: Any, parents: list[argparse.ArgumentParser], app_spec: st
     )
     parser.add_argument(
         "--lease-ttl",
-        type=float,
+        type=seconds,
         default=5.0,
         metavar="SECONDS",
         help="a partition's lease expires this long after its owner's last heartbeat "
@@ -48,19 +50,19 @@ def register(commands: Any, parents: list[argparse.ArgumentParser], app_spec: st
     )
     parser.add_argument(
         "--heartbeat",
-        type=float,
+        type=seconds,
         default=1.0,
         metavar="SECONDS",
         help="how often the worker renews its leases and plans partitions (default %(default)s)",
     )
-    parser.add_argument("--batch-size", type=int, default=1000, help="events per batch")
-    parser.add_argument("--max-attempts", type=int, default=5, help="tries before parking")
+    parser.add_argument("--batch-size", type=count, default=1000, help="events per batch")
+    parser.add_argument("--max-attempts", type=count, default=5, help="tries before parking")
     parser.add_argument(
-        "--threads", type=int, default=8, help="dramatiq worker threads for reactions"
+        "--threads", type=count, default=8, help="dramatiq worker threads for reactions"
     )
     parser.add_argument(
         "--heartbeat-ttl",
-        type=float,
+        type=seconds,
         default=WorkerOptions.heartbeat_ttl_s,
         metavar="SECONDS",
         help="PostgreSQL broker: reaction messages claimed by a worker process that has not "
@@ -68,7 +70,7 @@ def register(commands: Any, parents: list[argparse.ArgumentParser], app_spec: st
     )
     parser.add_argument(
         "--metrics-port",
-        type=int,
+        type=port,
         metavar="PORT",
         help="serve /metrics (Prometheus), /healthz and /readyz on this port (default: off)",
     )
@@ -81,7 +83,7 @@ def register(commands: Any, parents: list[argparse.ArgumentParser], app_spec: st
     )
     parser.add_argument(
         "--max-lag",
-        type=float,
+        type=seconds,
         default=30.0,
         metavar="SECONDS",
         help="/readyz turns red when a consumer lags more than this, or a reaction's "
@@ -121,5 +123,15 @@ def _run(args: argparse.Namespace) -> int:
             stall_s=args.stall_after,
         ),
     )
-    workers.run(stop_on_signals())
+    stop = stop_on_signals()
+    try:
+        workers.start()
+    except OSError as e:  # the metrics server's port: in use, or not ours to bind
+        workers.stop()
+        if args.metrics_port is None or e.errno not in (errno.EADDRINUSE, errno.EACCES):
+            raise
+        raise ConfigurationError(
+            f"cannot serve metrics on port {args.metrics_port}: {e.strerror or e}"
+        ) from None
+    workers.wait(stop)
     return 0

@@ -117,15 +117,49 @@ class FakeGateway:
         return Counter({k: n for k, n in counts.items() if n > 1})
 
 
-def main() -> None:  # pragma: no cover - a manual tool
-    """Serve a gateway on a port until Ctrl-C: ``python -m scripts.gateway 8099``."""
-    import sys
+def _port(text: str) -> int:
+    import argparse
 
-    gateway = FakeGateway(int(sys.argv[1]) if len(sys.argv) > 1 else 8099)
+    if not text.isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port within 0..65535")
+    return int(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Serve a gateway on a port until Ctrl-C: ``python -m eventkit.shop.gateway --port 8099``."""
+    import argparse
+    import errno
+
+    parser = argparse.ArgumentParser(
+        prog="python -m eventkit.shop.gateway",
+        description="A fake payment gateway for the shop's charge_payments reaction: POST "
+        "/charges answers captured (declined over --decline-over); set PAYMENT_GATEWAY_URL "
+        "to the URL it prints.",
+    )
+    parser.add_argument(
+        "port",
+        nargs="?",
+        type=_port,
+        default=8099,
+        metavar="PORT",
+        help="the port on 127.0.0.1 (default %(default)s; 0: any free port)",
+    )
+    parser.add_argument(
+        "--decline-over", type=Decimal, metavar="AMOUNT", help="decline charges above AMOUNT"
+    )
+    args = parser.parse_args(argv)
+    try:
+        gateway = FakeGateway(args.port, decline_over=args.decline_over)
+    except OSError as e:
+        reason = "in use" if e.errno == errno.EADDRINUSE else (e.strerror or str(e))
+        parser.exit(1, f"{parser.prog}: error: port {args.port}: {reason}\n")
     print(f"fake payment gateway at {gateway.url}", flush=True)
     with contextlib.suppress(KeyboardInterrupt):
         gateway._server.serve_forever()
+    return 0
 
 
 if __name__ == "__main__":  # pragma: no cover
-    main()
+    import sys
+
+    sys.exit(main())

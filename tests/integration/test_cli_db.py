@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from eventkit.cli import main
+from eventkit.infrastructure.settings import redact
 
 
 @pytest.fixture
@@ -18,7 +19,7 @@ def test_db_url_prints_the_url_in_use(
     cli_env: str, database_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert main(["db", "url"]) == 0
-    assert capsys.readouterr().out.strip() == database_url
+    assert capsys.readouterr().out.strip() == redact(database_url)
 
 
 def test_db_migrate_is_idempotent(cli_env: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -63,5 +64,5 @@ def test_errors_are_reported_without_a_traceback(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("EVENTKIT_SCHEMA", "Bad-Name")
-    assert main(["db", "url"]) == 1
+    assert main(["db", "url"]) == 2  # a setting refused: usage
     assert "EVENTKIT_SCHEMA='Bad-Name'" in capsys.readouterr().err

@@ -303,7 +303,7 @@ def test_reactions_replay_moves_the_follower_to_just_before_the_position_named(
         assert tracking.position(conn, "order_mails") == Position.ORIGIN
     assert eventkit(["reactions", "replay", "no_such_reaction", "--from", "0", "--yes"]) == 1
     assert "has no projection or reaction 'no_such_reaction'" in capsys.readouterr().err
-    assert eventkit(["reactions", "replay", "order_mails", "--from", "soon", "--yes"]) == 1
+    assert eventkit(["reactions", "replay", "order_mails", "--from", "soon", "--yes"]) == 2  # usage
     assert "is not a log position" in capsys.readouterr().err
 
 

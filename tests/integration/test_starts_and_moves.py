@@ -199,5 +199,5 @@ def test_a_projection_is_never_moved_back_onto_its_own_view(
     assert "would apply events to its view a second time" in capsys.readouterr().err
     with pool.connection() as conn:
         assert Tracking(schema).position(conn, "order_summaries") == head
-    assert eventkit(["reset", "order_summaries", "--to-datetime", "yesterday"]) == 1
+    assert eventkit(["reset", "order_summaries", "--to-datetime", "yesterday"]) == 2  # usage
     assert "--to-datetime 'yesterday' is not an ISO 8601 time" in capsys.readouterr().err
