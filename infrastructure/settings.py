@@ -113,7 +113,7 @@ class Settings:
                 f"<= EVENTKIT_POOL_MAX_SIZE ({self.pool_max_size})"
             )
         if not self.write_timeout_s > 0:
-            raise ConfigurationError(
+            raise UsageError(
                 f"EVENTKIT_WRITE_TIMEOUT='{self.write_timeout_s:g}' must be more than 0 seconds"
             )
 
