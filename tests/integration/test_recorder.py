@@ -243,14 +243,18 @@ def test_head_and_position_of(recorder: PostgresEventRecorder) -> None:
 
 
 def test_last_recorded_counts_events_an_open_older_transaction_holds_back(
-    recorder: PostgresEventRecorder, database_url: str
+    recorder: PostgresEventRecorder, database_url: str, schema: str
 ) -> None:
     """The readable head stops below an open transaction that is older than the last
-    append (here an idle one; in a test, another worker's batch); the last recorded
-    position does not. Waiting for the head alone can end before a follower has seen the
-    last event."""
+    append and may still write to the log (here one that holds the log's write lock, as a
+    writer between its first insert and its commit does); the last recorded position does
+    not. Waiting for the head alone can end before a follower has seen the last event.
+    (A transaction that cannot write to the log holds the head back only for the first
+    10 ms: tests/integration/test_log_writers.py.)"""
     [first] = recorder.insert_events(events(uuid4(), 1, 1))
     with psycopg.connect(database_url, autocommit=True) as other, other.transaction():
+        log = sql.Identifier(schema, "stored_events")
+        other.execute(sql.SQL("LOCK TABLE {} IN ROW EXCLUSIVE MODE").format(log))
         other.execute("SELECT pg_current_xact_id()")  # takes a transaction id, stays open
         [last] = recorder.insert_events(events(uuid4(), 1, 1))
         head, recorded = recorder.head(), recorder.last_recorded()
