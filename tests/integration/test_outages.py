@@ -33,6 +33,7 @@ from eventkit.domain.shop.commands import OrderLineRequest, PlaceOrder
 from eventkit.infrastructure.embedded import SYSTEM_USER, EmbeddedPostgres, _bin_dir, _is_root, _run
 from eventkit.infrastructure.errors import DatabaseUnavailableError
 from eventkit.infrastructure.log import Position
+from eventkit.infrastructure.settings import Settings
 from eventkit.infrastructure.tracking import Tracking
 from eventkit.projections.shop import OrderMails, app
 from eventkit.shop.gateway import FakeGateway
@@ -208,55 +209,77 @@ def run_outages(
         workers = start_workers(url, schema, gateway.url, tmp_path / "workers.log")
         writer = Writer(shop)
         thread = threading.Thread(target=writer.run)
-        thread.start()
         try:
-            # Every worker is running (its first order mailed) before the first outage.
-            while not writer.placed:
-                assert thread.is_alive(), "the writer stopped"
-                time.sleep(0.05)
-            wait_for_mails(url, schema, writer.placed[:1], timeout=60)
-            for mode, down_s in outages:
-                take_down(server, mode)
-                time.sleep(down_s)  # the outage itself
-                server.start()
-                back_at = time.monotonic()
-                measured.append((mode, down_s, recovery(shop, url, schema, back_at)))
-        finally:
-            writer.stop.set()
-            thread.join(60)
-        try:
+            thread.start()
+            try:
+                # Every worker is running (its first order mailed) before the first outage.
+                while not writer.placed:
+                    assert thread.is_alive(), "the writer stopped"
+                    time.sleep(0.05)
+                wait_for_mails(url, schema, writer.placed[:1], timeout=60)
+                for mode, down_s in outages:
+                    take_down(server, mode)
+                    time.sleep(down_s)  # the outage itself
+                    server.start()
+                    back_at = time.monotonic()
+                    measured.append((mode, down_s, recovery(shop, url, schema, back_at)))
+            finally:
+                writer.stop.set()
+                thread.join(60)
             wait_for_mails(url, schema, writer.placed)
             settled(url, schema, pool)
-        finally:
-            workers.send_signal(signal.SIGTERM)
-            workers.wait(60)
+        finally:  # the workers stop whatever failed
+            server.start()
+            stop_workers(workers)
         log = (tmp_path / "workers.log").read_text(errors="replace")
         assert workers.returncode == 0, log[-3000:]
-        # No call of the writer waited past its bound; those the outage outlasted failed
-        # with the one clear error.
-        assert writer.slowest < WRITE_TIMEOUT_S + 3, f"a call took {writer.slowest:.1f} s"
-        kinds = {kind for kind, _ in writer.failures}
-        assert kinds <= {"DatabaseUnavailableError"}, writer.failures
-        assert writer.failures, "no call of the writer met the outage"
-        replay_equals_live(pool, settings, list(app.projections))
-        mails = query(
-            url,
-            sql.SQL("SELECT order_id, count(*) FROM {} GROUP BY order_id").format(
-                sql.Identifier(schema, "order_mails")
-            ),
-        )
-        orders = query(
-            url,
-            sql.SQL("SELECT order_id FROM {}").format(sql.Identifier(schema, "order_summaries")),
-        )
-        # Exactly one mail per order in the log (an order whose command failed with the
-        # outage may have been written all the same: the log is the truth).
-        assert dict(mails) == dict.fromkeys((o for (o,) in orders), 1)
-        assert set(writer.placed) <= {o for (o,) in orders}
-        assert query(
-            url, sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, "dead_letters"))
-        ) == [(0,)]
+        exactly_once(url, schema, pool, settings, writer)
     return measured
+
+
+def stop_workers(workers: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, and kill -9 if it does not stop within a minute."""
+    workers.send_signal(signal.SIGTERM)
+    try:
+        workers.wait(60)
+    except subprocess.TimeoutExpired:
+        workers.kill()
+        workers.wait(10)
+        raise
+
+
+def exactly_once(
+    url: str,
+    schema: str,
+    pool: psycopg_pool.ConnectionPool,
+    settings: Settings,
+    writer: Writer,
+) -> None:
+    """What must hold after the outages: the writer's calls, the views, the mails."""
+    # No call of the writer waited past its bound; those the outage outlasted failed
+    # with the one clear error.
+    assert writer.slowest < WRITE_TIMEOUT_S + 3, f"a call took {writer.slowest:.1f} s"
+    kinds = {kind for kind, _ in writer.failures}
+    assert kinds <= {"DatabaseUnavailableError"}, writer.failures
+    assert writer.failures, "no call of the writer met the outage"
+    replay_equals_live(pool, settings, list(app.projections))
+    mails = query(
+        url,
+        sql.SQL("SELECT order_id, count(*) FROM {} GROUP BY order_id").format(
+            sql.Identifier(schema, "order_mails")
+        ),
+    )
+    orders = query(
+        url,
+        sql.SQL("SELECT order_id FROM {}").format(sql.Identifier(schema, "order_summaries")),
+    )
+    # Exactly one mail per order in the log (an order whose command failed with the
+    # outage may have been written all the same: the log is the truth).
+    assert dict(mails) == dict.fromkeys((o for (o,) in orders), 1)
+    assert set(writer.placed) <= {o for (o,) in orders}
+    assert query(
+        url, sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, "dead_letters"))
+    ) == [(0,)]
 
 
 def settled(url: str, schema: str, pool: psycopg_pool.ConnectionPool, timeout: float = 60) -> None:
@@ -367,8 +390,7 @@ def test_a_worker_process_holds_the_connections_status_gives(
                 assert time.monotonic() < deadline, f"held {seen[-5:]}, status says {figure}"
                 time.sleep(0.1)
         finally:
-            workers.send_signal(signal.SIGTERM)
-            workers.wait(60)
+            stop_workers(workers)
     reactions = len(app.reactions)
     consumers = len(app.projections) + reactions
     # The figure docs/scaling.md gives: 1 + consumers + pool + (2 x reactions + 2).
