@@ -136,10 +136,32 @@ def rebuild(
         # connection keeps holding the "one rebuild at a time" lock meanwhile.
         thread = threading.Thread(target=_run_until_caught_up, args=(follower, stop))
         thread.start()
-        thread.join()
-        if stop.is_set():
-            raise RebuildError(f"rebuild of {projection.name!r} interrupted; nothing was swapped")
-        position = _swap(conn, follower, projection, schema, partitions)
+        try:
+            while thread.is_alive():  # in slices: Ctrl-C reaches the main thread
+                thread.join(0.2)
+            if stop.is_set():
+                raise RebuildError(
+                    f"rebuild of {projection.name!r} interrupted; nothing was swapped, and "
+                    "its copy and position were dropped"
+                )
+            position = _swap(conn, follower, projection, schema, partitions)
+        except BaseException:
+            # Interrupted (Ctrl-C, stop) or failed before the swap committed: leave nothing
+            # behind, neither the copy's tables nor its tracking row and dead letters.
+            stop.set()
+            thread.join()
+            try:
+                _discard_leftovers(conn, schema, projection)
+            except psycopg.Error as e:
+                logger.warning(
+                    "rebuild of %s stopped; could not drop its copy (%s): the next rebuild "
+                    "of it drops it first",
+                    projection.name,
+                    e,
+                )
+            else:
+                logger.info("rebuild of %s stopped; dropped its copy", projection.name)
+            raise
         drop_tables(conn, schema, projection, OLD_SUFFIX)
     logger.info("rebuilt %s up to %s and swapped it in", projection.name, position)
     return RebuildResult(

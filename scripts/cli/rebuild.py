@@ -9,13 +9,14 @@ from typing import Any
 
 from eventkit.bootstrap import tune_gc
 from eventkit.cli.common import app_of, count, describe_app, settings_of
+from eventkit.cli.progress import Completion, Pacer, progress_bar
 from eventkit.infrastructure.errors import ConfigurationError
 from eventkit.infrastructure.factory import existing_pool, mapper_for
 from eventkit.infrastructure.recorder import PostgresEventRecorder
 from eventkit.infrastructure.settings import Settings
 from eventkit.projections.follower import BatchReport
 from eventkit.projections.projection import Projection
-from eventkit.projections.rebuild import rebuild
+from eventkit.projections.rebuild import REBUILD_SUFFIX, rebuild
 from eventkit.runner import default_worker_id
 
 
@@ -37,43 +38,6 @@ def register(commands: Any, parents: list[argparse.ArgumentParser], app_spec: st
         help="follow the rebuilt view in P partitions (any number: merge or split)",
     )
     parser.set_defaults(run=_rebuild)
-
-
-class Progress:
-    """A progress bar with rate and ETA on a terminal; a plain line every 2 s otherwise."""
-
-    def __init__(self, total: int, stream: Any = None) -> None:
-        self.total = max(total, 1)
-        # sys.stdout when called, not when this module was imported (a test's captured
-        # stream, closed since, for the next test that imported it).
-        stream = sys.stdout if stream is None else stream
-        self.stream = stream
-        self.done = 0
-        self.started = time.monotonic()
-        self.last_line = 0.0
-        self.is_tty = bool(getattr(stream, "isatty", lambda: False)())
-
-    def __call__(self, report: BatchReport) -> None:
-        self.done += report.applied + report.parked
-        elapsed = max(time.monotonic() - self.started, 1e-6)
-        rate = self.done / elapsed
-        eta = max(self.total - self.done, 0) / rate if rate else 0.0
-        share = min(self.done / self.total, 1.0)
-        text = (
-            f"{self.done:,}/{self.total:,} events ({share:.0%}) {rate:,.0f} events/s "
-            f"ETA {eta:.0f} s"
-        )
-        if self.is_tty:
-            bar = "#" * int(share * 30)
-            self.stream.write(f"\r[{bar:<30}] {text}")
-            self.stream.flush()
-        elif time.monotonic() - self.last_line >= 2.0:
-            self.last_line = time.monotonic()
-            print(f"rebuild {report.consumer}: {text}", file=self.stream, flush=True)
-
-    def finish(self) -> None:
-        if self.is_tty:
-            self.stream.write("\n")
 
 
 def _rebuild(args: argparse.Namespace) -> int:
@@ -104,19 +68,43 @@ def run_rebuild(
             f'SELECT count(*) FROM "{settings.schema}".stored_events WHERE topic = ANY(%s)',
             (projection.topics(),),
         ).fetchone()
-    progress = Progress(int(row[0]) if row else 0)
-    result = rebuild(
-        projection,
-        url=url,
-        schema=settings.schema,
-        recorder=recorder,
-        mapper=mapper_for(pool, settings.schema, settings),
-        worker_id=f"rebuild:{default_worker_id()}",
-        batch_size=batch_size,
-        on_batch=progress,
-        partitions=partitions,
-    )
-    progress.finish()
+    total = int(row[0]) if row else 0
+    label = f"rebuild {projection.name}"
+    started = time.monotonic()
+    done = 0
+    # Off a terminal (a CI log, a file) no bar: a plain line every 2 s, then every 10 s.
+    pacer = Pacer(2.0, 10.0, 10) if not sys.stdout.isatty() else None
+
+    with progress_bar(label, total, "events") as advance:
+
+        def on_batch(report: BatchReport) -> None:
+            nonlocal done
+            done += report.applied + report.parked
+            advance(done)
+            if pacer is not None and pacer.is_due():
+                completion = Completion(done, total, time.monotonic() - started)
+                print(f"{label}: {done:,}/{total:,} events, {completion.describe('events')}")
+
+        try:
+            result = rebuild(
+                projection,
+                url=url,
+                schema=settings.schema,
+                recorder=recorder,
+                mapper=mapper_for(pool, settings.schema, settings),
+                worker_id=f"rebuild:{default_worker_id()}",
+                batch_size=batch_size,
+                on_batch=on_batch,
+                partitions=partitions,
+            )
+        except KeyboardInterrupt:
+            print(
+                f"eventkit: {label} interrupted: nothing was swapped, and its copy "
+                f"({', '.join(t.name + REBUILD_SUFFIX for t in projection.tables)}) and its "
+                "position were dropped; the live view is untouched",
+                file=sys.stderr,
+            )
+            raise
     rate = (result.applied + result.parked) / result.seconds if result.seconds else 0.0
     print(
         f"rebuilt {result.projection}: {result.applied:,} events applied, {result.parked} parked, "

@@ -14,10 +14,10 @@ import psycopg_pool
 import pytest
 from psycopg import sql
 
+from eventkit.cli.progress import Completion
 from eventkit.infrastructure.settings import Settings
 from eventkit.shop.demo import main
 from eventkit.shop.demo.ending import show_ending
-from eventkit.shop.demo.progress import Completion
 
 
 def test_the_demo_shows_lag_draining_read_models_and_a_poison_order_retried(
@@ -53,7 +53,7 @@ def test_the_demo_shows_lag_draining_read_models_and_a_poison_order_retried(
             "workers stopped",
             f"the demo wrote into schema {schema}",
             f"EVENTKIT_SCHEMA={schema} eventkit status",
-            f'psql "$(eventkit db url)" -c \'SELECT topic, state FROM {schema}.',
+            f'psql "$(eventkit db url --show-password)" -c \'SELECT topic, state FROM {schema}.',
             f"schema {schema} dropped (--drop-schema)",
         ]:
             assert expected in out, f"{expected!r} not in:\n{out}"
@@ -129,7 +129,7 @@ def test_on_a_terminal_log_lines_print_above_the_progress_bar_not_over_it() -> N
     code = """
         import logging
         from eventkit.cli import logs
-        from eventkit.shop.demo.progress import progress_bar
+        from eventkit.cli.progress import progress_bar
 
         logs.configure(logging.INFO, "text")
         with progress_bar("orders", 40, "orders") as advance:

@@ -34,7 +34,7 @@ def show_ending(
         " reactions' orders: this catches them up (Ctrl-C to stop)"
     )
     query = f"SELECT topic, state FROM {schema}.stored_events_json LIMIT 5"
-    print(f"  psql \"$(eventkit db url)\" -c '{query}'")
+    print(f"  psql \"$(eventkit db url --show-password)\" -c '{query}'")
     if settings.database_url:
         print("  (with DATABASE_URL set as it was for the demo)")
     else:
@@ -75,7 +75,7 @@ def _activate() -> str:
 
 
 def _drop_command(schema: str) -> str:
-    return f"psql \"$(eventkit db url)\" -c 'DROP SCHEMA {schema} CASCADE'"
+    return f"psql \"$(eventkit db url --show-password)\" -c 'DROP SCHEMA {schema} CASCADE'"
 
 
 def _is_interactive() -> bool:

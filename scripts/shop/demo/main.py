@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 import psycopg_pool
 
 from eventkit.bootstrap import settings_with
+from eventkit.cli.progress import Completion, Pacer, progress_bar
 from eventkit.cli.status import render
 from eventkit.infrastructure.factory import application_env, shared_pool
 from eventkit.infrastructure.settings import Settings, redact
@@ -33,7 +34,6 @@ from eventkit.shop.demo.deadletters import (
 )
 from eventkit.shop.demo.ending import show_ending, show_interrupted
 from eventkit.shop.demo.metrics import print_metrics
-from eventkit.shop.demo.progress import Completion, Pacer, progress_bar
 from eventkit.shop.demo.projections import (
     LagMonitor,
     drain,

@@ -16,6 +16,7 @@ from uuid import UUID
 
 import psycopg_pool
 
+from eventkit.cli.progress import Pacer
 from eventkit.infrastructure.log import Position
 from eventkit.infrastructure.recorder import PostgresEventRecorder
 from eventkit.projections.follower import Follower
@@ -23,7 +24,6 @@ from eventkit.projections.projection import Projection
 from eventkit.projections.status import ConsumerStatus, consumer_status
 from eventkit.runner import run_until
 from eventkit.shop.demo.deadletters import DEMO_RETRY, CustomerLedger
-from eventkit.shop.demo.progress import Pacer
 from eventkit.shop.demo.workload import Tally
 
 

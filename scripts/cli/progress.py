@@ -1,6 +1,7 @@
-"""Progress of the workload: orders done of the total, the rate, and the time left.
+"""Progress of long operations (a rebuild, the demo's workload): items done of the total,
+the rate, and the time left.
 
-On a terminal, a rich progress bar stays below the lines the demo prints, and log records
+On a terminal, a rich progress bar stays below the lines the command prints, and log records
 go through rich's logging handler, which prints them above the bar instead of over it.
 Elsewhere (tests, CI logs) there is no bar: the lag lines the demo prints every few
 seconds carry the same figures as plain text (:meth:`Completion.describe`).
