@@ -154,9 +154,14 @@ class Monitor:
                 continue
             self._consumer_gauges(put, "projection", s)
             problems += self._judge("projection", s.consumer, s.lag_seconds, s.state, s.detail)
-        followers = {s.consumer: s for s in consumer_status(self.pool, self.schema, self.reactions)}
+        statuses = consumer_status(self.pool, self.schema, self.reactions)
+        followers = {s.consumer: s for s in statuses}
         for r in reaction_status(
-            self.pool, self.schema, self.reactions, postgres_broker=self.postgres_broker
+            self.pool,
+            self.schema,
+            self.reactions,
+            postgres_broker=self.postgres_broker,
+            followers=statuses,
         ):
             self._consumer_gauges(put, "reaction", followers[r.reaction])
             for state, count in (

@@ -320,9 +320,12 @@ def reaction_status(
     reactions: Sequence[type[Consumer]],
     *,
     postgres_broker: bool = True,
+    followers: Sequence[ConsumerStatus] | None = None,
 ) -> list[ReactionStatus]:
-    """The status of each reaction in ``reactions``."""
-    followers = {s.consumer: s for s in consumer_status(pool, schema, reactions)}
+    """The status of each reaction in ``reactions`` (``followers``: their followers'
+    :func:`consumer_status`, when the caller has it already)."""
+    found_followers = consumer_status(pool, schema, reactions) if followers is None else followers
+    by_name = {s.consumer: s for s in found_followers}
     queues: dict[str, str] = {}
     for r in reactions:
         queues[queue_name(schema, r.name)] = r.name
@@ -369,7 +372,7 @@ def reaction_status(
         }
     result = []
     for r in reactions:
-        f = followers[r.name]
+        f = by_name[r.name]
         queued, in_flight, retrying = queue.get(r.name, (0, 0, 0))
         result.append(
             ReactionStatus(
