@@ -332,6 +332,7 @@ class Follower:
                     self.detach(conn)
                     return
             except (psycopg.Error, PersistenceError) as e:
+                self.beat.connecting()  # the connection is gone: waiting for the database
                 self._close_reader()
                 if isinstance(e, LeaseLostError):
                     self.lease = None

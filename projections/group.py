@@ -232,6 +232,7 @@ class WorkerGroup:
                 if stop.wait(self.heartbeat_s):
                     return
             except Exception as e:
+                beat.connecting()  # the connection is gone: waiting for the database
                 metrics.ERRORS.labels("group", "", type(e).__name__).inc()
                 if stop.is_set():
                     return
@@ -418,6 +419,7 @@ class WorkerGroup:
                         self._forget(consumer, k)
                     return
             except Exception as e:
+                beat.connecting()  # the connection is gone: waiting for the database
                 metrics.ERRORS.labels("group", consumer.name, type(e).__name__).inc()
                 if stop.is_set():
                     for k in list(followers):
