@@ -8,7 +8,7 @@ import logging
 import threading
 from typing import Any
 
-from eventkit.cli.common import app_of, describe_app, settings_of
+from eventkit.cli.common import app_of, describe_app, port, seconds, settings_of
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ def register(commands: Any, parents: list[argparse.ArgumentParser], app_spec: st
         "visible (and alerting) when every worker is down or frozen. " + describe_app(app_spec),
     )
     parser.add_argument(
-        "--port", type=int, default=9188, help="the metrics port (default %(default)s)"
+        "--port", type=port, default=9188, help="the metrics port (default %(default)s)"
     )
     parser.add_argument(
         "--host",
@@ -36,7 +36,7 @@ def register(commands: Any, parents: list[argparse.ArgumentParser], app_spec: st
     )
     parser.add_argument(
         "--interval",
-        type=float,
+        type=seconds,
         default=5.0,
         metavar="SECONDS",
         help="how often it reads the database (default %(default)s)",

@@ -91,7 +91,7 @@ def register(commands: Any, parents: list[argparse.ArgumentParser], app_spec: st
     )
     parser.add_argument(
         "--stall-after",
-        type=float,
+        type=seconds,
         default=WorkerOptions.stall_s,
         metavar="SECONDS",
         help="/healthz turns red when a loop of the process has not turned for this long "
