@@ -54,7 +54,12 @@ def test_ctrl_c_on_a_rebuild_drops_its_copy_and_says_so(
         )
         proc = subprocess.Popen(
             [sys.executable, "-m", "eventkit.cli", "rebuild", "order_summaries"],
-            env={**os.environ, "DATABASE_URL": database_url, "EVENTKIT_SCHEMA": schema},
+            env={
+                **os.environ,
+                "DATABASE_URL": database_url,
+                "EVENTKIT_SCHEMA": schema,
+                "PYTHONFAULTHANDLER": "1",  # SIGABRT below prints every thread's stack
+            },
             cwd=ROOT,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
@@ -77,7 +82,13 @@ def test_ctrl_c_on_a_rebuild_drops_its_copy_and_says_so(
             time.sleep(0.05)
         assert leftovers(pool, schema)[0] > 0  # its copy exists while it waits
         proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=60)
+        try:
+            _, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            # Say where it hangs: faulthandler prints each thread's stack on SIGABRT.
+            proc.send_signal(signal.SIGABRT)
+            out, err = proc.communicate(timeout=30)
+            raise AssertionError(f"the rebuild did not stop after SIGINT:\n{out}\n{err}") from None
     finally:
         holder.rollback()
         holder.close()
