@@ -7,7 +7,7 @@ import argparse
 from typing import Any
 
 from eventkit.cli.common import app_of, confirm, describe_app
-from eventkit.cli.reset import move
+from eventkit.cli.reset import add_follow, move
 from eventkit.infrastructure.errors import ConfigurationError, UsageError
 from eventkit.infrastructure.log import Position, StartFrom
 from eventkit.projections.reaction import Reaction
@@ -36,6 +36,7 @@ def register(commands: Any, parents: list[argparse.ArgumentParser], app_spec: st
         help="TRANSACTION_ID/NOTIFICATION_ID of the first event to send again, or 0 for all",
     )
     replay.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    add_follow(replay)
     replay.set_defaults(run=_replay)
 
 

@@ -44,7 +44,19 @@ def register(commands: Any, parents: list[argparse.ArgumentParser], app_spec: st
         help="before the first event recorded at or after TIME (ISO 8601 with its offset)",
     )
     parser.add_argument("--execute", action="store_true", help="move (default: a dry run)")
+    add_follow(parser)
     parser.set_defaults(run=_run)
+
+
+def add_follow(parser: argparse.ArgumentParser) -> None:
+    """``--follow``: after the move, show the running workers catching up."""
+    parser.add_argument(
+        "--follow",
+        action="store_true",
+        help="after the move, show a progress bar (events, rate, ETA) while the running "
+        "workers catch up, until the lag is 0 or Ctrl-C; it never starts workers (run "
+        "eventkit workers), and says so when none runs NAME",
+    )
 
 
 def target(args: argparse.Namespace) -> StartFrom:
@@ -69,7 +81,8 @@ def target(args: argparse.Namespace) -> StartFrom:
 
 
 def move(args: argparse.Namespace, start: StartFrom, *, execute: bool) -> int:
-    """Print the move of ``args.name`` to ``start``, and carry it out when ``execute``."""
+    """Print the move of ``args.name`` to ``start``, and carry it out when ``execute``;
+    then, with ``--follow``, show its workers catching up."""
     consumer = app_of(args).consumer(args.name)
     settings = settings_of(args)
     pool, _ = existing_pool(settings)
@@ -81,11 +94,16 @@ def move(args: argparse.Namespace, start: StartFrom, *, execute: bool) -> int:
             print("dry run: nothing moved; add --execute to move")
             return 0
         moving.execute(conn, settings.schema, consumer, plan)
-    print(
-        f"moved {plan.kind} {plan.consumer}: its workers follow from the new position at "
-        "their next heartbeat"
-    )
-    return 0
+        print(
+            f"moved {plan.kind} {plan.consumer}: its workers follow from the new position at "
+            "their next heartbeat",
+            flush=True,
+        )
+    if not getattr(args, "follow", False):
+        return 0
+    from eventkit.cli.follow import follow
+
+    return follow(pool, settings.schema, consumer)
 
 
 def _run(args: argparse.Namespace) -> int:
