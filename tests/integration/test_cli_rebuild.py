@@ -16,6 +16,7 @@ from psycopg import sql
 
 from eventkit.projections.projection import create_tables, table_identifiers
 from eventkit.projections.shop.order_summaries import OrderSummaries
+from tests.integration.signals_support import ctrl_c_reaches_children
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -52,20 +53,21 @@ def test_ctrl_c_on_a_rebuild_drops_its_copy_and_says_so(
         holder.execute(
             sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(sql.SQL(", ").join(live))
         )
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "eventkit.cli", "rebuild", "order_summaries"],
-            env={
-                **os.environ,
-                "DATABASE_URL": database_url,
-                "EVENTKIT_SCHEMA": schema,
-                "PYTHONFAULTHANDLER": "1",  # SIGABRT below prints every thread's stack
-            },
-            cwd=ROOT,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        with ctrl_c_reaches_children():
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "eventkit.cli", "rebuild", "order_summaries"],
+                env={
+                    **os.environ,
+                    "DATABASE_URL": database_url,
+                    "EVENTKIT_SCHEMA": schema,
+                    "PYTHONFAULTHANDLER": "1",  # SIGABRT below prints every thread's stack
+                },
+                cwd=ROOT,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
         deadline = time.monotonic() + 60
         while True:
             with pool.connection() as conn:

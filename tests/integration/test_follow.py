@@ -20,6 +20,7 @@ from eventkit.loading import load_app
 from eventkit.runner import Workers
 from tests.integration.projection_support import settings_for, stock_up
 from tests.integration.reaction_support import place
+from tests.integration.signals_support import ctrl_c_reaches_children
 
 RESET = ["reset", "order_summaries", "--to-origin", "--execute", "--follow"]
 NO_WORKER = "eventkit: no live worker runs order_summaries"
@@ -29,14 +30,15 @@ NO_WORKER = "eventkit: no live worker runs order_summaries"
 def following(database_url: str, schema: str) -> Iterator[subprocess.Popen[str]]:
     """``eventkit reset order_summaries --to-origin --execute --follow`` running, once it
     has moved the projection and said that no worker runs it (none does yet)."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "eventkit.cli", *RESET],
-        env={**os.environ, "DATABASE_URL": database_url, "EVENTKIT_SCHEMA": schema},
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    with ctrl_c_reaches_children():
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "eventkit.cli", *RESET],
+            env={**os.environ, "DATABASE_URL": database_url, "EVENTKIT_SCHEMA": schema},
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
     try:
         assert proc.stderr is not None
         first = proc.stderr.readline()  # blocks until the line, or the end of the process
@@ -45,7 +47,7 @@ def following(database_url: str, schema: str) -> Iterator[subprocess.Popen[str]]
     finally:
         if proc.poll() is None:
             proc.kill()
-            proc.wait()
+        proc.communicate()  # closes the pipes
 
 
 def summary_events(pool: psycopg_pool.ConnectionPool, schema: str) -> int:
