@@ -377,7 +377,13 @@ def test_a_deadlock_with_a_writer_of_the_same_streams_is_a_plain_conflict(
         except BaseException as e:
             outcome.append(e)
 
-    with psycopg.connect(database_url, autocommit=True) as other:
+    # The watcher has its own session: within the other writer's open transaction,
+    # pg_stat_activity is read once and cached until that transaction ends, so polling there
+    # never sees a wait that begins after the first poll.
+    with (
+        psycopg.connect(database_url, autocommit=True) as other,
+        psycopg.connect(database_url, autocommit=True) as watcher,
+    ):
         # This session must not be the deadlock's victim: ours detects it first.
         other.execute("SET deadlock_timeout = '60s'")
         other.execute("BEGIN")
@@ -392,7 +398,7 @@ def test_a_deadlock_with_a_writer_of_the_same_streams_is_a_plain_conflict(
         # long to get there; the deadline only stops a test that would hang.
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and writer.is_alive():
-            row = other.execute(waiting, (f"%{schema}%",)).fetchone()
+            row = watcher.execute(waiting, (f"%{schema}%",)).fetchone()
             if row is not None and row[0] > 0:
                 break
             time.sleep(0.01)
