@@ -108,6 +108,10 @@ class BatchReport:
     parked: int
     position: Position
     notifications: Sequence[LoggedNotification]
+    #: When the read that returned these events came back (``time.time()``): the batch's
+    #: time from commit to read is the log's (the writers' commits, the horizon, the poll),
+    #: from read to report the follower's own (decoding, handlers, the view's commit).
+    read_at: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -239,6 +243,8 @@ class _Item:
 class _Read:
     scan: Scan
     items: list[_Item]
+    #: When the scan came back (``time.time()``), for :class:`BatchReport`.
+    at: float
 
 
 class Follower:
@@ -272,6 +278,7 @@ class Follower:
         self._renewed_at = 0.0
         self._reader: ThreadPoolExecutor | None = None
         self._ahead: tuple[Position, Future[_Read]] | None = None
+        self._read_at = 0.0  # the batch in hand's read (BatchReport.read_at)
         # Only this partition's owner parks letters of its streams when the key is the
         # stream; with other keys, other partitions park letters of the same streams.
         self._own_letters = partition.whole or partition.key == "stream"
@@ -492,6 +499,7 @@ class Follower:
         with self.beat.waiting():  # a read through the pool: the database's time
             read = self._take(self._ahead)
         self._ahead = None
+        self._read_at = read.at
         scan = read.scan
         batch_size = self.options.batch_size
         if scan.count < batch_size:
@@ -522,6 +530,7 @@ class Follower:
             read = self._read(self.position)
             if read.scan.last is None:
                 return self.position
+            self._read_at = read.at
             self._process(conn, read.items, read.scan.last, threading.Event(), TRY_ONCE)
 
     # -- reading ----------------------------------------------------------------------------
@@ -534,8 +543,9 @@ class Follower:
 
     def _read(self, after: Position) -> _Read:
         scan = self.recorder.scan(after, self.options.batch_size, self.topics, self.partition)
+        at = time.time()
         contains = self.partition.contains
-        return _Read(scan, [self._decode(n) for n in scan.notifications if contains(n)])
+        return _Read(scan, [self._decode(n) for n in scan.notifications if contains(n)], at)
 
     def _take(self, ahead: tuple[Position, Future[_Read]] | None) -> _Read:
         """The batch read ahead if it starts where this follower is now, else a fresh read.
@@ -694,7 +704,8 @@ class Follower:
             self._measure(items)
         on_batch = self.options.on_batch
         if on_batch is not None and items:
-            on_batch(BatchReport(self.name, applied, parked, to, [i.notification for i in items]))
+            notifications = [i.notification for i in items]
+            on_batch(BatchReport(self.name, applied, parked, to, notifications, self._read_at))
 
     def _flush(self, conn: psycopg.Connection[Any], context: Context, last: int) -> None:
         """Send the statements the batch's handlers queued."""

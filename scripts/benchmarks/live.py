@@ -163,7 +163,9 @@ def run(args: argparse.Namespace) -> int:
         "(eventkit: recorded_at; eventsourcing: writer's save() returned); '>=': events\n"
         f"still unprocessed {DRAIN_S:g} s after the writers stopped count with their latency "
         "so far; kept up: all processed by then;\nproj CPU %: the projection's process "
-        "in the window, % of one CPU (the writers are processes of their own)"
+        "in the window, % of one CPU (the writers are processes of their own);\n"
+        "to read / read-view p99 (eventkit): the latency's two parts, recorded_at to the "
+        "follower's read that returned the event, and that read to the view's commit"
     )
     for note in notes:
         print(note)
@@ -242,6 +244,7 @@ def _eventkit(url: str, schema: str) -> Running:
             applied.ids.append(n.id)
             applied.applied_at.append(now)
             applied.committed_at.append(n.recorded_at.timestamp())
+            applied.read_at.append(report.read_at)
 
     follower = Follower(
         StreamCounts.name,

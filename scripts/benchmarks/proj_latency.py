@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from array import array
 from bisect import bisect_left, bisect_right
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from eventkit.benchmarks.proj_systems import EVENTKIT
 from eventkit.benchmarks.proj_writers import Saved
@@ -40,6 +40,12 @@ class LiveResult:
     #: CPU time of the projection's process in the window, in % of one CPU: the writers
     #: are processes of their own, so this is the projection's alone (None: not measured).
     projection_cpu_pct: float | None = None
+    #: eventkit's latency in two parts, p99 of each (None: not measured): from the event's
+    #: ``recorded_at`` to the follower's read that returned it (the writer's commit, the
+    #: log's horizon, the poll) and from that read to the view's commit (the follower's
+    #: own work: read-ahead, decoding, handlers, the commit).
+    to_read_p99_ms: float | None = None
+    read_to_view_p99_ms: float | None = None
     suite: str = "live"
 
 
@@ -48,12 +54,14 @@ class Applied:
     """Which notifications the projection committed, and when (``time.time()``).
 
     ``committed_at`` is the event's own commit time where the projection knows it
-    (eventkit's ``recorded_at``), else empty.
+    (eventkit's ``recorded_at``), else empty; ``read_at`` when the follower's read returned
+    it (eventkit's :attr:`~projections.follower.BatchReport.read_at`), else empty.
     """
 
     ids: array[int]
     applied_at: array[float]
     committed_at: array[float]
+    read_at: array[float] = field(default_factory=lambda: array("d"))
 
 
 def summarise(
@@ -74,6 +82,9 @@ def summarise(
     # What the projection committed after the drain (while stopping) counts as unprocessed.
     applied_at = {i: at for i, at in zip(applied.ids, applied.applied_at, strict=True) if at <= end}
     committed_at = dict(zip(applied.ids, applied.committed_at, strict=False))
+    read_at = dict(zip(applied.ids, applied.read_at, strict=False))
+    to_read: list[float] = []
+    read_to_view: list[float] = []
     latencies: list[float] = []
     writer_clock: list[float] = []
     unprocessed = 0
@@ -93,6 +104,10 @@ def summarise(
                     continue
                 latencies.append(done - committed_at.get(i, at))
                 writer_clock.append(done - at)
+                read = read_at.get(i)
+                if read is not None and i in committed_at:
+                    to_read.append((read - committed_at[i]) * 1000)
+                    read_to_view.append((done - read) * 1000)
     if not latencies:
         raise ValueError(f"{system} at {rate}/s: no save completed in the measuring window")
     missing = written_ids - applied_at.keys()
@@ -119,6 +134,8 @@ def summarise(
         latency_clock="recorded_at" if system == EVENTKIT else "writer",
         writers=writers,
         batch=batch,
+        to_read_p99_ms=percentile(to_read, 99) if to_read else None,
+        read_to_view_p99_ms=percentile(read_to_view, 99) if read_to_view else None,
     )
     note = None
     if system == EVENTKIT and writer_clock:
@@ -147,6 +164,8 @@ def table(results: list[LiveResult]) -> str:
         "drain s",
         "unprocessed",
         "proj CPU %",
+        "to read p99",
+        "read-view p99",
     ]
     rows = [
         [
@@ -163,6 +182,8 @@ def table(results: list[LiveResult]) -> str:
             "-" if r.drain_s is None else f"{r.drain_s:.2f}",
             f"{r.unprocessed:,}",
             "-" if r.projection_cpu_pct is None else f"{r.projection_cpu_pct:.0f}",
+            "-" if r.to_read_p99_ms is None else format_ms(r.to_read_p99_ms),
+            "-" if r.read_to_view_p99_ms is None else format_ms(r.read_to_view_p99_ms),
         ]
         for r in results
     ]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from uuid import uuid4
 
@@ -18,6 +20,7 @@ from eventkit.domain.shop.orders import Order
 from eventkit.infrastructure.deadletters import DeadLetters
 from eventkit.infrastructure.errors import EventkitError
 from eventkit.infrastructure.log import LoggedNotification
+from eventkit.projections.follower import BatchReport
 from eventkit.projections.projection import (
     Context,
     Projection,
@@ -27,6 +30,7 @@ from eventkit.projections.projection import (
 )
 from tests.integration.projection_support import (
     SKUS,
+    OrderHistory,
     dump,
     make_follower,
     running,
@@ -254,3 +258,29 @@ def test_a_failed_row_count_check_in_a_batch_parks_exactly_its_event(
     assert (letter.originator_id, letter.topic) == (ghost, EVENT_TYPES.name(Order.Paid))
     assert letter.error_class == "LookupError"
     assert f"order {ghost} was never placed" in (letter.error or "")
+
+
+def test_each_batch_report_says_when_its_events_were_read(
+    app_env: dict[str, str], database_url: str, schema: str, pool: psycopg_pool.ConnectionPool
+) -> None:
+    """``BatchReport.read_at`` splits an event's latency into the log's part (commit to
+    read) and the follower's (read to the view's commit): it lies between the two."""
+    shop = Shop(env=app_env)
+    stock_up(shop)
+    line = (OrderLineRequest(sku=SKUS[0], quantity=1),)
+    for customer in ("c1", "c2", "c3"):
+        shop.place_order(PlaceOrder(customer_id=customer, lines=line))
+    reports: list[tuple[float, BatchReport]] = []
+    follower = make_follower(OrderHistory(), settings_for(database_url, schema), batch_size=2)
+    follower.options = replace(
+        follower.options, on_batch=lambda report: reports.append((time.time(), report))
+    )
+    with running(follower):
+        wait_until_caught_up(pool, schema, OrderHistory.name)
+    assert len(reports) >= 2  # batches of 2 events: more than one read
+    seen = []
+    for reported_at, report in reports:
+        for n in report.notifications:
+            assert n.recorded_at.timestamp() <= report.read_at <= reported_at, (n, report)
+            seen.append(n.originator_id)
+    assert sorted(map(str, seen)) == sorted(str(r[0]) for r in dump(pool, schema, "order_history"))
