@@ -15,12 +15,18 @@ hand-over, the broker, the actor loading and decoding the event, the ledger tran
   server, one clock. *kept up* says every event's reaction ran within 10 s of the writer
   stopping; reactions/s is the reactions executed over the time from the first save until
   then.
+
+Each row also gives ``cpu us/msg``: the CPU time (user and system, from ``/proc``) that the
+worker processes used over the row's window (the first process runs the follower too),
+divided by the messages executed. CPU time is what a loaded machine distorts least: a
+process that waits for a CPU uses none meanwhile.
 """
 
 from __future__ import annotations
 
 import argparse
 import multiprocessing
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -34,6 +40,7 @@ from psycopg import sql
 
 from eventkit.benchmarks.aggregates import Account, open_account
 from eventkit.benchmarks.report import format_ms, format_rate, format_table, write_json
+from eventkit.benchmarks.server_cpu import process_cpu_s
 from eventkit.bootstrap import tune_gc
 from eventkit.domain.application import Application
 from eventkit.infrastructure.broker import BrokerKind, reachable
@@ -77,6 +84,8 @@ class ReactionResult:
     max_ms: float | None
     kept_up: bool
     seconds: float
+    #: CPU microseconds of the worker processes per message executed (None off Linux).
+    cpu_us_per_msg: float | None = None
 
 
 def register(benchmarks: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -156,8 +165,9 @@ def _serve(schema: str, kind: str, broker_url: str | None, stop: Any) -> None:
 
 
 @contextmanager
-def _more_processes(settings: Settings, kind: BrokerKind, count: int) -> Iterator[None]:
-    """``count`` more worker processes for the duration of the block."""
+def _more_processes(settings: Settings, kind: BrokerKind, count: int) -> Iterator[list[int]]:
+    """``count`` more worker processes for the duration of the block; yields the pids of
+    all the worker processes, this one first."""
     context = multiprocessing.get_context("spawn")
     stop = context.Event()
     processes = [
@@ -169,7 +179,7 @@ def _more_processes(settings: Settings, kind: BrokerKind, count: int) -> Iterato
     for p in processes:
         p.start()
     try:
-        yield
+        yield [os.getpid(), *(p.pid for p in processes if p.pid is not None)]
     finally:
         stop.set()
         for p in processes:
@@ -200,10 +210,11 @@ def _throughput(
     try:
         for _ in range(events // STREAM_EVENTS):
             app.save(open_account(STREAM_EVENTS))
-        with _more_processes(settings, kind, processes - 1):
+        with _more_processes(settings, kind, processes - 1) as pids:
             time.sleep(3.0 if processes > 1 else 0)  # the other processes start
             stop = threading.Event()
             thread = threading.Thread(target=runtime.run, args=(stop,), daemon=True)
+            cpu_from = process_cpu_s(pids)
             started = time.perf_counter()
             thread.start()
             deadline = started + 300
@@ -212,6 +223,7 @@ def _throughput(
                 time.sleep(0.05)
                 done = _executed(settings)
             elapsed = time.perf_counter() - started
+            cpu_us = _cpu_us_per_msg(cpu_from, process_cpu_s(pids), done)
             stop.set()
             thread.join(60)
     finally:
@@ -230,7 +242,14 @@ def _throughput(
         max_ms=None,
         kept_up=done >= events,
         seconds=round(elapsed, 2),
+        cpu_us_per_msg=cpu_us,
     )
+
+
+def _cpu_us_per_msg(before: float | None, after: float | None, messages: int) -> float | None:
+    if before is None or after is None or messages == 0:
+        return None
+    return round((after - before) / messages * 1e6, 1)
 
 
 def _latency(
@@ -238,9 +257,11 @@ def _latency(
 ) -> ReactionResult:
     settings, runtime, _ = _setup(kind, broker_url)
     try:
-        with _more_processes(settings, kind, processes - 1):
+        with _more_processes(settings, kind, processes - 1) as pids:
             time.sleep(3.0 if processes > 1 else 0)  # the other processes start
-            row, saved, offered, done, elapsed = _offer(settings, runtime, rate, seconds)
+            row, saved, offered, done, elapsed, cpu_us = _offer(
+                settings, runtime, rate, seconds, pids
+            )
     finally:
         _drop(settings)
     p50, p95, p99 = (float(v) for v in row[0])
@@ -258,6 +279,7 @@ def _latency(
         max_ms=round(float(row[1]), 2),
         kept_up=done >= saved,
         seconds=seconds,
+        cpu_us_per_msg=cpu_us,
     )
 
 
@@ -286,11 +308,11 @@ def _write_paced(
 
 
 def _offer(
-    settings: Settings, runtime: ReactionRuntime, rate: float, seconds: float
-) -> tuple[Any, int, float, int, float]:
+    settings: Settings, runtime: ReactionRuntime, rate: float, seconds: float, pids: list[int]
+) -> tuple[Any, int, float, int, float, float | None]:
     """Save at ``rate`` events/s for ``seconds`` while the reaction runs; drain; read the
     latencies. Returns (percentiles row, saved, offered/s, executed, seconds from the first
-    save until drained)."""
+    save until drained, CPU us of the worker processes ``pids`` per message meanwhile)."""
     pool, _ = shared_pool(settings)
     stop = threading.Event()
     thread = threading.Thread(target=runtime.run, args=(stop,), daemon=True)
@@ -303,6 +325,7 @@ def _offer(
     writer = context.Process(
         target=_write_paced, args=(settings.schema, settings.database_url, rate, seconds, results)
     )
+    cpu_from = process_cpu_s(pids)
     started = time.perf_counter()
     writer.start()
     saved, offered = results.get(timeout=seconds + 120)
@@ -312,6 +335,7 @@ def _offer(
         time.sleep(0.05)
     done = _executed(settings)
     elapsed = time.perf_counter() - started  # from the first save until drained
+    cpu_us = _cpu_us_per_msg(cpu_from, process_cpu_s(pids), done)
     stop.set()
     thread.join(60)
     with pool.connection() as conn:
@@ -326,7 +350,7 @@ def _offer(
             )
         ).fetchone()
     assert row is not None
-    return row, saved, offered, done, elapsed
+    return row, saved, offered, done, elapsed, cpu_us
 
 
 def _table(results: list[ReactionResult]) -> str:
@@ -346,6 +370,7 @@ def _table(results: list[ReactionResult]) -> str:
             "p99",
             "max",
             "kept up",
+            "cpu us/msg",
         ],
         [
             [
@@ -360,6 +385,7 @@ def _table(results: list[ReactionResult]) -> str:
                 ms(r.p99_ms),
                 ms(r.max_ms),
                 "yes" if r.kept_up else "NO",
+                "-" if r.cpu_us_per_msg is None else f"{r.cpu_us_per_msg:.0f}",
             ]
             for r in results
         ],

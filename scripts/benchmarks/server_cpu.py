@@ -11,6 +11,7 @@ connection was replaced gives no figure. Linux only; a remote server gives no pr
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +85,18 @@ class ServerCpu:
 
 def _connect(url: str) -> psycopg.Connection[Any]:
     return psycopg.connect(url, autocommit=True, application_name="eventkit-bench-probe")
+
+
+def process_cpu_s(pids: Iterable[int]) -> float | None:
+    """CPU seconds (user + system) used so far by the processes ``pids`` together; ``None``
+    when one of them cannot be read (gone, or not Linux)."""
+    total = 0
+    for pid in pids:
+        stat = _read_stat(pid)
+        if stat is None:
+            return None
+        total += stat[2]
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def _read_stat(pid: int) -> tuple[str, int, int] | None:
