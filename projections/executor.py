@@ -419,8 +419,10 @@ class ReactionExecutor:
                 HANDLER_TIME_LIMITS.run(
                     type(self.reaction).time_limit_ms / 1000,
                     lambda: handler(self.reaction, event, context),
-                    what=f"reaction {self.name!r} on stream {m.stream} version {m.version} "
-                    f"(message {m.message_id}, attempt {m.attempt})",
+                    what=lambda: (
+                        f"reaction {self.name!r} on stream {m.stream} version "
+                        f"{m.version} (message {m.message_id}, attempt {m.attempt})"
+                    ),
                 )
                 recording.commit(context)
             except _RecordedElsewhere:
@@ -691,7 +693,8 @@ def declare_actor(broker: dramatiq.Broker, schema: str, executor: ReactionExecut
     dramatiq's own retry limit is off (``max_retries=None``): the executor counts tries and
     parks the message after the reaction's last one, so a message is never dropped by the
     broker. Backoff (exponential, with jitter) is dramatiq's, with the reaction's bounds.
-    dramatiq's time limit is off as well (an infinite one): the executor limits the
+    dramatiq's time limit is not among the broker's middleware
+    (:func:`~eventkit.infrastructure.broker.reaction_middleware`): the executor limits the
     handler alone to the reaction's ``time_limit_ms`` (:mod:`projections.timelimits`),
     where dramatiq's, were its timer started, could interrupt the record's ``COMMIT``.
     """
@@ -706,5 +709,4 @@ def declare_actor(broker: dramatiq.Broker, schema: str, executor: ReactionExecut
         max_retries=None,
         min_backoff=r.min_backoff_ms,
         max_backoff=r.max_backoff_ms,
-        time_limit=float("inf"),
     )(executor)

@@ -58,3 +58,17 @@ def test_no_interruption_outlives_its_call() -> None:
             limits.run(0.02, lambda: busy(0.02), what="borderline")
     # Nothing was left pending for this thread: code after the calls runs undisturbed.
     assert busy(0.2) == "finished"
+
+
+def test_a_description_given_as_a_function_is_made_only_for_a_call_past_its_limit() -> None:
+    described: list[str] = []
+
+    def what() -> str:
+        described.append("made")
+        return "lazy"
+
+    assert TimeLimits().run(5.0, lambda: "done", what=what) == "done"
+    assert described == []
+    with pytest.raises(TimeLimitExceededError, match=r"^lazy ran past its time limit"):
+        TimeLimits(interval_s=0.01).run(0.2, lambda: busy(30), what=what)
+    assert described == ["made"]
