@@ -9,7 +9,10 @@ The server is private to the user that runs it: ``.eventkit`` (the data, the log
 socket) is mode 0700, the data folder too, and a socket that must live elsewhere (a path
 too long for a unix socket) is in a 0700 folder of its own. Local connections are trusted,
 which only that user (and root) can make, since only they can reach the socket; TCP is
-off, and refused by ``pg_hba.conf`` should it be turned on.
+off, and refused by ``pg_hba.conf`` should it be turned on. Replication connections over
+the socket are trusted the same way (initdb's ``local replication all trust``): the tests
+and the catch-up bench start a hot standby from the server with ``pg_basebackup``
+(``eventkit.testing.standby``).
 
 PostgreSQL refuses to run as root. Under root the server runs as the owner of an existing
 data folder, else as the owner of the project's folder when that is not root, and only

@@ -33,11 +33,15 @@ from eventsourcing.persistence import (
 from eventsourcing.utils import Environment, EnvType, resolve_topic
 
 from eventkit.infrastructure.database import create_pool, resolve_database_url
-from eventkit.infrastructure.errors import ConfigurationError, UnsupportedFollowerError
+from eventkit.infrastructure.errors import (
+    ConfigurationError,
+    SchemaNotReadyError,
+    UnsupportedFollowerError,
+)
 from eventkit.infrastructure.migrations import migrate as migrate_schema
 from eventkit.infrastructure.migrations import require_current
 from eventkit.infrastructure.recorder import PostgresEventRecorder
-from eventkit.infrastructure.settings import Settings
+from eventkit.infrastructure.settings import Settings, redact
 from eventkit.infrastructure.snapshots import PostgresSnapshotRecorder
 from eventkit.infrastructure.subjects import shared_subject_keys
 from eventkit.infrastructure.transcoding import PydanticJSONTranscoder, PydanticMapper
@@ -82,6 +86,39 @@ def shared_pool(
                     require_current(conn, settings.schema)
             _ready.add((url, settings.schema))
     return pool, url
+
+
+def read_pool(settings: Settings) -> psycopg_pool.ConnectionPool | None:
+    """The process's pool on ``EVENTKIT_READ_URL`` (a streaming replica of the database),
+    where followers read the log; None when it is unset. Never migrates (a standby is
+    read-only): its schema must be current, which it is once the primary's migrations have
+    replayed there; an error names the read URL (redacted)."""
+    url = settings.read_url
+    if url is None:
+        return None
+    key = (url, settings.prepared_statements)
+    with _lock:
+        pool = _pools.get(key)
+        if pool is None or pool.closed:
+            pool = create_pool(url, settings, name="eventkit-read")
+            _pools[key] = pool
+        if (url, settings.schema) not in _ready:
+            with pool.connection() as conn:
+                try:
+                    require_current(conn, settings.schema)
+                except SchemaNotReadyError as e:
+                    raise SchemaNotReadyError(
+                        f"EVENTKIT_READ_URL ({redact(url)}), where followers read the log: {e}"
+                    ) from None
+            _ready.add((url, settings.schema))
+    return pool
+
+
+def read_recorder(settings: Settings) -> PostgresEventRecorder | None:
+    """A recorder that reads the log on ``EVENTKIT_READ_URL`` (followers' scans), or None
+    when it is unset: followers then read through the primary's recorder."""
+    pool = read_pool(settings)
+    return None if pool is None else PostgresEventRecorder(pool, settings.schema)
 
 
 def existing_pool(settings: Settings) -> tuple[psycopg_pool.ConnectionPool, str]:

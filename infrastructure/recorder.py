@@ -683,6 +683,28 @@ class PostgresEventRecorder(ApplicationRecorder):
         """The position of the last notification a reader can see now."""
         return self._last(settled=True, what="reading the head of the notification log")
 
+    def replay_lag(self) -> float | None:
+        """How far the server this recorder reads is behind its primary, in seconds: a
+        hot standby's replay lag (0 once it has replayed all the WAL it received; the age
+        of the last transaction it replayed otherwise, by its own clock); None when the
+        server is not a standby. What ``eventkit status`` shows for a consumer whose
+        followers read a standby (``EVENTKIT_READ_URL``)."""
+
+        def read() -> float | None:
+            with self.pool.connection() as conn:
+                row = conn.execute(
+                    "SELECT pg_is_in_recovery(), CASE"
+                    " WHEN pg_last_wal_receive_lsn() IS NOT DISTINCT FROM pg_last_wal_replay_lsn()"
+                    " THEN 0.0"
+                    " ELSE extract(epoch FROM clock_timestamp() - pg_last_xact_replay_timestamp())"
+                    "::float8 END"
+                ).fetchone()
+            if row is None or not row[0]:
+                return None
+            return max(0.0, float(row[1] or 0.0))
+
+        return self._retry(read, what="reading the standby's replay lag")
+
     def last_recorded(self) -> Position | None:
         """The log position of the last event committed so far, settled or not.
 

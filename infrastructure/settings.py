@@ -91,6 +91,12 @@ class Settings:
     #: not exist"). A reason that waiting cannot change (no such database or role, a wrong
     #: password) fails at once.
     connect_timeout_s: float = 5.0
+    #: Where followers read the log (``EVENTKIT_READ_URL``): a streaming replica (hot
+    #: standby) of ``database_url``, so that catch-up reads leave the primary's CPU and I/O
+    #: to the writers; views, positions, leases and ledgers are still written on the
+    #: primary. None: followers read the primary (see docs/scaling.md, "Followers on a
+    #: standby").
+    read_url: str | None = None
 
     def __post_init__(self) -> None:
         if not _SCHEMA_NAME.match(self.schema):
@@ -133,6 +139,7 @@ class Settings:
         "EVENTKIT_GROUP_COMMIT",
         "EVENTKIT_WRITE_TIMEOUT",
         "EVENTKIT_CONNECT_TIMEOUT",
+        "EVENTKIT_READ_URL",
     )
 
     @classmethod
@@ -154,6 +161,7 @@ class Settings:
             group_commit=_flag(env, "EVENTKIT_GROUP_COMMIT", True),
             write_timeout_s=_float(env, "EVENTKIT_WRITE_TIMEOUT", 5.0),
             connect_timeout_s=_float(env, "EVENTKIT_CONNECT_TIMEOUT", 5.0),
+            read_url=env.get("EVENTKIT_READ_URL") or None,
         )
 
     @property
@@ -206,13 +214,14 @@ _KEYWORD_PASSWORD = re.compile(
     r"(\bpassword\s*=\s*)(?:'(?:[^'\\]|\\.)*'|[^\s&'\"]+)", re.IGNORECASE
 )
 #: Environment variables whose values (or whose URLs' passwords) are secrets.
-_SECRET_ENV = ("PGPASSWORD", "DATABASE_URL", "BROKER_URL")
+_SECRET_ENV = ("PGPASSWORD", "DATABASE_URL", "BROKER_URL", "EVENTKIT_READ_URL")
 
 
 def secrets(env: Mapping[str, str] | None = None) -> frozenset[str]:
     """The passwords eventkit's environment holds: ``PGPASSWORD`` and those inside
-    ``DATABASE_URL`` and ``BROKER_URL`` (URL or keyword form), for :func:`redact` to remove
-    wherever they appear, even where no ``password=`` precedes them."""
+    ``DATABASE_URL``, ``BROKER_URL`` and ``EVENTKIT_READ_URL`` (URL or keyword form), for
+    :func:`redact` to remove wherever they appear, even where no ``password=`` precedes
+    them."""
     env = os.environ if env is None else env
     return _secrets(tuple(env.get(name) or "" for name in _SECRET_ENV))
 

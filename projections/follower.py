@@ -14,7 +14,8 @@ projection's handlers writing its view, or a reaction's messages going to the br
   on a first run, where the consumer's ``start_from`` says. A position an operator moved
   (``eventkit reset``) is adopted at the next heartbeat.
 - **reading**: the recorder's gap-safe scan (:meth:`PostgresEventRecorder.scan`), filtered
-  to the consumer's event types and partition; while catching up, the next batch is read
+  to the consumer's event types and partition, on the primary or on a streaming replica
+  (``FollowerOptions.reader``, ``EVENTKIT_READ_URL``); while catching up, the next batch is read
   and decoded by a reader thread while the current one is applied; when nothing is new,
   an adaptive poll (:class:`Idle`), woken early by a writer's ``NOTIFY`` when enabled.
 - **the batch loop**: as much of a batch as possible per transaction; a failing event is
@@ -121,7 +122,8 @@ class FollowerOptions:
 
     #: The database (each follower opens its own connection: see :func:`connect`).
     url: str
-    #: Reads the log (through its pool, from the follower's reader thread too).
+    #: The primary's recorder: positions are initialised and dead letters read through
+    #: it, and a rebuild's last stretch reads the log through it, under its locks.
     recorder: PostgresEventRecorder
     #: This process's id in the worker group: leases and state rows name it.
     worker_id: str
@@ -139,6 +141,11 @@ class FollowerOptions:
     on_batch: Callable[[BatchReport], None] | None = None
     #: OpenTelemetry spans for the events applied (``EVENTKIT_TRACING``).
     tracing: bool = False
+    #: Where the follower's scans read the log (through its pool, from the follower's
+    #: reader thread too): a streaming replica's recorder (``EVENTKIT_READ_URL``), or None
+    #: for ``recorder``'s. The log's horizon is gap-safe on a hot standby as on the primary
+    #: (docs/architecture.md); a read the standby cancels is retried as a lost connection.
+    reader: PostgresEventRecorder | None = None
 
     @property
     def schema(self) -> str:
@@ -260,6 +267,8 @@ class Follower:
         self.options = options
         self.kind = applier.kind
         self.recorder = options.recorder
+        #: Where this follower's scans read the log: a replica's recorder, or the primary's.
+        self.reader = options.reader or options.recorder
         self.leases = Leases(options.schema, options.lease_ttl_s)
         self.tracking = Tracking(options.schema)
         self.dead_letters = DeadLetters(options.schema)
@@ -527,7 +536,9 @@ class Follower:
         self._close_reader()
         self.position = self.tracking.position(conn, self.name, self.partition.index)
         while True:
-            read = self._read(self.position)
+            # From the primary, whatever the follower read from before: its locks hold
+            # the writers there, and only the primary has every event they committed.
+            read = self._read(self.position, self.recorder)
             if read.scan.last is None:
                 return self.position
             self._read_at = read.at
@@ -541,8 +552,10 @@ class Follower:
             self._reader.shutdown(wait=True, cancel_futures=True)
             self._reader = None
 
-    def _read(self, after: Position) -> _Read:
-        scan = self.recorder.scan(after, self.options.batch_size, self.topics, self.partition)
+    def _read(self, after: Position, recorder: PostgresEventRecorder | None = None) -> _Read:
+        scan = (recorder or self.reader).scan(
+            after, self.options.batch_size, self.topics, self.partition
+        )
         at = time.time()
         contains = self.partition.contains
         return _Read(scan, [self._decode(n) for n in scan.notifications if contains(n)], at)
@@ -1012,8 +1025,17 @@ class Follower:
         self, conn: psycopg.Connection[Any], state: str, detail: str | None = None
     ) -> None:
         """Record what this partition's follower is doing (``eventkit status``); also its
-        heartbeat there."""
+        heartbeat there. A follower that reads a standby says so, with the standby's replay
+        lag (read there once a heartbeat: a standby that fails is this loop's failure, as a
+        failed scan is)."""
         self._heartbeat_at = time.monotonic()
+        if detail is None and self.reader is not self.recorder and state != "stopped":
+            lag = self.reader.replay_lag()
+            detail = (
+                "reads the log from a standby, replay lag unknown: that server is not in recovery"
+                if lag is None
+                else f"reads the log from a standby, replay lag {lag:.2f} s"
+            )
         conn.execute(
             f'INSERT INTO "{self.options.schema}".consumer_workers '
             "(consumer, partition, state, worker_id, heartbeat_at, detail) "

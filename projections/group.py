@@ -459,7 +459,8 @@ class WorkerGroup:
             head = None
             if quiet and followers:
                 with state.beat.waiting():
-                    head = next(iter(followers.values())).recorder.head()
+                    # Where the followers read: a replica's head, when they read one.
+                    head = next(iter(followers.values())).reader.head()
             if seen is not None and head == seen and time.monotonic() - rounds_at < IDLE_ROUND_S:
                 # Idle: one look at the log's head instead of a read per partition; every
                 # partition still turns twice a second (dead letters to retry, its state).

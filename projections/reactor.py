@@ -37,7 +37,7 @@ from eventkit.infrastructure.broker import (
 )
 from eventkit.infrastructure.deadletters import DeadLetter, DeadLetters, Selector
 from eventkit.infrastructure.errors import EventkitError
-from eventkit.infrastructure.factory import mapper_for, shared_pool
+from eventkit.infrastructure.factory import mapper_for, read_recorder, shared_pool
 from eventkit.infrastructure.log import LoggedNotification
 from eventkit.infrastructure.partitions import Partition
 from eventkit.infrastructure.recorder import PostgresEventRecorder
@@ -152,7 +152,10 @@ class ReactionRuntime:
         relay_threads: int = 4,
         lease_ttl_s: float = 5.0,
         durable_commits: bool = False,
+        reader: PostgresEventRecorder | None = None,
     ) -> None:
+        """``reader``: where the followers read the log (a replica's recorder), when not
+        through ``recorder``."""
         names = [r.name for r in reactions]
         if len(set(names)) != len(names):
             raise EventkitError(f"two reactions share a name: {names}")
@@ -187,6 +190,7 @@ class ReactionRuntime:
             poll=poll or PollPolicy(),
             lease_ttl_s=lease_ttl_s,
             notify_channel=notify_channel,
+            reader=reader,
         )
 
         def maker(reaction: type[Reaction]) -> Callable[[int, int], Follower]:
@@ -282,4 +286,5 @@ def reaction_runtime(
         notify_channel=settings.notify_channel,
         follow=follow,
         durable_commits=durable_commits,
+        reader=read_recorder(settings),
     )

@@ -87,9 +87,12 @@ def rebuild(
     on_batch: Callable[[BatchReport], None] | None = None,
     stop: threading.Event | None = None,
     partitions: int | None = None,
+    reader: PostgresEventRecorder | None = None,
 ) -> RebuildResult:
     """Build ``projection`` anew from the start of the log and swap it in (see module doc);
-    with ``partitions``, the swapped-in view is followed in that many partitions."""
+    with ``partitions``, the swapped-in view is followed in that many partitions. With
+    ``reader`` (a streaming replica's recorder) the catch-up reads the log there, then
+    the replica's lag from ``recorder``, and the swap's last stretch from ``recorder``."""
     if partitions is not None:
         Partition(projection.partition_key, partitions)  # refuse a bad number up front
     import time
@@ -130,6 +133,7 @@ def rebuild(
                 poll=PollPolicy(min_interval_s=0.001, max_interval_s=0.01, lease_wait_s=0.05),
                 state="rebuilding",
                 on_batch=count,
+                reader=reader,
             ),
         )
         # The rebuild's follower takes its own lease on its own connection; this
@@ -170,6 +174,16 @@ def rebuild(
 
 
 def _run_until_caught_up(follower: Follower, stop: threading.Event) -> None:
+    _follow_until_caught_up(follower, stop)
+    if follower.reader is not follower.recorder and not stop.is_set():
+        # Caught up with the replica: read what it has not replayed yet from the primary,
+        # before the swap's locks, so that the locked stretch stays short.
+        follower.reader = follower.recorder
+        follower.caught_up.clear()
+        _follow_until_caught_up(follower, stop)
+
+
+def _follow_until_caught_up(follower: Follower, stop: threading.Event) -> None:
     inner = threading.Event()
 
     def watch() -> None:

@@ -32,11 +32,11 @@ from eventkit.infrastructure.broker import (
     broker_kind,
 )
 from eventkit.infrastructure.errors import ConfigurationError
-from eventkit.infrastructure.factory import mapper_for, shared_pool
+from eventkit.infrastructure.factory import mapper_for, read_recorder, shared_pool
 from eventkit.infrastructure.logfields import set_process_field
 from eventkit.infrastructure.partitions import Partition
 from eventkit.infrastructure.recorder import PostgresEventRecorder
-from eventkit.infrastructure.settings import Settings
+from eventkit.infrastructure.settings import Settings, redact
 from eventkit.projections.app import App, Runtime
 from eventkit.projections.applier import ProjectionApplier
 from eventkit.projections.follower import (
@@ -71,13 +71,15 @@ def follower_options(
     durable_commits: bool = False,
 ) -> FollowerOptions:
     """How this process's followers follow the log of ``settings``' database: they read
-    it through the process's pool."""
+    it through the process's pool, or through a pool on ``EVENTKIT_READ_URL`` (a
+    streaming replica) when that is set."""
     pool, url = shared_pool(settings)
     return FollowerOptions(
         url=url,
         recorder=PostgresEventRecorder(
             pool, settings.schema, notify_channel=settings.notify_channel
         ),
+        reader=read_recorder(settings),
         worker_id=worker_id,
         batch_size=batch_size,
         retry=retry or RetryPolicy(),
@@ -298,6 +300,13 @@ class Workers:
             broker_kind(self.settings.broker_url).value,
             self.settings.schema,
         )
+        if self.settings.read_url is not None:
+            logger.info(
+                "worker %s: followers read the log from %s (EVENTKIT_READ_URL); views, "
+                "positions and leases are written on the database",
+                self.worker_id,
+                redact(self.settings.read_url),
+            )
         self._threads = [threading.Thread(target=group.run, args=(self._stop,), name="group")]
         if runtime is not None:
             self._threads.append(

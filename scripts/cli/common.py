@@ -44,7 +44,8 @@ def describe_app(spec: str | None) -> str:
 
 def settings_of(args: argparse.Namespace) -> Settings:
     """eventkit's settings for the command: the environment's, with the global flags
-    ``--database-url`` and ``--schema`` over ``DATABASE_URL`` and ``EVENTKIT_SCHEMA``."""
+    ``--database-url`` and ``--schema`` over ``DATABASE_URL`` and ``EVENTKIT_SCHEMA``, and
+    a command's ``--read-url`` over ``EVENTKIT_READ_URL``."""
     import os
 
     overrides = {
@@ -52,6 +53,7 @@ def settings_of(args: argparse.Namespace) -> Settings:
         for name, value in (
             ("DATABASE_URL", getattr(args, "database_url", None)),
             ("EVENTKIT_SCHEMA", getattr(args, "schema", None)),
+            ("EVENTKIT_READ_URL", getattr(args, "read_url", None)),
         )
         if value is not None
     }

@@ -11,7 +11,7 @@ from eventkit.bootstrap import tune_gc
 from eventkit.cli.common import app_of, count, describe_app, settings_of
 from eventkit.cli.progress import Completion, Pacer, progress_bar
 from eventkit.infrastructure.errors import ConfigurationError
-from eventkit.infrastructure.factory import existing_pool, mapper_for
+from eventkit.infrastructure.factory import existing_pool, mapper_for, read_recorder
 from eventkit.infrastructure.recorder import PostgresEventRecorder
 from eventkit.infrastructure.settings import Settings
 from eventkit.projections.follower import BatchReport
@@ -36,6 +36,13 @@ def register(commands: Any, parents: list[argparse.ArgumentParser], app_spec: st
         type=count,
         metavar="P",
         help="follow the rebuilt view in P partitions (any number: merge or split)",
+    )
+    parser.add_argument(
+        "--read-url",
+        metavar="URL",
+        help="read the log for the catch-up from this streaming replica of the database "
+        "(default: EVENTKIT_READ_URL, else the database itself); the last stretch, under "
+        "the swap's locks, is read from the database",
     )
     parser.set_defaults(run=_rebuild)
 
@@ -96,6 +103,7 @@ def run_rebuild(
                 batch_size=batch_size,
                 on_batch=on_batch,
                 partitions=partitions,
+                reader=read_recorder(settings),
             )
         except KeyboardInterrupt:
             print(

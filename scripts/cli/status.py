@@ -74,7 +74,7 @@ def render(rows: list[ConsumerStatus]) -> str:
     lines = [header] + [
         (
             r.consumer,
-            r.state + (f" ({r.detail})" if r.detail and r.state != "running" else ""),
+            r.state + (f" ({r.detail})" if r.detail else ""),
             r.position,
             r.head or "-",
             str(r.lag_events),

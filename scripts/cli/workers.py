@@ -32,6 +32,13 @@ def register(commands: Any, parents: list[argparse.ArgumentParser], app_spec: st
         help="this worker's id in the group that shares out partitions (default: HOST:PID)",
     )
     parser.add_argument(
+        "--read-url",
+        metavar="URL",
+        help="read the log from this streaming replica (hot standby) of the database; views, "
+        "positions, leases and ledgers are still written on the database "
+        "(default: EVENTKIT_READ_URL, else the database itself)",
+    )
+    parser.add_argument(
         "--lease-ttl",
         type=seconds,
         default=5.0,

@@ -15,7 +15,7 @@ import random
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 from uuid import UUID, uuid4
@@ -279,29 +279,40 @@ STEPS = st.lists(
 )
 
 
-@settings(
-    max_examples=60,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
-@given(steps=STEPS)
-# Always tried besides the random ones: the classic skip (a transaction that appended
-# first commits after a later one was read), the same through COPY and partial reads, and
-# a rolled-back transaction's gap.
-@example(steps=[(0, "append", 1), (1, "append", 1), (1, "commit", 1), (2, "read", 40)])
-@example(
-    steps=[
+#: Always tried besides the random ones: the classic skip (a transaction that appended
+#: first commits after a later one was read), the same through COPY and partial reads, and
+#: a rolled-back transaction's gap.
+EXAMPLES: list[list[tuple[int, str, int]]] = [
+    [(0, "append", 1), (1, "append", 1), (1, "commit", 1), (2, "read", 40)],
+    [
         (0, "append", 40),
         (1, "append", 2),
         (1, "commit", 1),
         (3, "read", 1),
         (0, "commit", 1),
         (3, "read", 40),
-    ]
-)
-@example(
-    steps=[(0, "append", 1), (1, "append", 1), (0, "rollback", 1), (1, "commit", 1), (2, "read", 3)]
-)
+    ],
+    [(0, "append", 1), (1, "append", 1), (0, "rollback", 1), (1, "commit", 1), (2, "read", 3)],
+]
+
+
+def interleavings(max_examples: int) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Run a test taking ``steps`` on ``max_examples`` random interleavings and the
+    :data:`EXAMPLES`."""
+
+    def decorate(test: Callable[..., None]) -> Callable[..., None]:
+        for steps in reversed(EXAMPLES):
+            test = example(steps=steps)(test)
+        return settings(
+            max_examples=max_examples,
+            deadline=None,
+            suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+        )(given(steps=STEPS)(test))
+
+    return decorate
+
+
+@interleavings(max_examples=60)
 @pytest.mark.parametrize("horizon", HORIZONS)
 def test_random_interleavings_are_seen_exactly_once_in_stream_order(
     pool: psycopg_pool.ConnectionPool,
@@ -313,8 +324,24 @@ def test_random_interleavings_are_seen_exactly_once_in_stream_order(
 ) -> None:
     monkeypatch.setattr(recorder_module, "HORIZON_FUNCTION", horizon)
     recorder = PostgresEventRecorder(pool, schema)
-    follower = Follower(recorder)
-    follower.position = recorder.head() or Position.ORIGIN
+    check_interleaving(steps, recorder, recorder, database_url)
+
+
+def check_interleaving(
+    steps: list[tuple[int, str, int]],
+    recorder: PostgresEventRecorder,
+    reader: PostgresEventRecorder,
+    database_url: str,
+    *,
+    before_read: Callable[[], None] = lambda: None,
+) -> None:
+    """Run ``steps`` with four writers appending through ``recorder`` in transactions of
+    their own, a follower reading through ``reader`` (the same server, or a standby of it:
+    ``before_read`` waits for its replay); then check that the follower saw every committed
+    event once, none other, in per-stream order."""
+    follower = Follower(reader)
+    before_read()
+    follower.position = reader.head() or Position.ORIGIN
     connections = [psycopg.connect(database_url, autocommit=False) for _ in range(4)]
     streams = [uuid4() for _ in range(4)]  # one stream per writer: appends never block
     committed_version = [0] * 4
@@ -338,6 +365,7 @@ def test_random_interleavings_are_seen_exactly_once_in_stream_order(
                 conn.rollback()
                 pending[writer] = []
             else:
+                before_read()
                 follower.limit = size
                 follower.poll()
         for writer, conn in enumerate(connections):
@@ -374,6 +402,18 @@ def test_concurrent_writers_and_a_tailing_follower(
     """Eight writers append single events and batches for a while; a follower tails the log."""
     monkeypatch.setattr(recorder_module, "HORIZON_FUNCTION", horizon)
     recorder = PostgresEventRecorder(pool, schema)
+    check_concurrent_writers(recorder, recorder)
+
+
+def check_concurrent_writers(
+    recorder: PostgresEventRecorder,
+    reader: PostgresEventRecorder,
+    *,
+    before_drain: Callable[[], None] = lambda: None,
+) -> None:
+    """Eight writers append through ``recorder`` for 2 s while a follower tails the log
+    through ``reader`` (the same server, or a standby: ``before_drain`` waits for its
+    replay); every stream is then seen whole, in order."""
     stop = threading.Event()
     written: dict[UUID, int] = defaultdict(int)
     lock = threading.Lock()
@@ -396,7 +436,7 @@ def test_concurrent_writers_and_a_tailing_follower(
         except BaseException as e:  # pragma: no cover - reported below
             errors.append(e)
 
-    follower = Follower(recorder, limit=500)
+    follower = Follower(reader, limit=500)
     writers = [threading.Thread(target=write, args=(i,)) for i in range(8)]
     for t in writers:
         t.start()
@@ -406,6 +446,7 @@ def test_concurrent_writers_and_a_tailing_follower(
     stop.set()
     for t in writers:
         t.join()
+    before_drain()
     follower.drain(expect=sum(written.values()))
 
     assert errors == []

@@ -26,6 +26,7 @@ NOT_DEFAULT = {
     "EVENTKIT_GROUP_COMMIT": "off",
     "EVENTKIT_WRITE_TIMEOUT": "2.5",
     "EVENTKIT_CONNECT_TIMEOUT": "3.5",
+    "EVENTKIT_READ_URL": "postgresql://u@standby/db",
 }
 
 
@@ -121,3 +122,11 @@ def test_the_embedded_servers_home_is_the_projects_folder_never_the_package(
     monkeypatch.chdir(service / "src")
     assert Settings.from_env({}).home == service / ".eventkit"
     assert Settings.from_env({"EVENTKIT_HOME": str(tmp_path / "x")}).home == tmp_path / "x"
+
+
+def test_the_read_urls_password_is_redacted_wherever_it_appears() -> None:
+    """EVENTKIT_READ_URL holds a password as DATABASE_URL does: it never reaches an output,
+    in the URL or alone (an error that quotes it without ``password=``)."""
+    env = {"EVENTKIT_READ_URL": "postgresql://reader:r3plica-pw@standby:5432/shop"}
+    assert redact(env["EVENTKIT_READ_URL"], env) == "postgresql://reader:***@standby:5432/shop"
+    assert redact("authentication failed: r3plica-pw", env) == "authentication failed: ***"
