@@ -27,6 +27,7 @@ target); projected/s the events the projection committed in the window, per seco
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import threading
 import time
@@ -61,6 +62,7 @@ from eventkit.benchmarks.proj_systems import (
 )
 from eventkit.benchmarks.proj_writers import Pace, Writers
 from eventkit.benchmarks.report import format_rate, write_json
+from eventkit.benchmarks.server_cpu import ServerCpu, machine_busy_s, process_cpu_s
 from eventkit.benchmarks.systems import drop_schemas
 from eventkit.bootstrap import tune_gc
 from eventkit.infrastructure.database import resolve_database_url
@@ -164,6 +166,8 @@ def run(args: argparse.Namespace) -> int:
         f"still unprocessed {DRAIN_S:g} s after the writers stopped count with their latency "
         "so far; kept up: all processed by then;\nproj CPU %: the projection's process "
         "in the window, % of one CPU (the writers are processes of their own);\n"
+        "writers / server / machine CPU %: the writer processes, every process of the "
+        "PostgreSQL server, and the whole machine (the rest: others' work) in % of one CPU;\n"
         "to read / read-view p99 (eventkit): the latency's two parts, recorded_at to the "
         "follower's read that returned the event, and that read to the view's commit"
     )
@@ -193,14 +197,14 @@ def _measure(
         )
         for i in range(WRITERS)
     ]
-    with run_projection(url, schema) as (applied, count):
+    with run_projection(url, schema) as (applied, count), CpuShares(url, writers) as cpu:
         start_at = writers.start(jobs)
         # The writers are processes of their own: this process's CPU time in the window
         # is the projection's (and this thread's sleeps).
         time.sleep(max(0.0, start_at + timing.warmup_s - time.time()))
-        cpu_from = time.process_time()
+        cpu.begin()
         time.sleep(max(0.0, start_at + timing.warmup_s + timing.duration_s - time.time()))
-        cpu_pct = (time.process_time() - cpu_from) / timing.duration_s * 100
+        shares = cpu.end(timing.duration_s)
         saved = writers.results(timeout_s=timing.warmup_s + timing.duration_s + 120)
         written = sum(s.events for s in saved)
         stopped_at = max((t for s in saved for t in s.saved_at), default=time.time())
@@ -223,10 +227,77 @@ def _measure(
     print(
         f"  {system:<14} target {rate:>6,}/s offered {format_rate(result.offered_per_s):>6}/s "
         f"p99 {format_latency(result, result.p99_ms):>9} ms  kept up: {yes_no(result.kept_up)}"
-        f"  projection CPU {cpu_pct:.0f}%",
+        f"  projection CPU {_pct(shares.projection)}, writers {_pct(shares.writers)}, "
+        f"server {_pct(shares.server)}, machine {_pct(shares.machine)}",
         file=sys.stderr,
     )
-    return replace(result, projection_cpu_pct=cpu_pct), note
+    result = replace(
+        result,
+        projection_cpu_pct=shares.projection,
+        writers_cpu_pct=shares.writers,
+        server_cpu_pct=shares.server,
+        machine_cpu_pct=shares.machine,
+    )
+    return result, note
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}%"
+
+
+@dataclass(frozen=True)
+class Shares:
+    """CPU used in a window by each party, in % of one CPU (None: not measurable here)."""
+
+    projection: float
+    writers: float | None
+    server: float | None
+    machine: float | None
+
+
+class CpuShares:
+    """Where the machine's CPUs go while a rate is measured: the projection (this
+    process), the writer processes, the PostgreSQL server, and the whole machine (the rest
+    is other work on it: on a shared machine, what the run competed with)."""
+
+    def __init__(self, url: str, writers: Writers) -> None:
+        self._server = ServerCpu.find(url)
+        self._writers = writers.pids
+        self._from: tuple[float, float | None, dict[int, int] | None, float | None] | None = None
+
+    def _sample(self) -> tuple[float, float | None, dict[int, int] | None, float | None]:
+        server = self._server.sample() if self._server is not None else None
+        return (time.process_time(), process_cpu_s(self._writers), server, machine_busy_s())
+
+    def begin(self) -> None:
+        self._from = self._sample()
+
+    def end(self, duration_s: float) -> Shares:
+        if self._from is None:
+            raise LiveError("CpuShares.end() before begin()")
+        (p0, w0, s0, m0), (p1, w1, s1, m1) = self._from, self._sample()
+
+        def pct(seconds: float | None) -> float | None:
+            return None if seconds is None else seconds / duration_s * 100
+
+        server = None
+        if s0 is not None and s1 is not None and self._server is not None:
+            # Every process of the server, backends that started in the window included.
+            ticks = sum(t - s0.get(pid, 0) for pid, t in s1.items())
+            server = ticks / os.sysconf("SC_CLK_TCK")
+        return Shares(
+            projection=(p1 - p0) / duration_s * 100,
+            writers=pct(None if w0 is None or w1 is None else w1 - w0),
+            server=pct(server),
+            machine=pct(None if m0 is None or m1 is None else m1 - m0),
+        )
+
+    def __enter__(self) -> CpuShares:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._server is not None:
+            self._server.close()
 
 
 #: A running projection: what it applied so far, and how many events that is.

@@ -46,6 +46,13 @@ class LiveResult:
     #: own work: read-ahead, decoding, handlers, the commit).
     to_read_p99_ms: float | None = None
     read_to_view_p99_ms: float | None = None
+    #: Where the machine's CPUs went in the window, each in % of one CPU (None: not
+    #: measured): the writer processes, the PostgreSQL server (every process of it: the
+    #: writers' and the projection's backends, WAL writer, checkpointer...), and the whole
+    #: machine, so that what others ran on it is the rest.
+    writers_cpu_pct: float | None = None
+    server_cpu_pct: float | None = None
+    machine_cpu_pct: float | None = None
     suite: str = "live"
 
 
@@ -164,6 +171,9 @@ def table(results: list[LiveResult]) -> str:
         "drain s",
         "unprocessed",
         "proj CPU %",
+        "writers CPU %",
+        "server CPU %",
+        "machine CPU %",
         "to read p99",
         "read-view p99",
     ]
@@ -181,7 +191,15 @@ def table(results: list[LiveResult]) -> str:
             yes_no(r.kept_up),
             "-" if r.drain_s is None else f"{r.drain_s:.2f}",
             f"{r.unprocessed:,}",
-            "-" if r.projection_cpu_pct is None else f"{r.projection_cpu_pct:.0f}",
+            *(
+                "-" if v is None else f"{v:.0f}"
+                for v in (
+                    r.projection_cpu_pct,
+                    r.writers_cpu_pct,
+                    r.server_cpu_pct,
+                    r.machine_cpu_pct,
+                )
+            ),
             "-" if r.to_read_p99_ms is None else format_ms(r.to_read_p99_ms),
             "-" if r.read_to_view_p99_ms is None else format_ms(r.read_to_view_p99_ms),
         ]

@@ -168,6 +168,11 @@ class Writers:
     def size(self) -> int:
         return len(self._pipes)
 
+    @property
+    def pids(self) -> list[int]:
+        """The writer processes' ids (their CPU time is theirs alone: :mod:`.server_cpu`)."""
+        return [p.pid for p in self._processes]
+
     def start(self, jobs: list[Load] | list[Pace], lead_s: float = 0.2) -> float:
         """Give one job to each of the first ``len(jobs)`` writers; return when they start.
 

@@ -99,6 +99,17 @@ def process_cpu_s(pids: Iterable[int]) -> float | None:
     return total / os.sysconf("SC_CLK_TCK")
 
 
+def machine_busy_s() -> float | None:
+    """CPU seconds all of this machine's CPUs spent busy so far (``/proc/stat``: every
+    state but idle and I/O wait), ``None`` where unreadable."""
+    try:
+        fields = (_PROC / "stat").read_text().split("\n", 1)[0].split()
+    except OSError:
+        return None
+    ticks = [int(f) for f in fields[1:9]]  # user nice system idle iowait irq softirq steal
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+
+
 def _read_stat(pid: int) -> tuple[str, int, int] | None:
     """A process's command name, parent pid and CPU ticks, or ``None`` when unreadable."""
     try:
