@@ -7,6 +7,8 @@ a slow service or hang. So a message runs in three steps:
 1. **look**: one statement on its own (autocommit) loads the event and asks the
    idempotency ledger whether the message ran already. One that did is acknowledged by
    the same statement (PostgreSQL broker) and skipped: its handler does not run again.
+   With the PostgreSQL broker the claim runs the look for each message it takes
+   (:meth:`ReactionExecutor.claim_look`), and the actor sends nothing here.
 2. **handle**: the handler runs outside any transaction. Its ``context.execute``
    statements are queued; calls to other services carry ``context.idempotency_key``.
 3. **record**: one transaction, sent as one pipeline (one round trip): the message's
@@ -47,7 +49,7 @@ from psycopg import pq, sql
 from psycopg.adapt import Transformer
 
 from eventkit.infrastructure import libpq, metrics
-from eventkit.infrastructure.broker import actor_name, queue_name
+from eventkit.infrastructure.broker import ClaimedMessage, actor_name, queue_name
 from eventkit.infrastructure.deadletters import DeadLetters
 from eventkit.infrastructure.errors import EventDecodingError, EventkitError
 from eventkit.infrastructure.log import LoggedNotification
@@ -266,6 +268,18 @@ class ReactionExecutor:
             load=recorder.notification_query(sql.SQL("$2")),
         )
         self._look: libpq.PreparedStatement | None = None
+        #: The look as the PostgreSQL broker's claim runs it for each message it takes
+        #: (:meth:`claim_look`): the same columns, with the message's id and notification
+        #: id taken from the claimed row (``next``).
+        self._claim_look = sql.SQL(
+            "SELECT EXISTS (SELECT 1 FROM {ledger} WHERE message_id = next.message_id),"
+            " e.* FROM (SELECT 1) one LEFT JOIN ({load}) e ON true"
+        ).format(
+            ledger=ledger,
+            load=recorder.notification_query(
+                sql.SQL("(next.message -> 'kwargs' ->> 'notification_id')::bigint")
+            ),
+        )
         # The claim, first in the record's transaction: the ledger record, with the
         # PostgreSQL broker the acknowledgement, and the commit mode. $1 message id,
         # $2 reaction, $3 notification id, $4 attempt.
@@ -284,6 +298,21 @@ class ReactionExecutor:
         #: The claim, prepared, and the reaction's name as an SQL literal: built on the
         #: first message (both need a connection).
         self._claim: tuple[libpq.PreparedStatement, str] | None = None
+
+    def claim_look(self) -> sql.Composed:
+        """The look, for the PostgreSQL broker's claim to run for each message it takes
+        (:func:`~eventkit.infrastructure.broker.look_on_claim`): the actor then finds the
+        message's row in hand and skips its own look, a round trip per message.
+
+        The ledger is read at the claim, not just before the handler runs; between the two
+        (a few milliseconds in the consumer's buffer and dramatiq's work queue) another
+        delivery of the same message can only be one the broker handed out again because
+        this process looked dead, and then both run the handler, as they would had they
+        overlapped by a little more: at least once, still. Its record fails on the
+        ledger's key and it is acknowledged as a duplicate, so the effects through the
+        context happen once. A claim that finds the message recorded already leaves it to
+        the actor's own look, which acknowledges it."""
+        return self._claim_look
 
     def claim_statement(self, conn: psycopg.Connection[Any]) -> tuple[libpq.PreparedStatement, str]:
         """The claim's prepared statement and the reaction's name as a literal."""
@@ -314,6 +343,7 @@ class ReactionExecutor:
             version=version,
             notification_id=notification_id,
             transaction_id=transaction_id,
+            looked=message.looked if isinstance(message, ClaimedMessage) else None,
         )
 
     def execute(
@@ -325,11 +355,13 @@ class ReactionExecutor:
         version: int,
         notification_id: int,
         transaction_id: int,
+        looked: tuple[Any, ...] | None = None,
     ) -> None:
-        """Run the reaction for one message, or raise to have dramatiq try it again."""
+        """Run the reaction for one message, or raise to have dramatiq try it again.
+        ``looked``: the look's row, when the broker's claim ran it (:meth:`claim_look`)."""
         m = _Message(message_id, attempt, stream, version, notification_id, transaction_id)
         try:
-            n = self._run(m)
+            n = self._run(m, looked)
         except _Unrunnable as bad:
             # Never runnable: parked at once, whatever the try.
             self._park(
@@ -373,14 +405,21 @@ class ReactionExecutor:
         self._m_executed.inc()
         self._m_latency.observe(time.time() - n.recorded_at.timestamp())
 
-    def _run(self, m: _Message) -> LoggedNotification | None:
-        """Look, handle, record: the message's notification, or None for a duplicate."""
+    def _run(self, m: _Message, looked: tuple[Any, ...] | None) -> LoggedNotification | None:
+        """Look (unless the claim did: ``looked``), handle, record: the message's
+        notification, or None for a duplicate."""
         try:
             conn = self.pool.getconn()
         except psycopg_pool.PoolTimeout as e:  # the database is away: not the message's try
             raise _ConnectionLost(e) from e
         try:
-            row = self._look_up(conn, m.message_id, m.notification_id)
+            # A message the claim found recorded already is looked up again: that look
+            # acknowledges it.
+            row = (
+                looked
+                if looked is not None and not looked[0]
+                else self._look_up(conn, m.message_id, m.notification_id)
+            )
             if row[0]:
                 return None
             if row[1] is None:

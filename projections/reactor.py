@@ -32,7 +32,9 @@ from eventkit.infrastructure.broker import (
     OutboxRelay,
     broker_kind,
     create_broker,
+    look_on_claim,
     message_for,
+    queue_name,
     reaction_message,
 )
 from eventkit.infrastructure.deadletters import DeadLetter, DeadLetters, Selector
@@ -181,6 +183,8 @@ class ReactionRuntime:
         }
         for executor in self.executors.values():
             declare_actor(broker, schema, executor)
+            if queue_table is not None:
+                look_on_claim(broker, queue_name(schema, executor.name), executor.claim_look())
 
         options = FollowerOptions(
             url=url,

@@ -6,7 +6,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Iterator
-from typing import ClassVar
+from typing import Any, ClassVar
 from uuid import UUID
 
 import psycopg
@@ -20,10 +20,19 @@ from eventkit.domain.shop.application import Shop
 from eventkit.domain.shop.commands import OrderLineRequest, PlaceOrder
 from eventkit.domain.shop.orders import Order, OrderStatus
 from eventkit.domain.shop.payments import PaymentStatus
-from eventkit.infrastructure.broker import BrokerKind, create_broker, message_id
+from eventkit.infrastructure.broker import (
+    BrokerKind,
+    ClaimedMessage,
+    Handover,
+    create_broker,
+    look_on_claim,
+    message_for,
+    message_id,
+    queue_name,
+)
 from eventkit.infrastructure.deadletters import DeadLetters
 from eventkit.infrastructure.factory import shared_pool
-from eventkit.infrastructure.log import Position
+from eventkit.infrastructure.log import LoggedNotification, Position
 from eventkit.infrastructure.partitions import record_partitions
 from eventkit.infrastructure.recorder import PostgresEventRecorder
 from eventkit.infrastructure.settings import Settings
@@ -84,6 +93,20 @@ def _reset_effects() -> Iterator[None]:
     Effects.broken = set()
 
 
+def first_event(pool: psycopg_pool.ConnectionPool, schema: str, stream: UUID) -> LoggedNotification:
+    """The notification of the first event of ``stream``."""
+    with pool.connection() as conn:
+        found = conn.execute(
+            sql.SQL(
+                "SELECT notification_id FROM {} WHERE originator_id = %s AND originator_version = 1"
+            ).format(sql.Identifier(schema, "stored_events")),
+            (stream,),
+        ).fetchone()
+    assert found is not None
+    [n] = PostgresEventRecorder(pool, schema).notifications([found[0]])
+    return n
+
+
 def ledger_count(pool: psycopg_pool.ConnectionPool, schema: str, reaction: str) -> int:
     return count(pool, schema, "reaction_ledger", f"WHERE reaction = '{reaction}'")
 
@@ -128,15 +151,7 @@ def test_a_redelivered_message_is_skipped_by_the_ledger(
     # The broker delivers the same message again (a worker died after the effect, before
     # its acknowledgement): the ledger holds it, so the handler does not run.
     version = 1
-    with pool.connection() as conn:
-        found = conn.execute(
-            sql.SQL(
-                "SELECT notification_id FROM {} WHERE originator_id = %s AND originator_version = 1"
-            ).format(sql.Identifier(schema, "stored_events")),
-            (order,),
-        ).fetchone()
-    assert found is not None
-    [n] = PostgresEventRecorder(pool, schema).notifications([found[0]])
+    n = first_event(pool, schema, order)
     executor.execute(
         message_id("effects", order, version),
         1,
@@ -727,3 +742,88 @@ def test_messages_claimed_on_a_connection_that_died_are_handed_out_again(
     assert count(pool, schema, "dead_letters") == 0
     assert ledger_count(pool, schema, "effects") == len(orders)
     assert sorted(Effects.calls.values()) == [1] * len(orders)
+
+
+def test_a_message_queued_again_after_it_ran_is_skipped_by_the_claims_look(
+    shop: Shop, pool: psycopg_pool.ConnectionPool, schema: str, react_settings: Settings
+) -> None:
+    """The broker's claim looks the message up in the ledger (and loads its event) for the
+    actor; one recorded already is acknowledged and skipped, its handler not run again."""
+    (order,) = place(shop, 1)
+    runtime = make_runtime([Effects()], react_settings)
+    executor = runtime.executors["effects"]
+    with running_reactions(runtime):
+        wait_for(lambda: count(pool, schema, "effects") == 1, "the first delivery")
+        wait_for(lambda: count(pool, schema, "dramatiq_queue") == 0, "its acknowledgement")
+        n = first_event(pool, schema, order)
+        # Queued again, as a replay or an operator would: the same message id.
+        message = message_for(
+            schema,
+            "effects",
+            stream=order,
+            version=1,
+            notification_id=n.id,
+            transaction_id=n.transaction_id,
+        )
+        with pool.connection() as conn:
+            Handover(BrokerKind.POSTGRES, schema).requeue(conn, [message])
+        wait_for(lambda: executor.counts.duplicates == 1, "the second delivery to be skipped")
+        wait_for(lambda: count(pool, schema, "dramatiq_queue") == 0, "its acknowledgement")
+    assert count(pool, schema, "effects") == 1
+    assert sum(Effects.calls.values()) == 1
+    assert executor.counts.executed == 1
+
+
+def test_a_claim_hands_each_message_out_with_its_queues_look(
+    pool: psycopg_pool.ConnectionPool, schema: str, database_url: str
+) -> None:
+    """look_on_claim: the claim runs the queue's look for each message it takes, in its
+    own statement, and the consumer hands the row out with the message; a queue without
+    a look hands out none."""
+    broker = create_broker(
+        BrokerKind.POSTGRES,
+        database_url=database_url,
+        schema=schema,
+        broker_url=None,
+        options=FAST_BROKER,
+    )
+    looked_queue, plain_queue = queue_name(schema, "looked"), queue_name(schema, "plain")
+    assert look_on_claim(
+        broker,
+        looked_queue,
+        sql.SQL("SELECT next.message_id, (next.message -> 'kwargs' ->> 'version')::int"),
+    )
+    stream = UUID(int=7)
+    messages = {
+        reaction: message_for(
+            schema, reaction, stream=stream, version=3, notification_id=1, transaction_id=1
+        )
+        for reaction in ("looked", "plain")
+    }
+    with pool.connection() as conn:
+        Handover(BrokerKind.POSTGRES, schema).requeue(conn, list(messages.values()))
+    try:
+        looked = broker.consume(looked_queue, prefetch=4)
+        claimed = first_claimed(looked)
+        assert isinstance(claimed, ClaimedMessage)
+        assert claimed.message_id == messages["looked"]["message_id"]
+        assert claimed.looked == (UUID(messages["looked"]["message_id"]), 3)
+        looked.close()
+        plain = broker.consume(plain_queue, prefetch=4)
+        claimed = first_claimed(plain)
+        assert isinstance(claimed, ClaimedMessage)
+        assert claimed.message_id == messages["plain"]["message_id"]
+        assert claimed.looked is None
+        plain.close()
+    finally:
+        broker.close()
+
+
+def first_claimed(consumer: Any) -> Any:
+    """The first message ``consumer`` hands out (it hands out None while it waits)."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        item = next(consumer)
+        if item is not None:
+            return item
+    raise AssertionError("no message claimed within 30 s")
