@@ -23,8 +23,15 @@ Beside them, the physical limit of the same rows in the same run, and what decod
 Each eventkit method runs in a fresh process of its own, so its row reports that process's
 CPU time per event (client us/ev; the stages are the differences between rows: read,
 decode, then apply + view writes + position in the worker) and its peak resident memory
-(Linux's ``VmHWM``). Every view is checked afterwards: one row per stream, every event counted
-once.
+(Linux's ``VmHWM``), and the server's CPU time per event over the row (primary us/ev: every
+process of the server, which is the benchmark's own). Every view is checked afterwards: one
+row per stream, every event counted once.
+
+With ``--standby`` the benchmark also starts a hot standby of its server
+(``pg_basebackup -R``, :mod:`eventkit.testing.standby`) once the log is loaded, and runs the
+``read`` and the ``worker (batch 5,000)`` again with the follower reading the log there
+(``EVENTKIT_READ_URL``'s path) while the view and its position are written on the primary:
+rows ``... on standby``, with the standby's CPU per event beside the primary's.
 """
 
 from __future__ import annotations
@@ -59,11 +66,12 @@ from eventkit.benchmarks.proj_systems import (
 )
 from eventkit.benchmarks.proj_writers import Load, Writers
 from eventkit.benchmarks.report import format_rate, format_ratio, format_table, write_json
+from eventkit.benchmarks.server_cpu import ServerCpu
 from eventkit.benchmarks.systems import drop_schemas
 from eventkit.bootstrap import tune_gc
 from eventkit.infrastructure.database import resolve_database_url
 from eventkit.infrastructure.errors import EventkitError
-from eventkit.infrastructure.factory import shared_pool
+from eventkit.infrastructure.factory import read_recorder, shared_pool
 from eventkit.infrastructure.log import Position
 from eventkit.infrastructure.partitions import Partition
 from eventkit.infrastructure.recorder import PostgresEventRecorder
@@ -72,6 +80,7 @@ from eventkit.infrastructure.transcoding import PydanticMapper
 from eventkit.projections.applier import ProjectionApplier
 from eventkit.projections.follower import BatchReport, Follower, FollowerOptions
 from eventkit.projections.rebuild import rebuild
+from eventkit.testing.standby import Standby, StandbyUnavailableError, start_standby
 
 QUICK_EVENTS = 20_000
 FULL_EVENTS = 200_000
@@ -82,6 +91,8 @@ STREAMS_PER_SAVE = 100
 WORKER_BATCHES = (1000, 5000)
 REBUILD_BATCH = 5000
 READ_BATCH = 5000
+#: The worker's batch size of the rows that read a standby.
+STANDBY_BATCH = 5000
 #: A projection slower than this is given up on (a failed run, not a measurement).
 SLOWEST_PER_S = 200
 
@@ -113,6 +124,12 @@ class CatchupResult:
     client_cpu_us_per_event: float | None = None
     #: Peak resident memory of that process, in MB.
     peak_rss_mb: float | None = None
+    #: Where the row's follower read the log: ``primary`` or ``standby``.
+    read_from: str = "primary"
+    #: CPU time of every process of the (primary) server during the row, per event.
+    primary_cpu_us_per_event: float | None = None
+    #: The same for the standby's server, in rows that read it.
+    standby_cpu_us_per_event: float | None = None
     suite: str = "catchup"
 
 
@@ -137,6 +154,13 @@ def register(benchmarks: argparse._SubParsersAction) -> None:  # type: ignore[ty
         help="eventkit, eventsourcing or both (default; eventsourcing's runner commits each "
         "event alone, so it takes minutes per 100,000 events)",
     )
+    parser.add_argument(
+        "--standby",
+        action="store_true",
+        help="also start a hot standby of the server (pg_basebackup -R) and run the read and "
+        f"the worker (batch {STANDBY_BATCH:,}) reading the log there, the view written on the "
+        "primary",
+    )
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write results to FILE")
     parser.set_defaults(run=run)
 
@@ -156,6 +180,7 @@ def run(args: argparse.Namespace) -> int:
     run_id = uuid4().hex[:8]
     schemas = {system: f"bench_{run_id}_catchup_{SHORT[system]}" for system in systems}
     results: list[CatchupResult] = []
+    standby: Standby | None = None
     try:
         envs = {system: create_schema(url, system, schema) for system, schema in schemas.items()}
         with Writers(LOAD_WRITERS) as writers:
@@ -165,14 +190,28 @@ def run(args: argparse.Namespace) -> int:
             settle(url, system, schema)
         if EVENTKIT in schemas:
             schema = schemas[EVENTKIT]
+            if args.standby:
+                standby = _start_standby(url)
             for mode in ("read", "read+decode"):
                 results.append(_in_process(_measure_read, url, schema, events, mode))
+            if standby is not None:
+                results.append(
+                    _in_process(_measure_read, url, schema, events, "read", standby=standby)
+                )
             for batch in WORKER_BATCHES:
                 results.append(_in_process(_measure_worker, url, schema, events, batch))
+            if standby is not None:
+                results.append(
+                    _in_process(
+                        _measure_worker, url, schema, events, STANDBY_BATCH, standby=standby
+                    )
+                )
             results.append(_in_process(_measure_rebuild, url, schema, events, None))
         if EVENTSOURCING in schemas:
             results.append(_measure_runner(url, schemas[EVENTSOURCING], events))
     finally:
+        if standby is not None:
+            standby.stop()
         drop_schemas(url, list(schemas.values()))
     results = with_ratios(results)
     print()
@@ -182,7 +221,10 @@ def run(args: argparse.Namespace) -> int:
         "until the new view\nwas swapped in; read: until the scan reached the head); ek/es: "
         "events/s divided by eventsourcing's ProjectionRunner's in this run;\nclient us/ev: "
         "CPU time per event of the process that ran the row (eventkit's each in a fresh "
-        "process);\npeak MB: that process's peak resident memory"
+        "process);\npeak MB: that process's peak resident memory; primary us/ev, standby "
+        "us/ev: CPU time per event of every\nprocess of the server (of the standby) during "
+        "the row; 'on standby': the follower read the log from a\nhot standby of the server, "
+        "the view and its position were written on the server"
     )
     if args.json:
         write_json(args.json, [{"suite": r.suite, **asdict(r)} for r in results])
@@ -208,37 +250,91 @@ def _load(writers: Writers, system: str, env: dict[str, str], events: int) -> No
     )
 
 
+def _start_standby(url: str) -> Standby:
+    """A hot standby of the server, caught up with the loaded log."""
+    started = time.perf_counter()
+    try:
+        standby = start_standby(url)
+    except StandbyUnavailableError as e:
+        raise CatchupError(f"--standby: {e}") from None
+    standby.replayed(timeout_s=600)
+    print(
+        f"  started a hot standby of the server (pg_basebackup -R) in "
+        f"{time.perf_counter() - started:.1f} s",
+        file=sys.stderr,
+    )
+    return standby
+
+
+#: A measure: (url, schema, events, how, read_url) -> its row.
+Measure = Callable[[str, str, int, object, str | None], CatchupResult]
+
+
 def _in_process(
-    measure: Callable[[str, str, int, object], CatchupResult],
+    measure: Measure,
     url: str,
     schema: str,
     events: int,
     how: object,
+    *,
+    standby: Standby | None = None,
 ) -> CatchupResult:
-    """Run ``measure`` in a fresh process; its row with that process's CPU time per event
-    and peak resident memory."""
+    """Run ``measure`` in a fresh process (its follower reading the log on ``standby``
+    when given); its row with that process's CPU time per event and peak resident memory,
+    and the server's (and the standby's) CPU time per event meanwhile."""
     context = multiprocessing.get_context("spawn")
-    with context.Pool(1) as pool:
-        result: CatchupResult = pool.apply(_measured, (measure, url, schema, events, how))
+    probes = {"primary": ServerCpu.find(url)}
+    if standby is not None:
+        standby.replayed(timeout_s=600)  # the earlier rows' views, replayed before the clock
+        probes["standby"] = ServerCpu.find(standby.url)
+    try:
+        with context.Pool(1) as pool:
+            before = {k: p.sample_whole() for k, p in probes.items() if p is not None}
+            read_url = None if standby is None else standby.url
+            result: CatchupResult = pool.apply(
+                _measured, (measure, url, schema, events, how), {"read_url": read_url}
+            )
+            after = {k: p.sample_whole() for k, p in probes.items() if p is not None}
+    finally:
+        for probe in probes.values():
+            if probe is not None:
+                probe.close()
+    used = {
+        k: p.whole_s(before[k], after[k]) / events * 1e6 for k, p in probes.items() if p is not None
+    }
+    result = replace(
+        result,
+        read_from="primary" if standby is None else "standby",
+        primary_cpu_us_per_event=used.get("primary"),
+        standby_cpu_us_per_event=used.get("standby"),
+    )
     print(
         f"  {result.system:<14} {result.method:<20} {result.seconds:7.2f} s "
         f"{format_rate(result.events_per_s):>8} events/s {result.client_cpu_us_per_event:6.1f} "
-        f"us/event CPU, peak {result.peak_rss_mb:.0f} MB",
+        f"us/event CPU, peak {result.peak_rss_mb:.0f} MB, server "
+        f"{_us(result.primary_cpu_us_per_event)} us/event"
+        + ("" if standby is None else f", standby {_us(result.standby_cpu_us_per_event)}"),
         file=sys.stderr,
     )
     return result
 
 
+def _us(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
 def _measured(
-    measure: Callable[[str, str, int, object], CatchupResult],
+    measure: Measure,
     url: str,
     schema: str,
     events: int,
     how: object,
+    *,
+    read_url: str | None,
 ) -> CatchupResult:
     tune_gc()  # as `eventkit workers` does
     cpu_from = time.process_time()
-    result = measure(url, schema, events, how)
+    result = measure(url, schema, events, how, read_url)
     cpu_s = time.process_time() - cpu_from
     return replace(
         result, client_cpu_us_per_event=cpu_s / events * 1e6, peak_rss_mb=peak_rss_kb() / 1024
@@ -262,11 +358,13 @@ def peak_rss_kb() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kB on Linux, elsewhere bytes
 
 
-def _measure_read(url: str, schema: str, events: int, mode: object) -> CatchupResult:
+def _measure_read(
+    url: str, schema: str, events: int, mode: object, read_url: str | None = None
+) -> CatchupResult:
     """The follower's read of the whole log (and the mapper's decoding, for
-    ``read+decode``), with nothing applied."""
-    pool, _ = shared_pool(Settings(database_url=url, schema=schema))
-    recorder = PostgresEventRecorder(pool, schema)
+    ``read+decode``), with nothing applied; on ``read_url`` when given."""
+    settings = Settings(database_url=url, schema=schema, read_url=read_url)
+    recorder = read_recorder(settings) or PostgresEventRecorder(shared_pool(settings)[0], schema)
     topics = StreamCounts.topics()
     mapper = PydanticMapper()
     decode = mode == "read+decode"
@@ -284,12 +382,19 @@ def _measure_read(url: str, schema: str, events: int, mode: object) -> CatchupRe
     seconds = time.perf_counter() - started
     if scanned != events:
         raise CatchupError(f"eventkit {mode} read {scanned} of {events} events")
-    return _result(EVENTKIT, str(mode), events, READ_BATCH, seconds)
+    where = "" if read_url is None else " on standby"
+    return _result(EVENTKIT, f"{mode}{where}", events, READ_BATCH, seconds)
 
 
-def _measure_worker(url: str, schema: str, events: int, batch: object) -> CatchupResult:
+def _measure_worker(
+    url: str, schema: str, events: int, batch: object, read_url: str | None = None
+) -> CatchupResult:
+    """A fresh follower of the projection at batch size ``batch``, reading the log on
+    ``read_url`` when given (its view and position on ``url``)."""
     assert isinstance(batch, int)
-    pool, _ = shared_pool(Settings(database_url=url, schema=schema))
+    settings = Settings(database_url=url, schema=schema, read_url=read_url)
+    pool, _ = shared_pool(settings)
+    where = "" if read_url is None else "s"
     counted = 0
     done = threading.Event()
 
@@ -299,17 +404,18 @@ def _measure_worker(url: str, schema: str, events: int, batch: object) -> Catchu
         if counted >= events:
             done.set()
 
-    suffix = f"__w{batch}"
+    suffix = f"__w{batch}{where}"
     follower = Follower(
-        f"{StreamCounts.name}#w{batch}",
+        f"{StreamCounts.name}#w{batch}{where}",
         ProjectionApplier(StreamCounts(), schema, mapper=PydanticMapper(), table_suffix=suffix),
         Partition(),
         FollowerOptions(
             url=url,
             recorder=PostgresEventRecorder(pool, schema),
-            worker_id=f"bench-catchup-w{batch}",
+            worker_id=f"bench-catchup-w{batch}{where}",
             batch_size=batch,
             on_batch=count,
+            reader=read_recorder(settings),
         ),
     )
     stop = threading.Event()
@@ -323,10 +429,13 @@ def _measure_worker(url: str, schema: str, events: int, batch: object) -> Catchu
     if not finished:
         raise CatchupError(f"eventkit worker (batch {batch}) counted {counted} of {events}")
     _check_view(url, schema, "stream_counts" + suffix, events)
-    return _result(EVENTKIT, f"worker (batch {batch:,})", events, batch, seconds)
+    on = "" if read_url is None else " on standby"
+    return _result(EVENTKIT, f"worker (batch {batch:,}){on}", events, batch, seconds)
 
 
-def _measure_rebuild(url: str, schema: str, events: int, _: object = None) -> CatchupResult:
+def _measure_rebuild(
+    url: str, schema: str, events: int, _: object = None, read_url: str | None = None
+) -> CatchupResult:
     pool, _ = shared_pool(Settings(database_url=url, schema=schema))
     outcome = rebuild(
         StreamCounts,
@@ -432,6 +541,8 @@ def table(results: list[CatchupResult]) -> str:
         "ek/es",
         "client us/ev",
         "peak MB",
+        "primary us/ev",
+        "standby us/ev",
     ]
     rows = [
         [
@@ -445,6 +556,8 @@ def table(results: list[CatchupResult]) -> str:
             format_ratio(r.ratio_vs_eventsourcing),
             "-" if r.client_cpu_us_per_event is None else f"{r.client_cpu_us_per_event:.1f}",
             "-" if r.peak_rss_mb is None else f"{r.peak_rss_mb:.0f}",
+            _us(r.primary_cpu_us_per_event),
+            _us(r.standby_cpu_us_per_event),
         ]
         for r in results
     ]
