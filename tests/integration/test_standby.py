@@ -36,7 +36,7 @@ from eventkit.infrastructure.settings import Settings
 from eventkit.projections.shop.order_summaries import OrderSummaries, OrderSummaryQueries
 from eventkit.testing.standby import Standby, StandbyUnavailableError, start_standby
 from tests.integration.projection_support import stock_up, wait_until_caught_up
-from tests.integration.reaction_support import place
+from tests.integration.reaction_support import count, place, wait_for
 from tests.integration.test_gap_safety import (
     Follower,
     append_in,
@@ -46,6 +46,7 @@ from tests.integration.test_gap_safety import (
     interleavings,
     open_transaction,
 )
+from tests.integration.test_runner import EveryGreeting
 
 pytestmark = pytest.mark.standby
 
@@ -222,6 +223,24 @@ def _standby_backends(standby: Standby) -> list[int]:
     return [r[0] for r in rows]
 
 
+def assert_read_on_the_standby(standby: Standby, schema: str) -> None:
+    """The log of ``schema`` was scanned on the standby (its own statistics, which a
+    backend reports within about a second)."""
+    deadline = time.monotonic() + 30.0
+    with psycopg.connect(standby.url, autocommit=True) as conn:
+        while True:
+            row = conn.execute(
+                "SELECT coalesce(idx_scan, 0) + coalesce(seq_scan, 0) FROM pg_stat_all_tables"
+                " WHERE schemaname = %s AND relname = 'stored_events'",
+                (schema,),
+            ).fetchone()
+            if row is not None and row[0] > 0:
+                return
+            assert time.monotonic() < deadline, f"nothing read {schema}'s log on the standby"
+            time.sleep(0.1)
+            conn.execute("SELECT pg_stat_clear_snapshot()")
+
+
 def test_workers_reading_the_standby_write_the_view_on_the_primary_and_reads_see_their_writes(
     app_env: dict[str, str],
     pool: psycopg_pool.ConnectionPool,
@@ -254,7 +273,7 @@ def test_workers_reading_the_standby_write_the_view_on_the_primary_and_reads_see
             assert row is not None
             summary = queries.get(order_id, wait_for=row[0], timeout=30.0)
             assert summary is not None, "the view did not have the order its wait was for"
-        assert _standby_backends(standby), "no follower read the standby"
+        assert_read_on_the_standby(standby, schema)
         # status: the consumer's state says it reads a standby, with the replay lag
         monkeypatch.setenv("DATABASE_URL", database_url)
         monkeypatch.setenv("EVENTKIT_SCHEMA", schema)
@@ -403,4 +422,26 @@ def test_a_rebuild_reads_its_catch_up_from_the_standby(
     monkeypatch.setenv("EVENTKIT_SCHEMA", schema)
     assert main(["rebuild", "order_summaries", "--read-url", standby.url]) == 0
     assert "rebuilt order_summaries" in capsys.readouterr().out
+    assert_read_on_the_standby(standby, schema)
     assert summarised(pool, schema) == sorted(orders)
+
+
+def test_a_reaction_whose_follower_reads_the_standby_runs_once_per_event(
+    app_env: dict[str, str],
+    pool: psycopg_pool.ConnectionPool,
+    database_url: str,
+    schema: str,
+    standby: Standby,
+) -> None:
+    """A reaction's follower reads the standby; its messages, ledger and handler's writes
+    are the primary's: each placed order is greeted once."""
+    shop = Shop(app_env)
+    stock_up(shop)
+    orders = place(shop, 6)
+    standby.replayed()
+    app = eventkit.App("standby", reactions=[EveryGreeting])
+    settings = _settings(database_url, schema, standby)
+    with eventkit.Workers(app, settings=settings, worker_id="reads-standby", threads=2):
+        wait_for(lambda: count(pool, schema, "greetings") == len(orders), "the greetings")
+        assert_read_on_the_standby(standby, schema)
+    assert count(pool, schema, "greetings") == len(orders)

@@ -130,3 +130,21 @@ def test_the_read_urls_password_is_redacted_wherever_it_appears() -> None:
     env = {"EVENTKIT_READ_URL": "postgresql://reader:r3plica-pw@standby:5432/shop"}
     assert redact(env["EVENTKIT_READ_URL"], env) == "postgresql://reader:***@standby:5432/shop"
     assert redact("authentication failed: r3plica-pw", env) == "authentication failed: ***"
+
+
+@pytest.mark.parametrize("command", ["workers", "rebuild"])
+def test_read_url_flag_is_read_over_the_environment(
+    command: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--read-url`` wins over ``EVENTKIT_READ_URL``; without it the environment's holds."""
+    from eventkit.cli import build_parser
+    from eventkit.cli.common import settings_of as cli_settings
+
+    monkeypatch.setenv("EVENTKIT_READ_URL", "postgresql://u@from-env/db")
+    names = ["order_summaries"] if command == "rebuild" else []
+    parser = build_parser([command])
+    flagged = parser.parse_args([command, *names, "--read-url", "postgresql://u@flag/db"])
+    assert cli_settings(flagged).read_url == "postgresql://u@flag/db"
+    assert cli_settings(parser.parse_args([command, *names])).read_url == (
+        "postgresql://u@from-env/db"
+    )
