@@ -35,6 +35,7 @@ from eventsourcing.utils import Environment, EnvType, resolve_topic
 from eventkit.infrastructure.database import create_pool, resolve_database_url
 from eventkit.infrastructure.errors import (
     ConfigurationError,
+    DatabaseUnavailableError,
     SchemaNotReadyError,
     UnsupportedFollowerError,
 )
@@ -100,7 +101,12 @@ def read_pool(settings: Settings) -> psycopg_pool.ConnectionPool | None:
     with _lock:
         pool = _pools.get(key)
         if pool is None or pool.closed:
-            pool = create_pool(url, settings, name="eventkit-read")
+            try:
+                pool = create_pool(url, settings, name="eventkit-read")
+            except DatabaseUnavailableError as e:
+                raise DatabaseUnavailableError(
+                    f"EVENTKIT_READ_URL, where followers read the log: {e}"
+                ) from None
             _pools[key] = pool
         if (url, settings.schema) not in _ready:
             with pool.connection() as conn:

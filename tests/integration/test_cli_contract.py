@@ -411,3 +411,25 @@ def test_two_sigterms_back_to_back_stop_the_workers_cleanly(cli: str) -> None:
     log = "".join(lines)
     assert "worker w{0}x stopped" in log
     assert "Traceback" not in log
+
+
+def test_an_unreachable_read_url_is_named_without_its_password(
+    database_url: str, schema: str
+) -> None:
+    """`eventkit workers --read-url` whose server refuses: one line that says it is the
+    read URL, with PostgreSQL's reason and the password redacted."""
+    read_url = f"postgresql://eventkit:{PASSWORD}@127.0.0.1:{free_port()}/eventkit"
+    result = eventkit(
+        "workers",
+        "order_summaries",  # a projection: the shop's reactions warn of their gateway
+        "--read-url",
+        read_url,
+        DATABASE_URL=database_url,
+        EVENTKIT_SCHEMA=schema,
+        EVENTKIT_CONNECT_TIMEOUT="1",
+    )
+    assert result.returncode == 1
+    line = assert_one_line_error(result.stderr)
+    assert "EVENTKIT_READ_URL, where followers read the log" in line
+    assert "Connection refused" in line
+    assert PASSWORD not in result.stderr + result.stdout
