@@ -114,6 +114,13 @@ LOOP_HEARTBEAT = Gauge(
     "over)",
     ["kind", "consumer", "partition"],
 )
+STANDBY_REPLAY_LAG = Gauge(
+    "eventkit_standby_replay_lag_seconds",
+    "For a partition whose follower reads the log from a hot standby (EVENTKIT_READ_URL): "
+    "the standby's replay lag as the follower last read it (0 once it has replayed all it "
+    "received); the series goes when the partition is handed over",
+    ["kind", "consumer", "partition"],
+)
 CONSUMER_RUNNING = Gauge(
     "eventkit_consumer_running",
     "1 while a live worker process works on the consumer's partition (its heartbeat in the "
@@ -182,6 +189,7 @@ EXPORTED: tuple[str, ...] = (
     "eventkit_lease_owned",
     "eventkit_lease_takeovers_total",
     "eventkit_loop_heartbeat_timestamp_seconds",
+    "eventkit_standby_replay_lag_seconds",
     "eventkit_reaction_messages_total",
     "eventkit_consumer_running",
     "eventkit_reaction_queue_messages",

@@ -479,6 +479,9 @@ class Follower:
         part = str(self.partition.index)
         metrics.LOOP_HEARTBEAT.remove(self.kind, self.name, part)
         metrics.LEASE_OWNED.remove(self.kind, self.name, part)
+        if self.reader is not self.recorder:
+            with contextlib.suppress(KeyError):  # never set: the standby said it was none
+                metrics.STANDBY_REPLAY_LAG.remove(self.kind, self.name, part)
         self._m_heartbeat = self._m_lease = None
         if conn is None or lease is None:
             return
@@ -1031,6 +1034,10 @@ class Follower:
         self._heartbeat_at = time.monotonic()
         if detail is None and self.reader is not self.recorder and state != "stopped":
             lag = self.reader.replay_lag()
+            if lag is not None:
+                metrics.STANDBY_REPLAY_LAG.labels(
+                    self.kind, self.name, str(self.partition.index)
+                ).set(lag)
             detail = (
                 "reads the log from a standby, replay lag unknown: that server is not in recovery"
                 if lag is None

@@ -24,6 +24,7 @@ from uuid import UUID, uuid4
 import psycopg
 import psycopg_pool
 import pytest
+from prometheus_client import REGISTRY
 from psycopg import sql
 
 import eventkit
@@ -274,6 +275,12 @@ def test_workers_reading_the_standby_write_the_view_on_the_primary_and_reads_see
             summary = queries.get(order_id, wait_for=row[0], timeout=30.0)
             assert summary is not None, "the view did not have the order its wait was for"
         assert_read_on_the_standby(standby, schema)
+        lag = REGISTRY.get_sample_value(
+            "eventkit_standby_replay_lag_seconds",
+            {"kind": "projection", "consumer": "order_summaries", "partition": "0"},
+        )
+        assert lag is not None, "the worker exported no replay lag"
+        assert lag >= 0.0
         # status: the consumer's state says it reads a standby, with the replay lag
         monkeypatch.setenv("DATABASE_URL", database_url)
         monkeypatch.setenv("EVENTKIT_SCHEMA", schema)
