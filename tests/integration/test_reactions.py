@@ -42,7 +42,7 @@ from eventkit.projections import moving
 from eventkit.projections.group import WorkerGroup
 from eventkit.projections.projection import Table, handles
 from eventkit.projections.reaction import Reaction, ReactionContext
-from eventkit.projections.reactor import ReactionRuntime
+from eventkit.projections.reactor import QUEUE_PREFETCH_PER_THREAD, ReactionRuntime
 from eventkit.projections.rebuild import rebuild
 from eventkit.projections.shop import OrderSummaries
 from eventkit.projections.shop.reactions import (
@@ -827,3 +827,18 @@ def first_claimed(consumer: Any) -> Any:
         if item is not None:
             return item
     raise AssertionError("no message claimed within 30 s")
+
+
+def test_a_worker_process_holds_four_messages_per_worker_thread(
+    shop: Shop, pool: psycopg_pool.ConnectionPool, schema: str, react_settings: Settings
+) -> None:
+    """The consumer claims for 4 messages per worker thread (dramatiq's default, 2, made
+    each claim's round trip serve ~6 messages), and the messages all run once."""
+    orders = place(shop, 20)
+    runtime = make_runtime([Effects()], react_settings, threads=3)
+    with running_reactions(runtime):
+        wait_for(lambda: count(pool, schema, "effects") == len(orders), "every message to run")
+        assert runtime.worker is not None
+        consumer = runtime.worker.consumers[queue_name(schema, "effects")]
+        assert consumer.prefetch == QUEUE_PREFETCH_PER_THREAD * 3 == 12
+    assert sorted(Effects.calls.values()) == [1] * len(orders)
