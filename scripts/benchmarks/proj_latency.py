@@ -51,6 +51,9 @@ class LiveResult:
     #: writers' and the projection's backends, WAL writer, checkpointer...), and the whole
     #: machine, so that what others ran on it is the rest.
     writers_cpu_pct: float | None = None
+    #: eventkit: events per committed batch in the window (a batch's events share one
+    #: commit time), which says how much of the follower's work is per batch.
+    events_per_batch: float | None = None
     server_cpu_pct: float | None = None
     machine_cpu_pct: float | None = None
     suite: str = "live"
@@ -142,6 +145,7 @@ def summarise(
         writers=writers,
         batch=batch,
         to_read_p99_ms=percentile(to_read, 99) if to_read else None,
+        events_per_batch=_per_batch(applied, window) if system == EVENTKIT else None,
         read_to_view_p99_ms=percentile(read_to_view, 99) if read_to_view else None,
     )
     note = None
@@ -153,6 +157,12 @@ def summarise(
             f"p50 {format_ms(percentile(cross, 50))} ms, p99 {format_ms(percentile(cross, 99))} ms"
         )
     return result, note
+
+
+def _per_batch(applied: Applied, window: tuple[float, float]) -> float | None:
+    in_window = [t for t in applied.applied_at if window[0] <= t <= window[1]]
+    batches = len(set(in_window))
+    return len(in_window) / batches if batches else None
 
 
 def table(results: list[LiveResult]) -> str:
@@ -176,6 +186,7 @@ def table(results: list[LiveResult]) -> str:
         "machine CPU %",
         "to read p99",
         "read-view p99",
+        "events/batch",
     ]
     rows = [
         [
@@ -202,6 +213,7 @@ def table(results: list[LiveResult]) -> str:
             ),
             "-" if r.to_read_p99_ms is None else format_ms(r.to_read_p99_ms),
             "-" if r.read_to_view_p99_ms is None else format_ms(r.read_to_view_p99_ms),
+            "-" if r.events_per_batch is None else f"{r.events_per_batch:.0f}",
         ]
         for r in results
     ]
