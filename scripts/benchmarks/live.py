@@ -27,6 +27,7 @@ target); projected/s the events the projection committed in the window, per seco
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import sys
 import threading
@@ -168,6 +169,7 @@ def run(args: argparse.Namespace) -> int:
         "in the window, % of one CPU (the writers are processes of their own);\n"
         "writers / server / machine CPU %: the writer processes, every process of the "
         "PostgreSQL server, and the whole machine (the rest: others' work) in % of one CPU;\n"
+        "GC max / total ms: the projection process's garbage collections in the window;\n"
         "to read / read-view p99 (eventkit): the latency's two parts, recorded_at to the "
         "follower's read that returned the event, and that read to the view's commit"
     )
@@ -197,14 +199,20 @@ def _measure(
         )
         for i in range(WRITERS)
     ]
-    with run_projection(url, schema) as (applied, count), CpuShares(url, writers) as cpu:
+    with (
+        run_projection(url, schema) as (applied, count),
+        CpuShares(url, writers) as cpu,
+        GcPauses() as gc_pauses,
+    ):
         start_at = writers.start(jobs)
         # The writers are processes of their own: this process's CPU time in the window
         # is the projection's (and this thread's sleeps).
         time.sleep(max(0.0, start_at + timing.warmup_s - time.time()))
         cpu.begin()
+        gc_pauses.begin()
         time.sleep(max(0.0, start_at + timing.warmup_s + timing.duration_s - time.time()))
         shares = cpu.end(timing.duration_s)
+        gc_max_ms, gc_total_ms = gc_pauses.end()
         saved = writers.results(timeout_s=timing.warmup_s + timing.duration_s + 120)
         written = sum(s.events for s in saved)
         stopped_at = max((t for s in saved for t in s.saved_at), default=time.time())
@@ -237,8 +245,45 @@ def _measure(
         writers_cpu_pct=shares.writers,
         server_cpu_pct=shares.server,
         machine_cpu_pct=shares.machine,
+        gc_max_ms=gc_max_ms,
+        gc_total_ms=gc_total_ms,
     )
     return result, note
+
+
+class GcPauses:
+    """The garbage collector's pauses in this process (the projection's) in the window,
+    from ``gc.callbacks``: a collection stops every thread of the process."""
+
+    def __init__(self) -> None:
+        self._started: float | None = None
+        self._pauses: list[float] = []
+        self._on = False
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        if not self._on:
+            return
+        if phase == "start":
+            self._started = time.perf_counter()
+        elif self._started is not None:
+            self._pauses.append(time.perf_counter() - self._started)
+            self._started = None
+
+    def begin(self) -> None:
+        self._pauses.clear()
+        self._on = True
+
+    def end(self) -> tuple[float, float]:
+        """The longest pause and all pauses together, in ms."""
+        self._on = False
+        return max(self._pauses, default=0.0) * 1000, sum(self._pauses) * 1000
+
+    def __enter__(self) -> GcPauses:
+        gc.callbacks.append(self._callback)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        gc.callbacks.remove(self._callback)
 
 
 def _pct(value: float | None) -> str:

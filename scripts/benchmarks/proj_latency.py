@@ -54,6 +54,10 @@ class LiveResult:
     #: eventkit: events per committed batch in the window (a batch's events share one
     #: commit time), which says how much of the follower's work is per batch.
     events_per_batch: float | None = None
+    #: The projection process's garbage collections in the window (every thread stops
+    #: while one runs): the longest, and all together, in ms.
+    gc_max_ms: float | None = None
+    gc_total_ms: float | None = None
     server_cpu_pct: float | None = None
     machine_cpu_pct: float | None = None
     suite: str = "live"
@@ -187,6 +191,8 @@ def table(results: list[LiveResult]) -> str:
         "to read p99",
         "read-view p99",
         "events/batch",
+        "GC max ms",
+        "GC total ms",
     ]
     rows = [
         [
@@ -214,6 +220,8 @@ def table(results: list[LiveResult]) -> str:
             "-" if r.to_read_p99_ms is None else format_ms(r.to_read_p99_ms),
             "-" if r.read_to_view_p99_ms is None else format_ms(r.read_to_view_p99_ms),
             "-" if r.events_per_batch is None else f"{r.events_per_batch:.0f}",
+            "-" if r.gc_max_ms is None else format_ms(r.gc_max_ms),
+            "-" if r.gc_total_ms is None else format_ms(r.gc_total_ms),
         ]
         for r in results
     ]
