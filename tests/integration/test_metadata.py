@@ -20,6 +20,7 @@ from eventkit.domain.shop.stock import StockItem
 from eventkit.infrastructure.errors import EventEncodingError
 from eventkit.infrastructure.log import Position
 from eventkit.infrastructure.recorder import COPY_THRESHOLD, PostgresEventRecorder
+from tests.integration.log_support import wait_until_readable
 from tests.integration.projection_support import settings_for
 from tests.integration.reaction_support import Restock, make_runtime, running_reactions, wait_for
 
@@ -66,6 +67,7 @@ def test_events_carry_the_metadata_of_their_context(
         ).fetchone()
     assert found == (size,)
 
+    wait_until_readable(recorder)
     notifications = recorder.read_notifications(Position.ORIGIN, 1000)
     assert [(n.correlation_id, n.causation_id, n.headers) for n in notifications] == [
         ("corr-1", "req-7", headers)
@@ -149,6 +151,7 @@ def test_a_reactions_commands_carry_the_metadata_of_the_event_they_react_to(
     finally:
         Restock.shop = None
     recorder = PostgresEventRecorder(pool, schema)
+    wait_until_readable(recorder)
     registered = {
         n.originator_id: n
         for n in recorder.read_notifications(Position.ORIGIN, 100)

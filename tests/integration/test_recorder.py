@@ -26,6 +26,7 @@ from eventkit.infrastructure.errors import (
 from eventkit.infrastructure.factory import event_recorder
 from eventkit.infrastructure.log import Position
 from eventkit.infrastructure.recorder import COPY_THRESHOLD, PostgresEventRecorder
+from tests.integration.log_support import wait_until_readable
 
 
 def events(stream: UUID, first: int, count: int, topic: str = "Tested") -> list[StoredEvent]:
@@ -51,6 +52,7 @@ def test_any_batch_size_is_appended_in_order(recorder: PostgresEventRecorder, si
     assert len(ids) == len(set(ids)) == size
     stored = recorder.select_events(stream)
     assert [e.originator_version for e in stored] == list(range(1, size + 1))
+    wait_until_readable(recorder)
     logged = []
     position = Position.ORIGIN
     while batch := recorder.read_notifications(position, 7_000):
@@ -167,6 +169,7 @@ def test_reads_filter_by_event_type(recorder: PostgresEventRecorder) -> None:
         + events(stream, 2, 1, "Paid")
         + events(stream, 3, 1, "Shipped")
     )
+    wait_until_readable(recorder)
     got = recorder.read_notifications(Position.ORIGIN, 10, topics=["Placed", "Shipped"])
     assert [n.topic for n in got] == ["Placed", "Shipped"]
 
@@ -177,6 +180,7 @@ def test_each_event_carries_its_topic_and_recorded_time_in_sql(
     before = datetime.now(UTC)
     stream = uuid4()
     recorder.insert_events(events(stream, 1, 1, "Placed"))
+    wait_until_readable(recorder)
     [logged] = recorder.read_notifications(Position.ORIGIN, 10)
     assert before - timedelta(seconds=5) <= logged.recorded_at <= datetime.now(UTC)
     with pool.connection() as conn:
