@@ -55,6 +55,15 @@ class UnknownTypeNameError(LookupError):
 _lock = threading.RLock()
 #: Renamed modules: old module path -> the module its classes are defined in now.
 _moved: dict[str, str] = {}
+#: Counts the changes to what names resolve to (a declaration, a moved module): a module
+#: path resolved under an older count is looked up again. (A list: changed in place.)
+_generation = [0]
+
+
+def _changed() -> None:
+    """Called under ``_lock`` whenever a declaration or a moved module changes what a stored
+    name may resolve to."""
+    _generation[0] += 1
 
 
 def moved_module(old: str, new: str) -> None:
@@ -66,6 +75,7 @@ def moved_module(old: str, new: str) -> None:
     """
     with _lock:
         _moved[old] = new
+        _changed()
 
 
 def _module_path(cls: type[Any]) -> str:
@@ -82,6 +92,11 @@ class TypeNames:
         self._names: dict[type[Any], str] = {}
         self._aliases: dict[type[Any], tuple[str, ...]] = {}
         self._explicit: set[type[Any]] = set()
+        #: module path -> (the generation it was resolved under, its class): a created
+        #: event's ``originator_topic`` is the aggregate's module path (eventsourcing sets
+        #: it), resolved on every save that creates an aggregate, and resolving one scans
+        #: every declared class.
+        self._by_path: dict[str, tuple[int, type[Any]]] = {}
 
     def declare(self, cls: type[Any], name: str | None = None, aliases: Iterable[str] = ()) -> str:
         """Declare ``cls`` under ``name`` (default: its qualified name) and ``aliases``.
@@ -100,6 +115,7 @@ class TypeNames:
                     f"{candidate!r}"
                 )
         with _lock:
+            _changed()
             self._withdraw(cls)
             for candidate in (name, *aliases):
                 classes = self._classes.setdefault(candidate, [])
@@ -162,12 +178,17 @@ class TypeNames:
         classes = self._classes.get(stored)
         if classes:
             return self._one(stored, classes)
+        found = self._by_path.get(stored)
+        if found is not None and found[0] == _generation[0]:
+            return found[1]
         module, colon, qualname = stored.partition(":")
         if colon:
-            module = _moved.get(module, module)
-            for candidate in self.declared():
-                if candidate.__qualname__ == qualname and candidate.__module__ == module:
-                    return candidate
+            with _lock:
+                module = _moved.get(module, module)
+                for candidate in self.declared():
+                    if candidate.__qualname__ == qualname and candidate.__module__ == module:
+                        self._by_path[stored] = (_generation[0], candidate)
+                        return candidate
         raise UnknownTypeNameError(self.kind, stored)
 
     def stored_names(self, cls: type[Any]) -> list[str]:

@@ -18,6 +18,7 @@ from eventkit.domain.names import (
     EVENT_TYPES,
     TypeNameError,
     UnknownTypeNameError,
+    moved_module,
 )
 from eventkit.domain.shop.orders import Currency, Order, OrderLine
 from eventkit.infrastructure.errors import EventDecodingError, EventEncodingError
@@ -172,6 +173,29 @@ def test_a_class_defined_again_at_the_same_place_takes_its_name_over() -> None:
         assert EVENT_TYPES.resolve("tests.Meter.Read") is second.Meter.Read
     finally:
         sys.modules.pop("names_test_reloaded", None)
+
+
+def test_a_module_path_resolved_before_follows_a_redefinition_and_a_moved_module() -> None:
+    """Module paths resolve through a cache (every save that creates an aggregate resolves
+    one); what changes their meaning since must show."""
+    source = (
+        "from eventkit.domain.model import Aggregate\n"
+        "class Gauge(Aggregate, type_name='tests.Gauge'):\n"
+        "    class Set(Aggregate.Event):\n"
+        "        value: int\n"
+    )
+    first = module_with("names_test_cached", source)
+    try:
+        assert AGGREGATE_TYPES.resolve("names_test_cached:Gauge") is first.Gauge
+        assert AGGREGATE_TYPES.resolve("names_test_cached:Gauge") is first.Gauge  # cached
+        second = module_with("names_test_cached", source)  # a reload
+        assert AGGREGATE_TYPES.resolve("names_test_cached:Gauge") is second.Gauge
+        with pytest.raises(UnknownTypeNameError):
+            AGGREGATE_TYPES.resolve("names_test_gone:Gauge")
+        moved_module("names_test_gone", "names_test_cached")
+        assert AGGREGATE_TYPES.resolve("names_test_gone:Gauge") is second.Gauge
+    finally:
+        sys.modules.pop("names_test_cached", None)
 
 
 def test_names_must_be_text() -> None:
