@@ -93,11 +93,16 @@ class Leases:
         self._release_owners = sql.SQL(
             "UPDATE {t} SET owner = NULL, expires_at = clock_timestamp() WHERE owner = ANY(%s)"
         ).format(t=table)
-        self._fence = sql.SQL(
-            "SELECT l.owner, l.generation, l.expires_at < clock_timestamp(), p.partitions"
-            " FROM {t} l JOIN {p} p ON p.consumer = l.consumer"
-            " WHERE l.consumer = %s AND l.partition = %s FOR SHARE"
-        ).format(t=table, p=sql.Identifier(schema, "partitioning"))
+        # Rendered once, as bytes: every batch of every follower sends the fence.
+        self._fence = (
+            sql.SQL(
+                "SELECT l.owner, l.generation, l.expires_at < clock_timestamp(), p.partitions"
+                " FROM {t} l JOIN {p} p ON p.consumer = l.consumer"
+                " WHERE l.consumer = %s AND l.partition = %s FOR SHARE"
+            )
+            .format(t=table, p=sql.Identifier(schema, "partitioning"))
+            .as_bytes(None)
+        )
         self._revoke = sql.SQL("DELETE FROM {t} WHERE consumer = %s").format(t=table)
         self._rows = sql.SQL(
             "SELECT consumer, partition, owner, generation, acquired_at,"

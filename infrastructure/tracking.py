@@ -27,10 +27,17 @@ class Tracking:
 
     def __init__(self, schema: str) -> None:
         self.schema = schema
+        # The statements of every batch are rendered once, as bytes: a composed statement
+        # is rendered again on each execution (identifiers quoted, parts joined).
         table = sql.Identifier(schema, "tracking")
-        self._select = sql.SQL(
-            "SELECT transaction_id, notification_id FROM {} WHERE consumer = %s AND partition = %s"
-        ).format(table)
+        self._select = (
+            sql.SQL(
+                "SELECT transaction_id, notification_id FROM {}"
+                " WHERE consumer = %s AND partition = %s"
+            )
+            .format(table)
+            .as_bytes(None)
+        )
         # The fold of the batch's applied notification ids (the completeness audit,
         # infrastructure/audit.py) rides in the same statement as the position: their
         # count and the sum of their hashes, computed by the server from one array.
@@ -38,25 +45,41 @@ class Tracking:
             "(SELECT count(*) AS n, coalesce(sum(" + HASH_SQL.format(id="i") + "), 0) AS s"
             " FROM unnest(%s::bigint[]) i) f"
         )
-        self._update = sql.SQL(
-            "UPDATE {} t SET transaction_id = %s, notification_id = %s,"
-            " updated_at = clock_timestamp(), applied_count = t.applied_count + f.n,"
-            " applied_checksum = t.applied_checksum + f.s FROM " + fold + " WHERE t.consumer = %s"
-            " AND t.partition = %s AND t.transaction_id = %s AND t.notification_id = %s"
-            " RETURNING 1"
-        ).format(table)
-        self._fold = sql.SQL(
-            "UPDATE {} t SET applied_count = t.applied_count + f.n,"
-            " applied_checksum = t.applied_checksum + f.s FROM " + fold + " WHERE t.consumer = %s"
-            " AND t.partition = %s RETURNING 1"
-        ).format(table)
-        self._insert = sql.SQL(
-            "INSERT INTO {} (consumer, partition, transaction_id, notification_id,"
-            " audited_from_transaction_id, audited_from_notification_id, applied_count,"
-            " applied_checksum)"
-            " SELECT %s, %s, %s, %s, %s, %s, f.n, f.s FROM " + fold + " ON CONFLICT DO NOTHING"
-            " RETURNING 1"
-        ).format(table)
+        self._update = (
+            sql.SQL(
+                "UPDATE {} t SET transaction_id = %s, notification_id = %s,"
+                " updated_at = clock_timestamp(), applied_count = t.applied_count + f.n,"
+                " applied_checksum = t.applied_checksum + f.s FROM "
+                + fold
+                + " WHERE t.consumer = %s"
+                " AND t.partition = %s AND t.transaction_id = %s AND t.notification_id = %s"
+                " RETURNING 1"
+            )
+            .format(table)
+            .as_bytes(None)
+        )
+        self._fold = (
+            sql.SQL(
+                "UPDATE {} t SET applied_count = t.applied_count + f.n,"
+                " applied_checksum = t.applied_checksum + f.s FROM "
+                + fold
+                + " WHERE t.consumer = %s"
+                " AND t.partition = %s RETURNING 1"
+            )
+            .format(table)
+            .as_bytes(None)
+        )
+        self._insert = (
+            sql.SQL(
+                "INSERT INTO {} (consumer, partition, transaction_id, notification_id,"
+                " audited_from_transaction_id, audited_from_notification_id, applied_count,"
+                " applied_checksum)"
+                " SELECT %s, %s, %s, %s, %s, %s, f.n, f.s FROM " + fold + " ON CONFLICT DO NOTHING"
+                " RETURNING 1"
+            )
+            .format(table)
+            .as_bytes(None)
+        )
         # Set unconditionally (a reset, a swap, a split): the audit's fold starts there.
         self._set = sql.SQL(
             "INSERT INTO {} (consumer, partition, transaction_id, notification_id,"

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
+from typing import Any
 from uuid import uuid4
 
 import psycopg
 import psycopg_pool
 import pytest
-from psycopg import sql
+from psycopg import pq, sql
 
 from eventkit.domain.names import EVENT_TYPES
 from eventkit.domain.shop.application import Shop
@@ -19,8 +22,9 @@ from eventkit.domain.shop.commands import CapturePayment, OrderLineRequest, Plac
 from eventkit.domain.shop.orders import Order
 from eventkit.infrastructure.deadletters import DeadLetters
 from eventkit.infrastructure.errors import EventkitError
-from eventkit.infrastructure.log import LoggedNotification
-from eventkit.projections.follower import BatchReport
+from eventkit.infrastructure.leases import LeaseLostError
+from eventkit.infrastructure.log import LoggedNotification, Position
+from eventkit.projections.follower import BatchReport, Follower, connect
 from eventkit.projections.projection import (
     Context,
     Projection,
@@ -284,3 +288,58 @@ def test_each_batch_report_says_when_its_events_were_read(
             assert n.recorded_at.timestamp() <= report.read_at <= reported_at, (n, report)
             seen.append(n.originator_id)
     assert sorted(map(str, seen)) == sorted(str(r[0]) for r in dump(pool, schema, "order_history"))
+
+
+@contextmanager
+def _three_orders_and_a_follower(
+    app_env: dict[str, str], database_url: str, schema: str
+) -> Iterator[tuple[Follower, psycopg.Connection[Any], Position]]:
+    """Three placed orders, and a follower of OrderHistory working under its lease on its
+    own connection (not yet stepped), with the position it starts from."""
+    shop = Shop(env=app_env)
+    stock_up(shop)
+    line = (OrderLineRequest(sku=SKUS[0], quantity=1),)
+    for customer in ("c1", "c2", "c3"):
+        shop.place_order(PlaceOrder(customer_id=customer, lines=line))
+    follower = make_follower(OrderHistory(), settings_for(database_url, schema))
+    with connect(follower.options.url, "test", 60.0) as conn:
+        lease = follower.leases.acquire(conn, OrderHistory.name, 0, "test")
+        assert lease is not None
+        follower.attach(conn, lease)
+        yield follower, conn, follower.tracking.position(conn, OrderHistory.name)
+
+
+def test_a_pipelined_batch_fenced_off_writes_nothing_and_ends_its_transaction(
+    app_env: dict[str, str], database_url: str, schema: str, pool: psycopg_pool.ConnectionPool
+) -> None:
+    """A batch of several events sends BEGIN, its statements, the fence, the position and
+    COMMIT in one pipeline: a fence that fails leaves nothing of the batch, and the
+    connection out of its transaction, ready for the next."""
+    with _three_orders_and_a_follower(app_env, database_url, schema) as (follower, conn, before):
+        conn.execute(
+            sql.SQL(
+                "UPDATE {} SET owner = 'usurper', generation = nextval({}) WHERE consumer = %s"
+            ).format(sql.Identifier(schema, "leases"), sql.Literal(f"{schema}.lease_generation")),
+            (OrderHistory.name,),
+        )
+        with pytest.raises(LeaseLostError, match="taken by usurper"):
+            follower.step(conn, threading.Event())
+        assert conn.info.transaction_status == pq.TransactionStatus.IDLE
+        assert follower.tracking.position(conn, OrderHistory.name) == before
+    assert dump(pool, schema, "order_history") == []
+
+
+def test_a_batch_inside_the_caller_s_transaction_commits_with_it_only(
+    app_env: dict[str, str], database_url: str, schema: str, pool: psycopg_pool.ConnectionPool
+) -> None:
+    """A rebuild's last stretch applies batches inside its own transaction (under its
+    locks): a pipelined batch there is part of that transaction, and rolls back with it."""
+    with _three_orders_and_a_follower(app_env, database_url, schema) as (follower, conn, before):
+        with conn.transaction(force_rollback=True):  # the caller rolls back
+            assert follower.finish(conn) > before
+            assert conn.execute(
+                sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, "order_history"))
+            ).fetchone() == (3,)
+        assert conn.info.transaction_status == pq.TransactionStatus.IDLE
+        assert follower.tracking.position(conn, OrderHistory.name) == before
+    assert dump(pool, schema, "order_history") == []
