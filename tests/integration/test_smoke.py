@@ -6,6 +6,7 @@ from eventsourcing.persistence import StoredEvent
 
 from eventkit.infrastructure.log import Position
 from eventkit.infrastructure.recorder import PostgresEventRecorder
+from tests.integration.log_support import wait_until_readable
 
 
 def test_append_then_read(recorder: PostgresEventRecorder) -> None:
@@ -13,5 +14,6 @@ def test_append_then_read(recorder: PostgresEventRecorder) -> None:
     ids = recorder.insert_events(
         [StoredEvent(stream, 1, "t", b"{}"), StoredEvent(stream, 2, "t", b"{}")]
     )
+    wait_until_readable(recorder)
     got = recorder.read_notifications(Position.ORIGIN, 10)
     assert [n.id for n in got] == ids
