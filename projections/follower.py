@@ -176,11 +176,19 @@ def connect(
     )
 
 
+#: The first wait after a writer's hint whose read found nothing new (it doubles from
+#: there as any idle wait does): the hinted event can be committed yet not readable for a
+#: moment, held back by an older transaction (the log's horizon), and must not wait a
+#: whole poll interval for that.
+HINT_RECHECK_S = 0.002
+
+
 class Idle:
     """The wait of a consumer's loop that found nothing new: an interval that doubles from
     the poll policy's minimum to its maximum, reset by :meth:`busy`, and cut short by a
     writer's notification on ``channel`` (the hint only shortens the wait: a lost
-    notification, or a pooler that drops LISTEN, costs at most one interval)."""
+    notification, or a pooler that drops LISTEN, costs at most one interval). After a
+    hint, the interval starts again from :data:`HINT_RECHECK_S` at most."""
 
     def __init__(self, poll: PollPolicy, channel: str | None, kind: str, consumer: str) -> None:
         self.poll = poll
@@ -216,7 +224,11 @@ class Idle:
                 for _ in conn.notifies(timeout=min(left, 0.25), stop_after=1):
                     cause = "notification"
         self._woken[cause].inc()
-        self.interval = min(self.interval * 2, self.poll.max_interval_s)
+        if cause == "notification":
+            # Something was written: look again soon if the read finds it not readable yet.
+            self.interval = min(self.poll.min_interval_s, HINT_RECHECK_S)
+        else:
+            self.interval = min(self.interval * 2, self.poll.max_interval_s)
 
 
 @contextlib.contextmanager

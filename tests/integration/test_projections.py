@@ -5,9 +5,12 @@ from __future__ import annotations
 import threading
 import time
 
+import psycopg
 import psycopg_pool
 import pytest
 from eventsourcing.persistence import StoredEvent
+from prometheus_client import REGISTRY
+from psycopg import sql
 
 from eventkit.cli import main
 from eventkit.domain.names import EVENT_TYPES
@@ -443,6 +446,54 @@ def test_a_notification_hint_wakes_an_idle_worker_before_its_poll_interval(
         placed = shop.place_order(
             PlaceOrder(customer_id="hint", lines=(OrderLineRequest(sku=SKUS[0], quantity=1),))
         )
+        OrderSummaryQueries(pool, view_settings.schema).wait_for(placed.notification_id, 60.0)
+
+
+def test_a_hinted_event_held_back_by_an_older_writer_is_seen_once_that_writer_ends(
+    view_settings: Settings,
+    pool: psycopg_pool.ConnectionPool,
+    app_env: dict[str, str],
+    database_url: str,
+) -> None:
+    """The hint can arrive while its event is not readable yet: an older transaction that
+    may still append holds it back (the log's horizon). The worker must look again soon,
+    not sleep its poll interval (10 minutes here)."""
+    hinted = Settings(
+        database_url=view_settings.database_url,
+        schema=view_settings.schema,
+        pool_min_size=2,
+        pool_max_size=40,
+        notify=True,
+    )
+    shop = Shop(env={**app_env, "EVENTKIT_NOTIFY": "1"})
+    stock_up(shop)
+    follower = make_follower(
+        OrderSummaries(),
+        hinted,
+        poll=PollPolicy(min_interval_s=600.0, max_interval_s=600.0, lease_wait_s=0.05),
+    )
+    labels = {"kind": "projection", "consumer": OrderSummaries.name, "cause": "notification"}
+
+    def woken() -> float:
+        return REGISTRY.get_sample_value("eventkit_follower_wakeups_total", labels) or 0.0
+
+    log = sql.Identifier(view_settings.schema, "stored_events")
+    with running(follower):
+        assert follower.caught_up.wait(60)
+        time.sleep(0.2)  # the worker is now in its idle wait
+        with psycopg.connect(database_url, autocommit=True) as older, older.transaction():
+            # A writer of the log that has drawn its transaction id and not committed.
+            older.execute(sql.SQL("LOCK TABLE {} IN ROW EXCLUSIVE MODE").format(log))
+            older.execute("SELECT pg_current_xact_id()")
+            before = woken()
+            placed = shop.place_order(
+                PlaceOrder(customer_id="held", lines=(OrderLineRequest(sku=SKUS[0], quantity=1),))
+            )
+            deadline = time.monotonic() + 60  # a safety net: the condition ends the wait
+            while woken() == before:
+                assert time.monotonic() < deadline, "the hint never woke the worker"
+                time.sleep(0.01)
+            time.sleep(0.3)  # its read finds the order held back; the older writer ends now
         OrderSummaryQueries(pool, view_settings.schema).wait_for(placed.notification_id, 60.0)
 
 
