@@ -21,7 +21,7 @@ from eventkit.infrastructure.deadletters import DeadLetters
 from eventkit.infrastructure.recorder import PostgresEventRecorder
 from eventkit.infrastructure.settings import Settings
 from eventkit.infrastructure.transcoding import PydanticMapper
-from eventkit.projections.follower import PollPolicy, connect
+from eventkit.projections.follower import Follower, PollPolicy, connect
 from eventkit.projections.queries import ReadModelNotReadyError, ReadModelTimeoutError
 from eventkit.projections.rebuild import rebuild
 from eventkit.projections.shop import (
@@ -420,9 +420,12 @@ def test_a_worker_creates_its_view_before_any_event(
     assert dump(pool, view_settings.schema, "order_summaries") == []
 
 
-def test_a_notification_hint_wakes_an_idle_worker_before_its_poll_interval(
-    view_settings: Settings, pool: psycopg_pool.ConnectionPool, app_env: dict[str, str]
-) -> None:
+def hinted_shop_and_follower(
+    view_settings: Settings, app_env: dict[str, str]
+) -> tuple[Shop, Follower]:
+    """A shop whose saves send hints (``EVENTKIT_NOTIFY``) and an order_summaries follower
+    that listens for them and, idle, would poll again only after 10 minutes: an order
+    reaches the view well before a test's wait gives up only if a hint woke it."""
     hinted = Settings(
         database_url=view_settings.database_url,
         schema=view_settings.schema,
@@ -435,11 +438,16 @@ def test_a_notification_hint_wakes_an_idle_worker_before_its_poll_interval(
     follower = make_follower(
         OrderSummaries(),
         hinted,
-        # Idle, the worker would poll again only after 10 minutes: the order reaches the
-        # view well before the wait below gives up only if the hint woke it.
         poll=PollPolicy(min_interval_s=600.0, max_interval_s=600.0, lease_wait_s=0.05),
     )
     assert follower.options.notify_channel == hinted.notify_channel
+    return shop, follower
+
+
+def test_a_notification_hint_wakes_an_idle_worker_before_its_poll_interval(
+    view_settings: Settings, pool: psycopg_pool.ConnectionPool, app_env: dict[str, str]
+) -> None:
+    shop, follower = hinted_shop_and_follower(view_settings, app_env)
     with running(follower):
         assert follower.caught_up.wait(60)
         time.sleep(0.2)  # the worker is now in its idle wait
@@ -458,20 +466,7 @@ def test_a_hinted_event_held_back_by_an_older_writer_is_seen_once_that_writer_en
     """The hint can arrive while its event is not readable yet: an older transaction that
     may still append holds it back (the log's horizon). The worker must look again soon,
     not sleep its poll interval (10 minutes here)."""
-    hinted = Settings(
-        database_url=view_settings.database_url,
-        schema=view_settings.schema,
-        pool_min_size=2,
-        pool_max_size=40,
-        notify=True,
-    )
-    shop = Shop(env={**app_env, "EVENTKIT_NOTIFY": "1"})
-    stock_up(shop)
-    follower = make_follower(
-        OrderSummaries(),
-        hinted,
-        poll=PollPolicy(min_interval_s=600.0, max_interval_s=600.0, lease_wait_s=0.05),
-    )
+    shop, follower = hinted_shop_and_follower(view_settings, app_env)
     labels = {"kind": "projection", "consumer": OrderSummaries.name, "cause": "notification"}
 
     def woken() -> float:
